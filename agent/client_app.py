@@ -1,0 +1,126 @@
+"""The sleepfed ClientApp: what a board runs when the server asks it to train or evaluate.
+
+It is installed with the agent and started by the board's own ``flower-supernode`` (a child
+of the daemon); the node config carries the path of the board's buffer. Only model arrays
+and scalar metrics leave the board: never readings, timestamps or night names.
+
+* train: warm-start a LogisticRegression from the global arrays on the board's labelled
+  windows (all but the held-out ones) and return the new arrays.
+* evaluate: keep the global model (it is the board's latest model, used for its nightly
+  predictions) and score it on the board's held-out windows.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+
+import numpy as np
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from agent import model
+from agent.buffer import Buffer
+
+app = ClientApp()
+
+HELD_OUT_SHARE_PERCENT = 20
+
+
+def _is_held_out(night: str, start_ts: float) -> bool:
+    """Deterministic 20% of windows, stable across rounds (a hash of the window's key)."""
+    key = f"{night}:{start_ts:.0f}".encode()
+    return zlib.crc32(key) % 100 < HELD_OUT_SHARE_PERCENT
+
+
+def _labelled_windows(buffer: Buffer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rows = buffer.windows(labelled_only=True)
+    if not rows:
+        empty = np.zeros((0, model.N_FEATURES))
+        return empty, np.zeros(0, dtype=int), np.zeros(0, dtype=bool)
+    features = np.array([r[2] for r in rows], dtype=float)
+    labels = np.array([r[3] for r in rows], dtype=int)
+    held_out = np.array([_is_held_out(r[0], r[1]) for r in rows], dtype=bool)
+    return features, labels, held_out
+
+
+def _score(arrays: model.Arrays, features: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    if len(labels) == 0:
+        return {"loss": 0.0, "accuracy": 0.0}
+    probabilities = model.good_probability(arrays, features)
+    return {
+        "loss": model.log_loss(arrays, features, labels),
+        "accuracy": float(((probabilities >= 0.5).astype(int) == labels).mean()),
+    }
+
+
+def _open_buffer(context: Context) -> Buffer:
+    return Buffer(str(context.node_config["buffer-path"]))
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    arrays = msg.content["arrays"].to_numpy_ndarrays()
+    model.check_arrays(arrays)
+    config = msg.content["config"]
+    server_round = int(config.get("server-round", 0))
+    iterations = int(config.get("local-iterations", model.DEFAULT_LOCAL_ITERATIONS))
+    buffer = _open_buffer(context)
+    try:
+        features, labels, held_out = _labelled_windows(buffer)
+        train_x, train_y = features[~held_out], labels[~held_out]
+        started = time.perf_counter()
+        new_arrays = model.train(arrays, train_x, train_y, iterations=iterations)
+        seconds = time.perf_counter() - started
+        scores = _score(new_arrays, train_x, train_y)
+        buffer.bump_counters({"rounds_trained": 1})
+        buffer.set_state(last_train_round=server_round, last_train_at=time.time())
+    finally:
+        buffer.close()
+    metrics = MetricRecord(
+        {
+            "num-examples": len(train_y),
+            "train-loss": scores["loss"],
+            "train-accuracy": scores["accuracy"],
+            "train-seconds": seconds,
+        }
+    )
+    reply = RecordDict({"arrays": ArrayRecord(new_arrays), "metrics": metrics})
+    return Message(content=reply, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    arrays = msg.content["arrays"].to_numpy_ndarrays()
+    model.check_arrays(arrays)
+    config = msg.content["config"]
+    server_round = int(config.get("server-round", 0))
+    global_round = int(config.get("global-round-offset", 0)) + server_round
+    final_round = int(config.get("final-global-round", -1))
+    buffer = _open_buffer(context)
+    try:
+        version = buffer.save_model(
+            global_round, str(msg.metadata.run_id), model.arrays_to_bytes(arrays)
+        )
+        features, labels, held_out = _labelled_windows(buffer)
+        test_x, test_y = features[held_out], labels[held_out]
+        scores = _score(arrays, test_x, test_y)
+        buffer.bump_counters({"rounds_evaluated": 1})
+        state: dict[str, object] = {
+            "model_version": version,
+            "model_round": global_round,
+            "last_participation_at": time.time(),
+        }
+        if global_round == final_round:
+            state["run_finished"] = str(msg.metadata.run_id)
+        buffer.set_state(**state)
+    finally:
+        buffer.close()
+    metrics = MetricRecord(
+        {
+            "num-examples": max(len(test_y), 1),  # FedAvg divides by the sum
+            "eval-loss": scores["loss"],
+            "eval-accuracy": scores["accuracy"],
+        }
+    )
+    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

@@ -1,0 +1,196 @@
+"""The agent's configuration file (TOML). Every error names the field it is about."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from agent.buffer import SYNCHRONOUS_MODES
+from agent.schedule import ParticipationWindow
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message names the field."""
+
+
+@dataclass(frozen=True)
+class SerialSourceConfig:
+    name: str
+    port: str
+    baudrate: int = 115200
+    send_acks: bool = True
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    server: str
+    root_certificates: Path | None
+    insecure: bool
+    window: ParticipationWindow
+    min_new_labelled_windows: int
+    retry_initial_seconds: float
+    retry_max_seconds: float
+    session_idle_seconds: float
+    supernode_port: int
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    board_id: str
+    timezone: ZoneInfo
+    buffer_path: Path
+    synchronous: str
+    max_bytes: int | None
+    batch_max_readings: int
+    batch_max_seconds: float
+    night_settle_seconds: float
+    sources: list[SerialSourceConfig] = field(default_factory=list)
+    federation: FederationConfig | None = None
+    state_dir: Path = Path(".")
+
+
+def _get(
+    table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, default: Any = ...
+) -> Any:
+    if key not in table:
+        if default is ...:
+            raise ConfigError(f"{where}.{key}: missing")
+        return default
+    value = table[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise ConfigError(f"{where}.{key}: expected {names}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _positive(value: float, name: str) -> float:
+    if value <= 0:
+        raise ConfigError(f"{name}: must be > 0, got {value}")
+    return value
+
+
+def parse_config(data: dict[str, Any], base_dir: Path) -> AgentConfig:
+    def path_of(text: str) -> Path:
+        p = Path(text)
+        return p if p.is_absolute() else base_dir / p
+
+    board = _get(data, "board", dict, "config", {})
+    board_id = _get(board, "id", str, "board", "board")
+    tz_name = _get(board, "timezone", str, "board", "UTC")
+    try:
+        timezone = ZoneInfo(tz_name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"board.timezone: unknown time zone {tz_name!r}") from None
+
+    buffer = _get(data, "buffer", dict, "config")
+    synchronous = _get(buffer, "synchronous", str, "buffer", "full")
+    if synchronous not in SYNCHRONOUS_MODES:
+        raise ConfigError(
+            f"buffer.synchronous: one of {', '.join(SYNCHRONOUS_MODES)}, not {synchronous!r}"
+        )
+    max_mb = _get(buffer, "max_mb", (int, float), "buffer", 0)
+    if max_mb < 0:
+        raise ConfigError(f"buffer.max_mb: must be >= 0, got {max_mb}")
+
+    sources = []
+    for i, src in enumerate(_get(data, "sources", list, "config", [])):
+        where = f"sources[{i}]"
+        if not isinstance(src, dict):
+            raise ConfigError(f"{where}: expected a table")
+        kind = _get(src, "type", str, where)
+        if kind != "serial":
+            raise ConfigError(f"{where}.type: unknown source type {kind!r} (known: serial)")
+        sources.append(
+            SerialSourceConfig(
+                name=_get(src, "name", str, where, f"serial{i}"),
+                port=_get(src, "port", str, where),
+                baudrate=int(
+                    _positive(_get(src, "baudrate", int, where, 115200), f"{where}.baudrate")
+                ),
+                send_acks=_get(src, "send_acks", bool, where, True),
+            )
+        )
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"sources: names must be unique, got {names}")
+
+    federation = None
+    if "federation" in data:
+        fed = _get(data, "federation", dict, "config")
+        insecure = _get(fed, "insecure", bool, "federation", False)
+        root = _get(fed, "root_certificates", str, "federation", "")
+        if not insecure and not root:
+            raise ConfigError(
+                "federation.root_certificates: required (the server's CA, PEM) unless "
+                "federation.insecure = true"
+            )
+        window_text = _get(fed, "window", str, "federation", "always")
+        try:
+            window = ParticipationWindow.parse(window_text)
+        except ValueError as error:
+            raise ConfigError(f"federation.window: {error}") from None
+        server = _get(fed, "server", str, "federation")
+        if ":" not in server:
+            raise ConfigError(f"federation.server: expected HOST:PORT, got {server!r}")
+        federation = FederationConfig(
+            server=server,
+            root_certificates=path_of(root) if root else None,
+            insecure=insecure,
+            window=window,
+            min_new_labelled_windows=_get(fed, "min_new_labelled_windows", int, "federation", 1),
+            retry_initial_seconds=_positive(
+                _get(fed, "retry_initial_seconds", float, "federation", 1.0),
+                "federation.retry_initial_seconds",
+            ),
+            retry_max_seconds=_positive(
+                _get(fed, "retry_max_seconds", float, "federation", 60.0),
+                "federation.retry_max_seconds",
+            ),
+            session_idle_seconds=_positive(
+                _get(fed, "session_idle_seconds", float, "federation", 1800.0),
+                "federation.session_idle_seconds",
+            ),
+            supernode_port=_get(fed, "supernode_port", int, "federation", 9094),
+        )
+
+    nights = _get(data, "nights", dict, "config", {})
+    buffer_path = path_of(_get(buffer, "path", str, "buffer"))
+    return AgentConfig(
+        board_id=board_id,
+        timezone=timezone,
+        buffer_path=buffer_path,
+        synchronous=synchronous,
+        max_bytes=int(max_mb * 1024 * 1024) or None,
+        batch_max_readings=int(
+            _positive(
+                _get(buffer, "batch_max_readings", int, "buffer", 2000), "buffer.batch_max_readings"
+            )
+        ),
+        batch_max_seconds=_positive(
+            _get(buffer, "batch_max_seconds", float, "buffer", 0.2), "buffer.batch_max_seconds"
+        ),
+        night_settle_seconds=_get(nights, "settle_seconds", float, "nights", 300.0),
+        sources=sources,
+        federation=federation,
+        state_dir=buffer_path.parent,
+    )
+
+
+def load_config(path: str | Path) -> AgentConfig:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML ({error})") from None
+    return parse_config(data, path.parent.resolve())

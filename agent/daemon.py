@@ -1,0 +1,318 @@
+"""The agent daemon: sources -> batched commits -> nights -> participation -> predictions.
+
+Threads: one per source (blocking reads), one for a participation session while a window
+is open; the main thread owns the buffer connection, commits batches, sends ACKs once a
+batch is committed, and does the housekeeping. flwr and scikit-learn are never imported
+here: they live in the SuperNode child and its ClientApp processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import signal
+import sqlite3
+import threading
+import time
+from collections import Counter
+from types import FrameType
+
+from agent.buffer import Buffer
+from agent.config import AgentConfig
+from agent.nights import NightTracker, extract_night, predict_nights
+from agent.protocol import Reading
+from agent.sources import Rejection, Source
+from agent.sources.serial_source import SerialSource
+
+log = logging.getLogger("sleepfed.agent")
+
+QUEUE_LIMIT = 200_000
+HOUSEKEEPING_SECONDS = 1.0
+CAP_CHECK_SECONDS = 30.0
+REJECTION_LOGS_PER_MINUTE = 5
+WRITE_FAILURE_EXIT_SECONDS = 60.0
+EXIT_BUFFER_UNWRITABLE = 3
+
+
+class RejectionLog:
+    """Logs the first few rejections of each reason per minute, then only counts."""
+
+    def __init__(self) -> None:
+        self.window_start = time.monotonic()
+        self.logged: Counter[str] = Counter()
+        self.suppressed: Counter[str] = Counter()
+
+    def note(self, source: str, rejection: Rejection) -> None:
+        now = time.monotonic()
+        if now - self.window_start >= 60:
+            for reason, count in self.suppressed.items():
+                log.warning(
+                    "source=%s reason=%s rejected %d more lines (not logged)", source, reason, count
+                )
+            self.window_start, self.logged, self.suppressed = now, Counter(), Counter()
+        if self.logged[rejection.reason] < REJECTION_LOGS_PER_MINUTE:
+            self.logged[rejection.reason] += 1
+            log.warning(
+                "source=%s reason=%s rejected: %s", source, rejection.reason, rejection.detail
+            )
+        else:
+            self.suppressed[rejection.reason] += 1
+
+
+class Daemon:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.stop = threading.Event()
+        self.events: queue.Queue[tuple[str, Reading | Rejection]] = queue.Queue(QUEUE_LIMIT)
+        self.sources: list[Source] = [
+            SerialSource(s.name, s.port, s.baudrate, s.send_acks) for s in config.sources
+        ]
+        self.tracker = NightTracker(config.timezone, config.night_settle_seconds)
+        self.rejections = RejectionLog()
+        self.committed_per_source: Counter[str] = Counter()
+        self.session_thread: threading.Thread | None = None
+        self.session_outcome = ""
+        self.buffer: Buffer | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %s: shutting down", signal.Signals(signum).name)
+        self.stop.set()
+
+    def run(self) -> int:
+        os.umask(0o077)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        self.buffer = Buffer(
+            self.config.buffer_path,
+            synchronous=self.config.synchronous,
+            max_bytes=self.config.max_bytes,
+        )
+        self.tracker.discover(self.buffer)
+        self.buffer.set_state(
+            daemon_pid=os.getpid(), daemon_started_at=time.time(), health="starting"
+        )
+        threads = [
+            threading.Thread(
+                target=s.run, args=(self._emit, self.stop), name=f"source-{s.name}", daemon=True
+            )
+            for s in self.sources
+        ]
+        for thread in threads:
+            thread.start()
+        log.info(
+            "agent board=%s buffer=%s sources=%s ready",
+            self.config.board_id,
+            self.config.buffer_path,
+            ",".join(s.name for s in self.sources),
+        )
+        code = 0
+        try:
+            code = self._loop()
+        finally:
+            self.stop.set()
+            for thread in threads:
+                thread.join(timeout=5)
+            if self.session_thread is not None:
+                self.session_thread.join(timeout=30)
+            with contextlib.suppress(sqlite3.Error):
+                self.buffer.set_state(health="stopped", daemon_pid=0)
+            self.buffer.close()
+            log.info("agent stopped")
+        return code
+
+    def _emit(self, source: str, item: Reading | Rejection) -> None:
+        while not self.stop.is_set():
+            try:
+                self.events.put((source, item), timeout=0.5)
+                return
+            except queue.Full:
+                continue  # back-pressure: the source stops reading until we catch up
+
+    # -- main loop ------------------------------------------------------------------------
+    def _loop(self) -> int:
+        assert self.buffer is not None
+        batch: list[tuple[str, Reading]] = []
+        counters: Counter[str] = Counter()
+        last_housekeeping = last_cap_check = 0.0
+        failing_since: float | None = None
+        while True:
+            stopping = self.stop.is_set()
+            deadline = time.monotonic() + self.config.batch_max_seconds
+            while len(batch) < self.config.batch_max_readings and not stopping:
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    break
+                try:
+                    source, item = self.events.get(timeout=timeout)
+                except queue.Empty:
+                    break
+                if isinstance(item, Reading):
+                    batch.append((source, item))
+                    counters[f"accepted_{item.kind.name.lower()}"] += 1
+                else:
+                    counters[f"rejected_{item.reason}"] += 1
+                    self.rejections.note(source, item)
+            if stopping:  # take what is already queued, then flush it
+                while True:
+                    try:
+                        source, item = self.events.get_nowait()
+                    except queue.Empty:
+                        break
+                    if isinstance(item, Reading):
+                        batch.append((source, item))
+                        counters[f"accepted_{item.kind.name.lower()}"] += 1
+                    else:
+                        counters[f"rejected_{item.reason}"] += 1
+            if batch or counters:
+                try:
+                    self._commit(batch, counters)
+                    batch, counters, failing_since = [], Counter(), None
+                except sqlite3.Error as error:
+                    failing_since = failing_since or time.monotonic()
+                    log.error(
+                        "buffer write failed (%s); %d readings held, not acknowledged",
+                        error,
+                        len(batch),
+                    )
+                    if time.monotonic() - failing_since > WRITE_FAILURE_EXIT_SECONDS:
+                        log.critical(
+                            "buffer unwritable for %.0fs: exiting", WRITE_FAILURE_EXIT_SECONDS
+                        )
+                        return EXIT_BUFFER_UNWRITABLE
+                    self.stop.wait(1.0)
+            if stopping:
+                return 0
+            now = time.monotonic()
+            if now - last_housekeeping >= HOUSEKEEPING_SECONDS:
+                last_housekeeping = now
+                self._housekeeping()
+            if now - last_cap_check >= CAP_CHECK_SECONDS:
+                last_cap_check = now
+                evicted = self.buffer.enforce_cap()
+                if evicted:
+                    log.warning("buffer over cap: evicted %d oldest raw readings", evicted)
+
+    def _commit(self, batch: list[tuple[str, Reading]], counters: Counter[str]) -> None:
+        assert self.buffer is not None
+        by_source: dict[str, list[Reading]] = {}
+        for source, reading in batch:
+            by_source.setdefault(source, []).append(reading)
+        readings = [r for _, r in batch]
+        self.buffer.add_readings(batch, dict(counters))
+        # Committed: now acknowledge.
+        self.tracker.saw([r.timestamp for r in readings])
+        for source in self.sources:
+            items = by_source.get(source.name)
+            if items:
+                self.committed_per_source[source.name] += len(items)
+                source.acknowledge(
+                    max(r.timestamp for r in items), self.committed_per_source[source.name]
+                )
+
+    # -- housekeeping ---------------------------------------------------------------------
+    def _housekeeping(self) -> None:
+        assert self.buffer is not None
+        for night in self.tracker.due():
+            extract_night(self.buffer, night, self.config.timezone)
+            self.tracker.done(night)
+        predict_nights(self.buffer)
+        self._participation()
+        connected = sum(1 for s in self.sources if s.connected.is_set())
+        health = "ok" if connected == len(self.sources) else "degraded"
+        self.buffer.set_state(
+            health=health,
+            heartbeat_at=time.time(),
+            sources_connected=f"{connected}/{len(self.sources)}",
+            session_running=self.session_thread is not None,
+            last_session_outcome=self.session_outcome,
+        )
+
+    def _participation(self) -> None:
+        from agent.federation import Session
+
+        fed = self.config.federation
+        assert self.buffer is not None
+        if fed is None:
+            return
+        if self.session_thread is not None:
+            if self.session_thread.is_alive():
+                return
+            self.session_thread = None
+        now = time.time()
+        window = fed.window.current(now, self.config.timezone)
+        state = self.buffer.state()
+        if window is None:
+            self.buffer.set_state(next_window_at=fed.window.next_start(now, self.config.timezone))
+            return
+        start, end = window
+        if state.get("closed_window_start") == start:
+            return  # this window already ended in a refusal or give-up
+        labelled = self.buffer.labelled_window_count()
+        since = int(state.get("labelled_at_last_session", 0))  # type: ignore[arg-type]
+        if labelled - since < fed.min_new_labelled_windows:
+            return
+        run_finished_before = state.get("run_finished")
+        buffer_path = self.config.buffer_path
+        state_dir = self.config.state_dir
+
+        def finished() -> bool:
+            reader = Buffer(buffer_path, readonly=True)
+            try:
+                return reader.state().get("run_finished") != run_finished_before
+            finally:
+                reader.close()
+
+        def on_retry(attempt: int, sleep: float, why: str) -> None:
+            retry_log.append(
+                {"attempt": attempt, "at": time.time(), "sleep": sleep, "error": why[:200]}
+            )
+
+        retry_log: list[dict[str, object]] = []
+        session = Session(fed, buffer_path, state_dir, end, self.stop, finished, on_retry)
+
+        def run_session() -> None:
+            outcome = "error"
+            try:
+                outcome = session.run()
+            except Exception:
+                log.exception("participation session crashed")
+            self.session_outcome = outcome
+            log.info(
+                "participation session ended: %s (attempts at %s)",
+                outcome,
+                ", ".join(f"{t:.1f}" for t in session.attempt_times),
+            )
+            self._session_done(outcome, start, labelled, retry_log, session.attempt_times)
+
+        self.buffer.set_state(session_started_at=now, session_window_end=end)
+        self.session_thread = threading.Thread(
+            target=run_session, name="participation", daemon=True
+        )
+        self.session_thread.start()
+
+    def _session_done(
+        self,
+        outcome: str,
+        window_start: float,
+        labelled: int,
+        retries: list[dict[str, object]],
+        attempts: list[float],
+    ) -> None:
+        writer = Buffer(self.config.buffer_path)
+        try:
+            values: dict[str, object] = {
+                "last_session_outcome": outcome,
+                "last_session_ended_at": time.time(),
+                "last_session_attempts": attempts,
+            }
+            if outcome == "finished":
+                values["labelled_at_last_session"] = labelled
+            if outcome in ("refused", "gave_up"):
+                values["closed_window_start"] = window_start
+            writer.set_state(**values)
+            writer.bump_counters({f"sessions_{outcome}": 1, "federation_retries": len(retries)})
+        finally:
+            writer.close()

@@ -1,0 +1,259 @@
+"""Joining the federation: one session per participation window.
+
+The board's Flower node is a supervised child process (``flower-supernode``); Flower has no
+public API to run a SuperNode in-process, and a child keeps flwr, grpc and scikit-learn out
+of the daemon's memory between windows. The SuperNode starts a fresh ClientApp process
+(agent.client_app) for each message, pointed at this board's buffer.
+
+Connection attempts are wrapped in tenacity: exponential backoff with full jitter, capped,
+retried only on transient errors (server unreachable, node lost), given up at once on
+configuration or authentication errors, and never past the window's end.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_before_delay,
+    wait_random_exponential,
+)
+
+from agent.config import FederationConfig
+
+log = logging.getLogger("sleepfed.federation")
+
+PROBE_TIMEOUT_SECONDS = 5.0
+STOP_GRACE_SECONDS = 10.0
+# Text in the SuperNode's output that means retrying cannot help.
+PERMANENT_MARKERS = (
+    "PERMISSION_DENIED",
+    "UNAUTHENTICATED",
+    "401",
+    "CERTIFICATE_VERIFY_FAILED",
+    "certificate verify failed",
+    "SSL",
+    "Invalid",
+)
+
+
+class TransientError(Exception):
+    """Worth retrying: the server is unreachable or the node lost it."""
+
+
+class PermanentError(Exception):
+    """Not worth retrying in this window: configuration, TLS or authentication."""
+
+
+def probe_server(config: FederationConfig, timeout: float = PROBE_TIMEOUT_SECONDS) -> None:
+    """Reach the server's Fleet endpoint and, unless insecure, complete a verified TLS
+    handshake with the pinned CA. Raises TransientError or PermanentError."""
+    host, _, port_text = config.server.rpartition(":")
+    host = host.strip("[]")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise PermanentError(f"bad server address {config.server!r}") from None
+    try:
+        raw = socket.create_connection((host, port), timeout=timeout)
+    except TimeoutError as error:
+        raise TransientError(f"{config.server}: timed out ({error})") from None
+    except OSError as error:
+        if isinstance(error, socket.gaierror):
+            raise TransientError(f"{config.server}: name lookup failed ({error})") from None
+        raise TransientError(f"{config.server}: {error.strerror or error}") from None
+    with raw:
+        if config.insecure:
+            return
+        assert config.root_certificates is not None
+        try:
+            context = ssl.create_default_context(cafile=str(config.root_certificates))
+        except (OSError, ssl.SSLError) as error:
+            raise PermanentError(f"CA file {config.root_certificates}: {error}") from None
+        try:
+            with context.wrap_socket(raw, server_hostname=host):
+                pass
+        except ssl.SSLCertVerificationError as error:
+            raise PermanentError(
+                f"{config.server}: TLS verification failed ({error.verify_message})"
+            ) from None
+        except (ssl.SSLError, OSError) as error:
+            raise TransientError(f"{config.server}: TLS handshake: {error}") from None
+
+
+def _flower_bin(name: str) -> str:
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else (shutil.which(name) or name)
+
+
+def supernode_command(config: FederationConfig, buffer_path: Path) -> list[str]:
+    command = [_flower_bin("flower-supernode"), "--superlink", config.server]
+    if config.insecure:
+        command.append("--insecure")
+    else:
+        command += ["--root-certificates", str(config.root_certificates)]
+    command += [
+        "--port",
+        str(config.supernode_port),
+        "--node-config",
+        f'buffer-path="{buffer_path}"',
+    ]
+    return command
+
+
+def flower_environment(flwr_home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["FLWR_HOME"] = str(flwr_home)
+    env["FLWR_TELEMETRY_ENABLED"] = "0"
+    env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
+    return env
+
+
+def _tail(path: Path, size: int = 4000) -> str:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(max(path.stat().st_size - size, 0))
+            return handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+class Session:
+    """One participation session: retries, the supervised SuperNode, and its end."""
+
+    def __init__(
+        self,
+        config: FederationConfig,
+        buffer_path: Path,
+        state_dir: Path,
+        deadline: float,
+        stop: threading.Event,
+        finished: Callable[[], bool],
+        on_retry: Callable[[int, float, str], None] = lambda attempt, sleep, why: None,
+    ) -> None:
+        self.config = config
+        self.buffer_path = buffer_path
+        self.state_dir = state_dir
+        self.deadline = deadline
+        self.stop = stop
+        self.finished = finished
+        self.on_retry = on_retry
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = state_dir / "supernode.log"
+        self.attempt_times: list[float] = []
+
+    def run(self) -> str:
+        """Returns how the session ended: finished, window_end, idle, shutdown, gave_up
+        (transient errors until the window's end) or refused (permanent error)."""
+        budget = self.deadline - time.time()
+        if budget <= 0:
+            return "window_end"
+
+        def before_sleep(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            sleep = state.next_action.sleep if state.next_action else 0.0
+            log.warning(
+                "federation attempt=%d failed (%s); retrying in %.1fs",
+                state.attempt_number,
+                error,
+                sleep,
+            )
+            self.on_retry(state.attempt_number, sleep, str(error))
+
+        retrying = Retrying(
+            retry=retry_if_exception_type(TransientError),
+            wait=wait_random_exponential(
+                multiplier=self.config.retry_initial_seconds, max=self.config.retry_max_seconds
+            ),
+            stop=stop_before_delay(budget),
+            sleep=self._sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            return str(retrying(self._attempt))
+        except TransientError as error:
+            if self.stop.is_set():
+                return "shutdown"
+            log.error("federation gave up for this window: %s", error)
+            return "gave_up"
+        except PermanentError as error:
+            log.error("federation refused, not retrying in this window: %s", error)
+            return "refused"
+
+    def _sleep(self, seconds: float) -> None:
+        if self.stop.wait(seconds):
+            raise TransientError("shutdown while waiting to retry")
+
+    def _attempt(self) -> str:
+        self.attempt_times.append(time.time())
+        if self.stop.is_set():
+            return "shutdown"
+        probe_server(self.config)
+        return self._supervise()
+
+    def _supervise(self) -> str:
+        command = supernode_command(self.config, self.buffer_path)
+        flwr_home = self.state_dir / "flwr"
+        flwr_home.mkdir(parents=True, exist_ok=True)
+        log.info("federation starting node: %s", " ".join(command))
+        with self.log_path.open("ab") as out:
+            self.process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=flower_environment(flwr_home),
+                start_new_session=True,
+            )
+        started_at = time.time()
+        try:
+            while True:
+                code = self.process.poll()
+                if code is not None:
+                    tail = _tail(self.log_path)
+                    if self.finished():
+                        return "finished"
+                    if any(marker in tail[-1500:] for marker in PERMANENT_MARKERS):
+                        raise PermanentError(f"node exited with {code}: {tail[-300:].strip()}")
+                    raise TransientError(f"node exited with {code}")
+                if self.finished():
+                    return "finished"
+                if self.stop.is_set():
+                    return "shutdown"
+                now = time.time()
+                if now >= self.deadline:
+                    return "window_end"
+                if now - started_at > self.config.session_idle_seconds:
+                    return "idle"
+                self.stop.wait(0.5)
+        finally:
+            self.terminate()
+
+    def terminate(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(STOP_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        except ProcessLookupError:
+            pass

@@ -1,0 +1,135 @@
+"""Finished nights: feature extraction into the buffer, and predictions with the latest model."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from zoneinfo import ZoneInfo
+
+import numpy as np
+
+from agent import model
+from agent.buffer import Buffer
+from agent.features import (
+    EPOCH_SECONDS,
+    epochs_from_readings,
+    estimated_efficiency,
+    night_quality,
+    night_windows,
+    reference_efficiency,
+)
+from agent.schedule import night_bounds, night_of
+
+log = logging.getLogger("sleepfed.nights")
+
+
+class NightTracker:
+    """Knows which nights have new readings and when each is finished.
+
+    A night is finished when its end (noon, local time) has passed and no reading for it
+    has been committed for ``settle_seconds`` of wall time. Late readings make it dirty
+    again, and it is extracted anew.
+    """
+
+    def __init__(self, tz: ZoneInfo, settle_seconds: float) -> None:
+        self.tz = tz
+        self.settle_seconds = settle_seconds
+        self.last_commit: dict[str, float] = {}
+
+    def saw(self, timestamps: list[float], now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        for night in {night_of(ts, self.tz) for ts in timestamps}:
+            self.last_commit[night] = now
+
+    def discover(self, buffer: Buffer, now: float | None = None) -> None:
+        """After a restart: every night with readings but no extraction is pending."""
+        now = time.time() if now is None else now
+        span = buffer.reading_time_span()
+        if span is None:
+            return
+        done = set(buffer.night_names())
+        first, last = span
+        ts = first
+        while ts <= last + 86400:
+            night = night_of(ts, self.tz)
+            if night not in done and night not in self.last_commit:
+                self.last_commit[night] = now
+            ts += 86400
+        self.last_commit.pop(night_of(last + 86400, self.tz), None)
+
+    def due(self, now: float | None = None) -> list[str]:
+        now = time.time() if now is None else now
+        ready = []
+        for night, seen in self.last_commit.items():
+            _, end = night_bounds(night, self.tz)
+            if now >= end and now - seen >= self.settle_seconds:
+                ready.append(night)
+        return sorted(ready)
+
+    def done(self, night: str) -> None:
+        self.last_commit.pop(night, None)
+
+
+def extract_night(buffer: Buffer, night: str, tz: ZoneInfo) -> int:
+    """Compute and store the windows of one night; returns the number of windows."""
+    start, end = night_bounds(night, tz)
+    readings = buffer.readings_between(start, end)
+    labels = buffer.labels_between(start, end)
+    stamps = [r[0] for r in readings] + [lab[0] for lab in labels]
+    if not stamps:
+        return 0
+    first, last = min(stamps), max(stamps)
+    series = epochs_from_readings(readings, labels, first, last)
+    windows = night_windows(series)
+    rows = [
+        (
+            first + int(start_epoch) * EPOCH_SECONDS,
+            [float(v) for v in features],
+            int(label) if label >= 0 else None,
+        )
+        for start_epoch, features, label in zip(
+            windows.start_epochs, windows.features, windows.labels, strict=True
+        )
+    ]
+    buffer.save_night(night, first, last, len(series), rows, reference_efficiency(series))
+    log.info(
+        "night=%s extracted epochs=%d windows=%d labelled=%d",
+        night,
+        len(series),
+        len(rows),
+        sum(1 for r in rows if r[2] is not None),
+    )
+    return len(rows)
+
+
+def predict_nights(buffer: Buffer) -> list[tuple[str, float, str]]:
+    """Predict every night that has no prediction from the latest model yet."""
+    latest = buffer.latest_model()
+    if latest is None:
+        return []
+    version, _, _, blob = latest
+    arrays = model.arrays_from_bytes(blob)
+    done = buffer.latest_predictions()
+    made = []
+    for night in buffer.night_names():
+        if night in done and done[night][0] >= version:
+            continue
+        rows = buffer.windows(night)
+        if not rows:
+            continue
+        features = np.array([r[2] for r in rows], dtype=float)
+        efficiency = estimated_efficiency(model.good_probability(arrays, features))
+        if math.isnan(efficiency):
+            continue
+        quality = night_quality(efficiency)
+        buffer.save_prediction(night, version, efficiency, quality)
+        made.append((night, efficiency, quality))
+        log.info(
+            "night=%s predicted efficiency=%.3f quality=%s model=%d",
+            night,
+            efficiency,
+            quality,
+            version,
+        )
+    return made

@@ -1,0 +1,149 @@
+"""``sleepfed-agent status``: what the board holds and how it is doing, read from its buffer."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import datetime
+from typing import Any
+
+from agent.buffer import Buffer
+from agent.config import AgentConfig
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def collect(config: AgentConfig) -> dict[str, Any]:
+    buffer = Buffer(config.buffer_path, readonly=True)
+    try:
+        counts = buffer.counts()
+        state = buffer.state()
+        counters = buffer.counters()
+        latest = buffer.latest_model()
+        predictions = buffer.latest_predictions()
+        reports = buffer.night_reports()
+        nights = buffer.night_names()
+        last_night = nights[-1] if nights else None
+        last_info = buffer.night_info(last_night) if last_night else None
+    finally:
+        buffer.close()
+    pid = int(state.get("daemon_pid", 0) or 0)
+    heartbeat = float(state.get("heartbeat_at", 0) or 0)
+    running = _pid_alive(pid) and time.time() - heartbeat < 30
+    prediction = predictions.get(last_night) if last_night else None
+    fed = config.federation
+    return {
+        "board": config.board_id,
+        "daemon": {
+            "running": running,
+            "pid": pid if running else None,
+            "health": state.get("health") if running else "not running",
+            "sources_connected": state.get("sources_connected"),
+        },
+        "buffer": {
+            "path": str(config.buffer_path),
+            "readings": counts.readings,
+            "stage_labels": counts.stage_labels,
+            "nights": counts.nights,
+            "windows": counts.windows,
+            "labelled_windows": counts.labelled_windows,
+            "used_bytes": counts.used_bytes,
+            "cap_bytes": config.max_bytes,
+        },
+        "rejected": {
+            k[len("rejected_") :]: v for k, v in counters.items() if k.startswith("rejected_")
+        },
+        "accepted": {
+            k[len("accepted_") :]: v for k, v in counters.items() if k.startswith("accepted_")
+        },
+        "counters": {
+            k: v for k, v in counters.items() if not k.startswith(("rejected_", "accepted_"))
+        },
+        "federation": {
+            "server": fed.server if fed else None,
+            "window": str(fed.window) if fed else None,
+            "session_running": bool(state.get("session_running")) and running,
+            "last_participation_at": state.get("last_participation_at"),
+            "last_session_outcome": state.get("last_session_outcome"),
+            "next_window_at": state.get("next_window_at"),
+        },
+        "model": {
+            "version": latest[0] if latest else None,
+            "round": latest[1] if latest else None,
+        },
+        "last_night": {
+            "night": last_night,
+            "predicted_efficiency": prediction[1] if prediction else None,
+            "predicted_quality": prediction[2] if prediction else None,
+            "model_version": prediction[0] if prediction else None,
+            "reference_efficiency": last_info.get("reference_efficiency") if last_info else None,
+            "reported_quality": reports.get(last_night) if last_night else None,
+        },
+    }
+
+
+def _when(value: object) -> str:
+    if not value:
+        return "never"
+    return datetime.fromtimestamp(float(value)).strftime("%Y-%m-%d %H:%M:%S")  # type: ignore[arg-type]
+
+
+def render(status: dict[str, Any]) -> str:
+    d, b, f, m, n = (status[k] for k in ("daemon", "buffer", "federation", "model", "last_night"))
+    cap = f"{b['cap_bytes'] / 1e6:.1f} MB" if b["cap_bytes"] else "none"
+    next_window = (
+        _when(f["next_window_at"]) if f["next_window_at"] else "open now" if f["window"] else "n/a"
+    )
+    lines = [
+        f"board           {status['board']}",
+        f"daemon          {'running pid ' + str(d['pid']) if d['running'] else 'NOT RUNNING'}"
+        f"  health={d['health']}  sources={d['sources_connected']}",
+        f"buffer          {b['readings']} readings, {b['stage_labels']} stage labels, "
+        f"{b['nights']} nights, {b['windows']} windows ({b['labelled_windows']} labelled)",
+        f"buffer size     {b['used_bytes'] / 1e6:.2f} MB used, cap {cap}",
+        "accepted        "
+        + (", ".join(f"{k}={v}" for k, v in sorted(status["accepted"].items())) or "none"),
+        "rejected        "
+        + (", ".join(f"{k}={v}" for k, v in sorted(status["rejected"].items())) or "none"),
+        "counters        "
+        + (", ".join(f"{k}={v}" for k, v in sorted(status["counters"].items())) or "none"),
+        f"federation      server={f['server']} window={f['window']} "
+        f"session={'running' if f['session_running'] else 'idle'} last={f['last_session_outcome']}",
+        f"participation   last {_when(f['last_participation_at'])}, next window {next_window}",
+        f"model           version {m['version']} (global round {m['round']})"
+        if m["version"]
+        else "model           none yet",
+    ]
+    if n["night"]:
+        predicted = (
+            f"{n['predicted_quality']} (efficiency {100 * n['predicted_efficiency']:.0f}%)"
+            if n["predicted_quality"]
+            else "not predicted yet"
+        )
+        reference = (
+            f"{100 * n['reference_efficiency']:.0f}%"
+            if n["reference_efficiency"] is not None
+            else "none"
+        )
+        lines.append(
+            f"last night      {n['night']}: predicted {predicted}; "
+            f"reference efficiency {reference}; reported {n['reported_quality'] or 'nothing'}"
+        )
+    else:
+        lines.append("last night      no finished night yet")
+    return "\n".join(lines)
+
+
+def as_json(status: dict[str, Any]) -> str:
+    return json.dumps(status, indent=2, sort_keys=True)

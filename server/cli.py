@@ -1,0 +1,198 @@
+"""``sleepfed-server``: run the federation, inspect and roll back its history, make certificates."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from server.config import ConfigError, ServerConfig, load_config
+from server.history import History, RoundRecord
+
+EXIT_CONFIG = 2
+log = logging.getLogger("sleepfed.server")
+
+
+def format_round(record: RoundRecord) -> str:
+    s, t, e = record.server_metrics, record.train_metrics, record.eval_metrics
+    held_out = (
+        f"held-out AUC {s['auc']:.3f} acc {s['accuracy']:.3f} bal-acc {s['balanced_accuracy']:.3f} "
+        f"({int(s['windows'])} windows)"
+        if "auc" in s
+        else "no held-out set"
+    )
+    return (
+        f"round {record.global_round:3d}  "
+        f"nodes train {record.train_nodes} eval {record.eval_nodes}  "
+        f"train-loss {t.get('train-loss', float('nan')):.3f}  "
+        f"board-eval acc {e.get('eval-accuracy', float('nan')):.3f}  {held_out}"
+        + ("  [rolled back]" if record.rolled_back else "")
+    )
+
+
+def _wait_for_run(
+    config: ServerConfig, run_id: str, stop: threading.Event, printed: set[int]
+) -> str:
+    history = History(config.history_path)
+    try:
+        while not stop.is_set():
+            for record in history.rounds(include_rolled_back=False):
+                if record.run_id == run_id and record.global_round not in printed:
+                    printed.add(record.global_round)
+                    print(format_round(record), flush=True)
+            status = next((r["status"] for r in history.runs() if r["run_id"] == run_id), "pending")
+            if status in ("finished", "failed"):
+                return str(status)
+            stop.wait(1.0)
+        return "stopped"
+    finally:
+        history.close()
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from server.superlink import SuperLink, submit_run
+
+    config = load_config(args.config)
+    if args.insecure and not config.insecure:
+        print("WARNING: --insecure: the SuperLink will run without TLS", file=sys.stderr)
+        config = ServerConfig(**{**config.__dict__, "insecure": True})
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    superlink = SuperLink(config)
+    superlink.start()
+    printed: set[int] = set()
+    code = 0
+    try:
+        while not stop.is_set():
+            run_id = submit_run(config)
+            print(
+                f"run {run_id} submitted: {config.rounds} rounds, min {config.min_nodes} nodes",
+                flush=True,
+            )
+            status = _wait_for_run(config, run_id, stop, printed)
+            print(f"run {run_id} {status}", flush=True)
+            if status == "failed":
+                code = 1
+            if args.once or status == "stopped":
+                break
+            if stop.wait(max(config.run_interval_seconds, 5.0)):
+                break
+    finally:
+        superlink.stop()
+    return code
+
+
+def _cmd_history(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    history = History(config.history_path)
+    try:
+        rounds = history.rounds()
+        if args.json:
+            print(
+                json.dumps(
+                    [
+                        {
+                            "global_round": r.global_round,
+                            "run_id": r.run_id,
+                            "created_at": r.created_at,
+                            "train_nodes": r.train_nodes,
+                            "eval_nodes": r.eval_nodes,
+                            "train_metrics": r.train_metrics,
+                            "eval_metrics": r.eval_metrics,
+                            "server_metrics": r.server_metrics,
+                            "rolled_back": r.rolled_back,
+                        }
+                        for r in rounds
+                    ],
+                    indent=2,
+                )
+            )
+        else:
+            for record in rounds:
+                print(format_round(record))
+            if not rounds:
+                print("no rounds yet")
+    finally:
+        history.close()
+    return 0
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    history = History(config.history_path)
+    try:
+        count = history.rollback(args.to_round)
+    except ValueError as error:
+        print(f"sleepfed-server rollback: {error}", file=sys.stderr)
+        return 1
+    finally:
+        history.close()
+    print(f"rolled back {count} rounds; the next run starts from round {args.to_round}")
+    return 0
+
+
+def _cmd_certs(args: argparse.Namespace) -> int:
+    from server.certs import ensure_demo_pki, fingerprint_sha256
+
+    paths = ensure_demo_pki(Path(args.out), args.host)
+    for name, path in paths.items():
+        print(f"{name:7s} {path}")
+    print(
+        f"CA SHA-256 fingerprint (give it to boards out of band): {fingerprint_sha256(paths['ca'])}"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sleepfed-server", description=__doc__)
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="start the SuperLink and run the federation")
+    run.add_argument("--config", required=True)
+    run.add_argument("--once", action="store_true", help="exit after one run")
+    run.add_argument("--insecure", action="store_true", help="no TLS (prints a warning)")
+    history = sub.add_parser("history", help="every round's metrics")
+    history.add_argument("--config", required=True)
+    history.add_argument("--json", action="store_true")
+    rollback = sub.add_parser("rollback", help="mark rounds after N as rolled back")
+    rollback.add_argument("--config", required=True)
+    rollback.add_argument("--to-round", type=int, required=True)
+    certs = sub.add_parser("certs", help="make a CA and a server certificate (demo, tests)")
+    certs.add_argument("--out", required=True)
+    certs.add_argument("--host", action="append", default=None, help="SAN host (repeatable)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "host", None) is None and args.command == "certs":
+        args.host = ["127.0.0.1", "localhost"]
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    handlers = {
+        "run": _cmd_run,
+        "history": _cmd_history,
+        "rollback": _cmd_rollback,
+        "certs": _cmd_certs,
+    }
+    try:
+        return handlers[args.command](args)
+    except ConfigError as error:
+        print(f"sleepfed-server: configuration error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""The server's configuration file (TOML). Every error names the field it is about."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    state_dir: Path
+    host: str
+    port: int
+    insecure: bool
+    certfile: Path | None
+    keyfile: Path | None
+    ca_certfile: Path | None
+    rounds: int
+    min_nodes: int
+    fraction_train: float
+    fraction_evaluate: float
+    local_iterations: int
+    round_timeout_seconds: float
+    run_interval_seconds: float
+    eval_data: Path | None
+    eval_subjects: list[str]
+
+    @property
+    def history_path(self) -> Path:
+        return self.state_dir / "history.db"
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def _get(table: dict[str, Any], key: str, kind: type, where: str, default: Any = ...) -> Any:
+    if key not in table:
+        if default is ...:
+            raise ConfigError(f"{where}.{key}: missing")
+        return default
+    value = table[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}.{key}: expected {kind.__name__}, got {value!r}")
+    return value
+
+
+def parse_config(data: dict[str, Any], base: Path) -> ServerConfig:
+    def path_of(text: str) -> Path:
+        p = Path(text)
+        return p if p.is_absolute() else (base / p).resolve()
+
+    server = _get(data, "server", dict, "config")
+    fed = _get(data, "federation", dict, "config", {})
+    evaluation = _get(data, "evaluation", dict, "config", {})
+    insecure = _get(server, "insecure", bool, "server", False)
+    tls = {
+        key: (path_of(_get(server, key, str, "server")) if not insecure else None)
+        for key in ("certfile", "keyfile", "ca_certfile")
+    }
+    rounds = _get(fed, "rounds", int, "federation", 5)
+    min_nodes = _get(fed, "min_nodes", int, "federation", 2)
+    if rounds < 1:
+        raise ConfigError(f"federation.rounds: must be >= 1, got {rounds}")
+    if min_nodes < 1:
+        raise ConfigError(f"federation.min_nodes: must be >= 1, got {min_nodes}")
+    fractions = {}
+    for key in ("fraction_train", "fraction_evaluate"):
+        value = _get(fed, key, float, "federation", 1.0)
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"federation.{key}: must be within 0..1, got {value}")
+        fractions[key] = value
+    port = _get(server, "port", int, "server", 9093)
+    if not 0 < port < 65536:
+        raise ConfigError(f"server.port: no such port {port}")
+    data_dir = _get(evaluation, "data", str, "evaluation", "")
+    subjects = _get(evaluation, "subjects", list, "evaluation", [])
+    if not all(isinstance(s, str) for s in subjects):
+        raise ConfigError("evaluation.subjects: expected a list of strings")
+    return ServerConfig(
+        state_dir=path_of(_get(server, "state_dir", str, "server")),
+        host=_get(server, "host", str, "server", "127.0.0.1"),
+        port=port,
+        insecure=insecure,
+        certfile=tls["certfile"],
+        keyfile=tls["keyfile"],
+        ca_certfile=tls["ca_certfile"],
+        rounds=rounds,
+        min_nodes=min_nodes,
+        fraction_train=fractions["fraction_train"],
+        fraction_evaluate=fractions["fraction_evaluate"],
+        local_iterations=_get(fed, "local_iterations", int, "federation", 20),
+        round_timeout_seconds=_get(fed, "round_timeout_seconds", float, "federation", 600.0),
+        run_interval_seconds=60.0 * _get(fed, "run_interval_minutes", float, "federation", 0.0),
+        eval_data=path_of(data_dir) if data_dir else None,
+        eval_subjects=subjects,
+    )
+
+
+def load_config(path: str | Path) -> ServerConfig:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: not valid TOML ({error})") from None
+    return parse_config(data, path.parent.resolve())

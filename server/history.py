@@ -1,0 +1,162 @@
+"""The server's history: every round's global model and metrics, versioned, in one SQLite file.
+
+A round is never overwritten: a rollback marks the rounds after the chosen one as rolled
+back, and the next run starts from the chosen round's model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS rounds (
+    id INTEGER PRIMARY KEY,
+    global_round INTEGER NOT NULL,
+    run_id TEXT NOT NULL,
+    server_round INTEGER NOT NULL,
+    arrays BLOB NOT NULL,
+    train_metrics TEXT NOT NULL,
+    eval_metrics TEXT NOT NULL,
+    server_metrics TEXT NOT NULL,
+    train_nodes INTEGER NOT NULL,
+    eval_nodes INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    rolled_back INTEGER NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX IF NOT EXISTS active_round ON rounds(global_round) WHERE rolled_back = 0;
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    status TEXT NOT NULL,
+    start_round INTEGER NOT NULL,
+    planned_rounds INTEGER NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    global_round: int
+    run_id: str
+    server_round: int
+    arrays: bytes
+    train_metrics: dict[str, float]
+    eval_metrics: dict[str, float]
+    server_metrics: dict[str, float]
+    train_nodes: int
+    eval_nodes: int
+    created_at: float
+    rolled_back: bool
+
+
+class History:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+        self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode = WAL")
+        self.conn.execute("PRAGMA synchronous = FULL")
+        self.conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def last_round(self) -> RoundRecord | None:
+        rows = self.rounds(include_rolled_back=False)
+        return rows[-1] if rows else None
+
+    def add_round(
+        self,
+        *,
+        global_round: int,
+        run_id: str,
+        server_round: int,
+        arrays: bytes,
+        train_metrics: dict[str, float],
+        eval_metrics: dict[str, float],
+        server_metrics: dict[str, float],
+        train_nodes: int,
+        eval_nodes: int,
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO rounds (global_round, run_id, server_round, arrays, train_metrics, "
+            "eval_metrics, server_metrics, train_nodes, eval_nodes, created_at) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (
+                global_round,
+                run_id,
+                server_round,
+                arrays,
+                json.dumps(train_metrics),
+                json.dumps(eval_metrics),
+                json.dumps(server_metrics),
+                train_nodes,
+                eval_nodes,
+                time.time(),
+            ),
+        )
+
+    def rounds(self, include_rolled_back: bool = True) -> list[RoundRecord]:
+        sql = (
+            "SELECT global_round, run_id, server_round, arrays, train_metrics, eval_metrics, "
+            "server_metrics, train_nodes, eval_nodes, created_at, rolled_back FROM rounds"
+        )
+        if not include_rolled_back:
+            sql += " WHERE rolled_back = 0"
+        sql += " ORDER BY id"
+        return [
+            RoundRecord(
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                json.loads(r[4]),
+                json.loads(r[5]),
+                json.loads(r[6]),
+                r[7],
+                r[8],
+                r[9],
+                bool(r[10]),
+            )
+            for r in self.conn.execute(sql)
+        ]
+
+    def rollback(self, to_round: int) -> int:
+        """Mark every active round after ``to_round`` as rolled back; returns how many."""
+        if (
+            to_round > 0
+            and not self.conn.execute(
+                "SELECT 1 FROM rounds WHERE global_round = ? AND rolled_back = 0", (to_round,)
+            ).fetchone()
+        ):
+            raise ValueError(f"no active round {to_round} in {self.path}")
+        cursor = self.conn.execute(
+            "UPDATE rounds SET rolled_back = 1 WHERE global_round > ? AND rolled_back = 0",
+            (to_round,),
+        )
+        return cursor.rowcount
+
+    def start_run(self, run_id: str, start_round: int, planned_rounds: int) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO runs VALUES (?, ?, NULL, 'running', ?, ?)",
+            (run_id, time.time(), start_round, planned_rounds),
+        )
+
+    def finish_run(self, run_id: str, status: str) -> None:
+        self.conn.execute(
+            "UPDATE runs SET finished_at = ?, status = ? WHERE run_id = ?",
+            (time.time(), status, run_id),
+        )
+
+    def runs(self) -> list[dict[str, object]]:
+        cursor = self.conn.execute("SELECT * FROM runs ORDER BY started_at")
+        names = [c[0] for c in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor]

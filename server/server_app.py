@@ -1,0 +1,139 @@
+"""The sleepfed ServerApp: FedAvg over the boards, every round persisted to the history.
+
+Started by the SuperLink for each run that ``sleepfed-server run`` submits. The run config
+(``server/flower_app/pyproject.toml``, overridden per run) names the history file, the
+number of rounds and the node minimums, and an optional held-out data set (Walch format)
+on which each round's global model is scored on the server: windows of people whose data
+was never used for training.
+
+A run resumes from the last active round in the history: its model is the initial model
+and its rounds are numbered on from there.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+
+from agent import model
+from agent.features import walch_dataset
+from server.history import History
+
+log = logging.getLogger("sleepfed.server")
+app = ServerApp()
+
+
+class RecordingFedAvg(FedAvg):
+    """FedAvg that remembers each round's aggregated client metrics and reply counts."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.train_metrics: dict[int, dict[str, float]] = {}
+        self.eval_metrics: dict[int, dict[str, float]] = {}
+        self.train_nodes: dict[int, int] = {}
+        self.eval_nodes: dict[int, int] = {}
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        self.train_nodes[server_round] = sum(1 for r in replies if not r.has_error())
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        self.train_metrics[server_round] = dict(metrics or {})
+        return arrays, metrics
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        replies = list(replies)
+        self.eval_nodes[server_round] = sum(1 for r in replies if not r.has_error())
+        metrics = super().aggregate_evaluate(server_round, replies)
+        self.eval_metrics[server_round] = dict(metrics or {})
+        return metrics
+
+
+def held_out_scores(
+    arrays: model.Arrays, features: np.ndarray, labels: np.ndarray
+) -> dict[str, float]:
+    probabilities = model.good_probability(arrays, features)
+    predicted = (probabilities >= 0.5).astype(int)
+    return {
+        "auc": model.auc(labels, probabilities),
+        "accuracy": float((predicted == labels).mean()),
+        "balanced_accuracy": model.balanced_accuracy(labels, predicted),
+        "loss": model.log_loss(arrays, features, labels),
+        "windows": float(len(labels)),
+    }
+
+
+def _held_out_set(data_dir: str, subjects: str) -> tuple[np.ndarray, np.ndarray] | None:
+    if not data_dir:
+        return None
+    chosen = [s for s in subjects.replace(",", " ").split() if s] or None
+    nights = walch_dataset(data_dir, chosen)
+    features = np.vstack([n.features[n.labelled] for n in nights.values()])
+    labels = np.concatenate([n.labels[n.labelled] for n in nights.values()])
+    return features, labels
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = context.run_config
+    run_id = str(context.run_id)
+    history = History(str(cfg["history-path"]))
+    num_rounds = int(cfg["num-rounds"])
+    last = history.last_round()
+    start_round = last.global_round if last else 0
+    initial = model.arrays_from_bytes(last.arrays) if last else model.initial_arrays()
+    history.start_run(run_id, start_round, num_rounds)
+    held_out = _held_out_set(str(cfg.get("eval-data", "")), str(cfg.get("eval-subjects", "")))
+    min_nodes = int(cfg["min-nodes"])
+    strategy = RecordingFedAvg(
+        fraction_train=float(cfg["fraction-train"]),
+        fraction_evaluate=float(cfg["fraction-evaluate"]),
+        min_train_nodes=min_nodes,
+        min_evaluate_nodes=min_nodes,
+        min_available_nodes=min_nodes,
+    )
+
+    def evaluate_and_persist(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if server_round == 0:
+            return None
+        ndarrays = arrays.to_numpy_ndarrays()
+        scores = held_out_scores(ndarrays, *held_out) if held_out else {}
+        global_round = start_round + server_round
+        history.add_round(
+            global_round=global_round,
+            run_id=run_id,
+            server_round=server_round,
+            arrays=model.arrays_to_bytes(ndarrays),
+            train_metrics=strategy.train_metrics.get(server_round, {}),
+            eval_metrics=strategy.eval_metrics.get(server_round, {}),
+            server_metrics=scores,
+            train_nodes=strategy.train_nodes.get(server_round, 0),
+            eval_nodes=strategy.eval_nodes.get(server_round, 0),
+        )
+        return MetricRecord({k: v for k, v in scores.items() if np.isfinite(v)})
+
+    try:
+        strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord(initial),
+            num_rounds=num_rounds,
+            timeout=float(cfg["round-timeout"]),
+            train_config=ConfigRecord({"local-iterations": int(cfg["local-iterations"])}),
+            evaluate_config=ConfigRecord(
+                {"global-round-offset": start_round, "final-global-round": start_round + num_rounds}
+            ),
+            evaluate_fn=evaluate_and_persist,
+        )
+    except BaseException:
+        history.finish_run(run_id, "failed")
+        raise
+    history.finish_run(run_id, "finished")
+    history.close()

@@ -1,0 +1,187 @@
+"""The Flower SuperLink as a supervised child, and runs submitted to it with ``flwr run``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+from server.config import ServerConfig
+
+log = logging.getLogger("sleepfed.server")
+
+CONNECTION_NAME = "sleepfed"
+
+
+def _flower_bin(name: str) -> str:
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else (shutil.which(name) or name)
+
+
+def flower_environment(config: ServerConfig) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["FLWR_HOME"] = str(config.state_dir / "flwr")
+    env["FLWR_TELEMETRY_ENABLED"] = "0"
+    env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
+    return env
+
+
+def superlink_command(config: ServerConfig) -> list[str]:
+    command = [
+        _flower_bin("flower-superlink"),
+        "--database",
+        str(config.state_dir / "superlink.db"),
+        "--disable-runtime-dependency-installation",
+        "--host",
+        config.host,
+        "--port",
+        str(config.port),
+    ]
+    if config.insecure:
+        command.append("--insecure")
+    else:
+        command += [
+            "--ssl-certfile",
+            str(config.certfile),
+            "--ssl-keyfile",
+            str(config.keyfile),
+            "--ssl-ca-certfile",
+            str(config.ca_certfile),
+        ]
+    return command
+
+
+def write_connection(config: ServerConfig) -> None:
+    """The ``flwr`` CLI's connection to our SuperLink, in our own FLWR_HOME."""
+    home = config.state_dir / "flwr"
+    home.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "[superlink]",
+        f'default = "{CONNECTION_NAME}"',
+        "",
+        f"[superlink.{CONNECTION_NAME}]",
+        f'address = "{config.address}"',
+    ]
+    if config.insecure:
+        lines.append("insecure = true")
+    else:
+        lines.append(f'root-certificates = "{config.ca_certfile}"')
+    (home / "config.toml").write_text("\n".join(lines) + "\n")
+
+
+def install_app_bundle(config: ServerConfig) -> Path:
+    """The code-free app bundle (a pyproject.toml naming the installed components)."""
+    app_dir = config.state_dir / "app"
+    app_dir.mkdir(parents=True, exist_ok=True)
+    source = resources.files("server") / "flower_app" / "pyproject.toml"
+    (app_dir / "pyproject.toml").write_text(source.read_text())
+    return app_dir
+
+
+class SuperLink:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = config.state_dir / "superlink.log"
+
+    def start(self, ready_timeout: float = 60.0) -> None:
+        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.config.insecure:
+            log.warning("SuperLink runs WITHOUT TLS (--insecure): traffic is not encrypted")
+        write_connection(self.config)
+        with self.log_path.open("ab") as out:
+            self.process = subprocess.Popen(
+                superlink_command(self.config),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=flower_environment(self.config),
+                start_new_session=True,
+            )
+        deadline = time.time() + ready_timeout
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"SuperLink exited with {self.process.returncode}; see {self.log_path}"
+                )
+            try:
+                socket.create_connection((self.config.host, self.config.port), timeout=1).close()
+                log.info(
+                    "SuperLink listening on %s (pid %d)", self.config.address, self.process.pid
+                )
+                return
+            except OSError:
+                time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(
+            f"SuperLink did not listen on {self.config.address} in {ready_timeout:.0f}s"
+        )
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        except ProcessLookupError:
+            pass
+
+
+def submit_run(config: ServerConfig) -> str:
+    """Submit one run of the ServerApp; returns its run id."""
+    app_dir = install_app_bundle(config)
+    overrides = {
+        "num-rounds": config.rounds,
+        "min-nodes": config.min_nodes,
+        "fraction-train": config.fraction_train,
+        "fraction-evaluate": config.fraction_evaluate,
+        "local-iterations": config.local_iterations,
+        "round-timeout": config.round_timeout_seconds,
+        "history-path": str(config.history_path),
+        "eval-data": str(config.eval_data or ""),
+        "eval-subjects": " ".join(config.eval_subjects),
+    }
+    run_config = config.state_dir / "run-config.toml"
+    run_config.write_text(
+        "".join(f"{key} = {json.dumps(value)}\n" for key, value in overrides.items())
+    )
+    result = subprocess.run(
+        [
+            _flower_bin("flwr"),
+            "run",
+            str(app_dir),
+            CONNECTION_NAME,
+            "--run-config",
+            str(run_config),
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        env=flower_environment(config),
+        timeout=120,
+    )
+    try:
+        payload = json.loads(result.stdout[result.stdout.index("{") :])
+    except ValueError:
+        payload = {}
+    if result.returncode != 0 or not payload.get("success"):
+        output = f"{result.stdout.strip()} {result.stderr.strip()}"[:2000]
+        raise RuntimeError(f"flwr run failed ({result.returncode}): {output}")
+    return str(payload["run-id"])
