@@ -39,6 +39,8 @@ log = logging.getLogger("sleepfed.federation")
 
 PROBE_TIMEOUT_SECONDS = 5.0
 STOP_GRACE_SECONDS = 10.0
+# After the ClientApp stored the run's final model, the node still has to send its reply.
+FINISH_GRACE_SECONDS = 8.0
 # Text in the SuperNode's output that means retrying cannot help.
 PERMANENT_MARKERS = (
     "PERMISSION_DENIED",
@@ -222,6 +224,7 @@ class Session:
                 start_new_session=True,
             )
         started_at = time.time()
+        finished_at: float | None = None
         try:
             while True:
                 code = self.process.poll()
@@ -232,7 +235,9 @@ class Session:
                     if any(marker in tail[-1500:] for marker in PERMANENT_MARKERS):
                         raise PermanentError(f"node exited with {code}: {tail[-300:].strip()}")
                     raise TransientError(f"node exited with {code}")
-                if self.finished():
+                if finished_at is None and self.finished():
+                    finished_at = time.time()
+                if finished_at is not None and time.time() - finished_at >= FINISH_GRACE_SECONDS:
                     return "finished"
                 if self.stop.is_set():
                     return "shutdown"

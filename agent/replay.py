@@ -450,10 +450,11 @@ def replay(
 
 # -- CLI -----------------------------------------------------------------------------------------
 def default_night_start(now: dt.datetime | None = None) -> float:
-    """Yesterday 22:00 UTC, as Unix seconds."""
+    """22:00 UTC on the evening of the latest night that has already ended (nights end at
+    noon), as Unix seconds: the agent treats the replayed night as finished."""
     now = now or dt.datetime.now(dt.UTC)
-    yesterday = (now - dt.timedelta(days=1)).date()
-    return dt.datetime.combine(yesterday, dt.time(22, 0), tzinfo=dt.UTC).timestamp()
+    evening = (now - dt.timedelta(hours=12)).date() - dt.timedelta(days=1)
+    return dt.datetime.combine(evening, dt.time(22, 0), tzinfo=dt.UTC).timestamp()
 
 
 def guess_format(data_dir: Path) -> str:

@@ -36,6 +36,7 @@ def collect(config: AgentConfig) -> dict[str, Any]:
         nights = buffer.night_names()
         last_night = nights[-1] if nights else None
         last_info = buffer.night_info(last_night) if last_night else None
+        labelled = buffer.windows(last_night, labelled_only=True) if last_night else []
     finally:
         buffer.close()
     pid = int(state.get("daemon_pid", 0) or 0)
@@ -88,6 +89,9 @@ def collect(config: AgentConfig) -> dict[str, Any]:
             "predicted_quality": prediction[2] if prediction else None,
             "model_version": prediction[0] if prediction else None,
             "reference_efficiency": last_info.get("reference_efficiency") if last_info else None,
+            "reference_good_share": (
+                sum(int(w[3] or 0) for w in labelled) / len(labelled) if labelled else None
+            ),
             "reported_quality": reports.get(last_night) if last_night else None,
         },
     }
