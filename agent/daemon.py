@@ -24,7 +24,7 @@ from agent.config import AgentConfig
 from agent.nights import NightTracker, extract_night, predict_nights
 from agent.protocol import Reading
 from agent.sources import Rejection, Source
-from agent.sources.serial_source import SerialSource
+from agent.sources.serial_source import SOURCE_DISCONNECT, SerialSource
 
 log = logging.getLogger("sleepfed.agent")
 
@@ -73,7 +73,6 @@ class Daemon:
         self.rejections = RejectionLog()
         self.committed_per_source: Counter[str] = Counter()
         self.session_thread: threading.Thread | None = None
-        self.session_outcome = ""
         self.buffer: Buffer | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -149,23 +148,14 @@ class Daemon:
                     source, item = self.events.get(timeout=timeout)
                 except queue.Empty:
                     break
-                if isinstance(item, Reading):
-                    batch.append((source, item))
-                    counters[f"accepted_{item.kind.name.lower()}"] += 1
-                else:
-                    counters[f"rejected_{item.reason}"] += 1
-                    self.rejections.note(source, item)
+                self._take(source, item, batch, counters)
             if stopping:  # take what is already queued, then flush it
                 while True:
                     try:
                         source, item = self.events.get_nowait()
                     except queue.Empty:
                         break
-                    if isinstance(item, Reading):
-                        batch.append((source, item))
-                        counters[f"accepted_{item.kind.name.lower()}"] += 1
-                    else:
-                        counters[f"rejected_{item.reason}"] += 1
+                    self._take(source, item, batch, counters)
             if batch or counters:
                 try:
                     self._commit(batch, counters)
@@ -194,6 +184,22 @@ class Daemon:
                 evicted = self.buffer.enforce_cap()
                 if evicted:
                     log.warning("buffer over cap: evicted %d oldest raw readings", evicted)
+
+    def _take(
+        self,
+        source: str,
+        item: Reading | Rejection,
+        batch: list[tuple[str, Reading]],
+        counters: Counter[str],
+    ) -> None:
+        if isinstance(item, Reading):
+            batch.append((source, item))
+            counters[f"accepted_{item.kind.name.lower()}"] += 1
+        elif item.reason == SOURCE_DISCONNECT:  # a lost device, not a rejected line
+            counters["source_disconnects"] += 1
+        else:
+            counters[f"rejected_{item.reason}"] += 1
+            self.rejections.note(source, item)
 
     def _commit(self, batch: list[tuple[str, Reading]], counters: Counter[str]) -> None:
         assert self.buffer is not None
@@ -227,7 +233,6 @@ class Daemon:
             heartbeat_at=time.time(),
             sources_connected=f"{connected}/{len(self.sources)}",
             session_running=self.session_thread is not None,
-            last_session_outcome=self.session_outcome,
         )
 
     def _participation(self) -> None:
@@ -266,11 +271,21 @@ class Daemon:
                 reader.close()
 
         def on_retry(attempt: int, sleep: float, why: str) -> None:
-            retry_log.append(
-                {"attempt": attempt, "at": time.time(), "sleep": sleep, "error": why[:200]}
-            )
+            # Visible at once in `sleepfed-agent status`, not only when the session ends.
+            writer = Buffer(buffer_path)
+            try:
+                writer.bump_counters({"federation_retries": 1})
+                writer.set_state(
+                    last_retry={
+                        "attempt": attempt,
+                        "at": time.time(),
+                        "sleep": sleep,
+                        "error": why[:200],
+                    }
+                )
+            finally:
+                writer.close()
 
-        retry_log: list[dict[str, object]] = []
         session = Session(fed, buffer_path, state_dir, end, self.stop, finished, on_retry)
 
         def run_session() -> None:
@@ -279,13 +294,12 @@ class Daemon:
                 outcome = session.run()
             except Exception:
                 log.exception("participation session crashed")
-            self.session_outcome = outcome
             log.info(
                 "participation session ended: %s (attempts at %s)",
                 outcome,
                 ", ".join(f"{t:.1f}" for t in session.attempt_times),
             )
-            self._session_done(outcome, start, labelled, retry_log, session.attempt_times)
+            self._session_done(outcome, start, labelled, session.attempt_times)
 
         self.buffer.set_state(session_started_at=now, session_window_end=end)
         self.session_thread = threading.Thread(
@@ -298,7 +312,6 @@ class Daemon:
         outcome: str,
         window_start: float,
         labelled: int,
-        retries: list[dict[str, object]],
         attempts: list[float],
     ) -> None:
         writer = Buffer(self.config.buffer_path)
@@ -313,6 +326,6 @@ class Daemon:
             if outcome in ("refused", "gave_up"):
                 values["closed_window_start"] = window_start
             writer.set_state(**values)
-            writer.bump_counters({f"sessions_{outcome}": 1, "federation_retries": len(retries)})
+            writer.bump_counters({f"sessions_{outcome}": 1})
         finally:
             writer.close()

@@ -25,12 +25,12 @@ def night_bounds(night: str, tz: ZoneInfo) -> tuple[float, float]:
     return start.timestamp(), end.timestamp()
 
 
-_WINDOW = re.compile(r"^(\d{1,2}):(\d{2})-(\d{1,2}):(\d{2})$")
+_WINDOW = re.compile(r"^(\d{1,2}):(\d{2})(?::(\d{2}))?-(\d{1,2}):(\d{2})(?::(\d{2}))?$")
 
 
 @dataclass(frozen=True)
 class ParticipationWindow:
-    """A daily window ``HH:MM-HH:MM`` (may cross midnight), or ``always``."""
+    """A daily window ``HH:MM[:SS]-HH:MM[:SS]`` (may cross midnight), or ``always``."""
 
     start: time | None
     end: time | None
@@ -43,10 +43,10 @@ class ParticipationWindow:
         match = _WINDOW.match(text)
         if not match:
             raise ValueError(f"expected 'HH:MM-HH:MM' or 'always', got {text!r}")
-        h1, m1, h2, m2 = (int(g) for g in match.groups())
-        if h1 > 23 or h2 > 24 or m1 > 59 or m2 > 59 or (h2 == 24 and m2):
+        h1, m1, s1, h2, m2, s2 = (int(g or 0) for g in match.groups())
+        if h1 > 23 or h2 > 24 or max(m1, m2, s1, s2) > 59 or (h2 == 24 and (m2 or s2)):
             raise ValueError(f"no such time of day in {text!r}")
-        start, end = time(h1, m1), time(0, 0) if h2 == 24 else time(h2, m2)
+        start, end = time(h1, m1, s1), time(0, 0) if h2 == 24 else time(h2, m2, s2)
         if start == end:
             raise ValueError(f"empty window {text!r}")
         return cls(start, end)
@@ -54,7 +54,7 @@ class ParticipationWindow:
     def __str__(self) -> str:
         if self.start is None or self.end is None:
             return "always"
-        return f"{self.start:%H:%M}-{self.end:%H:%M}"
+        return f"{self.start:%H:%M:%S}-{self.end:%H:%M:%S}"
 
     def current(self, now: float, tz: ZoneInfo) -> tuple[float, float] | None:
         """(start, end) of the window that is open at ``now``, or None."""

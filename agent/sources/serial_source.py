@@ -16,6 +16,9 @@ log = logging.getLogger("sleepfed.serial")
 READ_CHUNK = 4096
 RECONNECT_INITIAL_SECONDS = 0.2
 RECONNECT_MAX_SECONDS = 5.0
+# Reason of the Rejection emitted when the device goes away: the daemon counts it as the
+# plain counter ``source_disconnects`` (a lost link, not a rejected line).
+SOURCE_DISCONNECT = "source_disconnect"
 
 
 class LineSplitter:
@@ -94,7 +97,7 @@ class SerialSource(Source):
                         self._handle(line, emit)
             except OSError as error:  # SerialException is an OSError; so is EIO
                 self.disconnects += 1
-                emit(self.name, Rejection("source_disconnect", str(error)))
+                emit(self.name, Rejection(SOURCE_DISCONNECT, str(error)))
                 log.warning(
                     "source=%s port=%s lost (%s); reconnecting", self.name, self.port_name, error
                 )

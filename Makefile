@@ -1,0 +1,33 @@
+# The two commands the README gives: `make demo` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA ?= ../shared/data
+export FLWR_TELEMETRY_ENABLED := 0
+export FLWR_DISABLE_UPDATE_CHECK := 1
+
+.PHONY: install demo test test-fast lint bench
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) -m server.demo --data $(DATA)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
+	SLEEPFED_DATA=$(abspath $(DATA)) $(PY) -m pytest -q
+
+test-fast: install
+	SLEEPFED_DATA=$(abspath $(DATA)) $(PY) -m pytest -q -m "not slow"
+
+bench: install
+	$(PY) benchmarks/bench_ingest.py
+	$(PY) benchmarks/bench_memory.py --data $(abspath $(DATA))

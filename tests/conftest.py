@@ -1,0 +1,42 @@
+"""Fixtures shared by the test modules (helpers live in tests/helpers.py)."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from helpers import data_root, start_agent, stop_agent
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The shared real data folder; skips the test when it is missing."""
+    root = data_root()
+    if not root.is_dir():
+        pytest.skip(f"real data not found under {root} (set SLEEPFED_DATA)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def walch_dir(data_dir: Path) -> Path:
+    folder = data_dir / "walch2019"
+    if not any(folder.glob("*_psg_labels.out")):
+        pytest.skip(f"Walch 2019 data not found under {folder}")
+    return folder
+
+
+@pytest.fixture
+def agent_procs() -> Iterator[Callable[[Path], subprocess.Popen[bytes]]]:
+    """``start(config_path) -> Popen``; every process started is stopped at teardown."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(config_path: Path) -> subprocess.Popen[bytes]:
+        proc = start_agent(config_path)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        stop_agent(proc, timeout=5)

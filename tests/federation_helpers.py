@@ -1,0 +1,158 @@
+"""Real federations for tests: a TLS SuperLink (``sleepfed-server run``) and real agent
+daemons whose SuperNodes connect to it on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from agent.buffer import Buffer
+from agent.features import load_walch_subject, night_windows
+from server.certs import ensure_demo_pki
+
+PYTHON = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def pki(root: Path) -> dict[str, Path]:
+    return ensure_demo_pki(root / "pki", ["127.0.0.1", "localhost"])
+
+
+def write_server_config(
+    root: Path, port: int, certs: dict[str, Path], *, rounds: int, min_nodes: int,
+    walch_dir: Path, held_out: list[str], round_timeout: float = 120.0,
+) -> Path:
+    path = root / "server" / "server.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        f"""[server]
+state_dir = "{root / "server" / "state"}"
+port = {port}
+certfile = "{certs["cert"]}"
+keyfile = "{certs["key"]}"
+ca_certfile = "{certs["ca"]}"
+
+[federation]
+rounds = {rounds}
+min_nodes = {min_nodes}
+local_iterations = 5
+round_timeout_seconds = {round_timeout}
+
+[evaluation]
+data = "{walch_dir}"
+subjects = {json.dumps(held_out)}
+"""
+    )
+    return path
+
+
+def write_board(
+    root: Path, name: str, server_port: int, ca: Path, *, walch_dir: Path | None,
+    subject: str | None, window: str = "always", retry_max: float = 4.0,
+) -> Path:
+    """A board whose buffer already holds one extracted Walch night (no sensor source)."""
+    board = root / name
+    board.mkdir(parents=True, exist_ok=True)
+    buffer_path = board / "buffer.db"
+    if walch_dir is not None and subject is not None:
+        windows = night_windows(load_walch_subject(walch_dir, subject))
+        buffer = Buffer(buffer_path)
+        buffer.save_night(
+            "2026-11-24", 0.0, 1.0, len(windows.labels) * 20,
+            [
+                (float(start) * 30.0, [float(v) for v in feats], int(lab) if lab >= 0 else None)
+                for start, feats, lab in zip(
+                    windows.start_epochs, windows.features, windows.labels, strict=True
+                )
+            ],
+            None,
+        )
+        buffer.close()
+    config = board / "agent.toml"
+    config.write_text(
+        f"""[board]
+id = "{name}"
+
+[buffer]
+path = "{buffer_path}"
+
+[federation]
+server = "127.0.0.1:{server_port}"
+root_certificates = "{ca}"
+window = "{window}"
+min_new_labelled_windows = 1
+retry_initial_seconds = 0.5
+retry_max_seconds = {retry_max}
+session_idle_seconds = 300
+supernode_port = {free_port()}
+"""
+    )
+    return config
+
+
+def start(command: list[str], log: Path) -> subprocess.Popen[bytes]:
+    handle = log.open("wb")
+    return subprocess.Popen(
+        command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def start_agent(config: Path) -> subprocess.Popen[bytes]:
+    return start([PYTHON, "-m", "agent.cli", "run", "--config", str(config)], config.parent / "agent.log")
+
+
+def start_server(config: Path) -> subprocess.Popen[bytes]:
+    return start(
+        [PYTHON, "-m", "server.cli", "run", "--once", "--config", str(config)],
+        config.parent / "server.log",
+    )
+
+
+def stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def agent_status(config: Path) -> dict[str, object]:
+    result = subprocess.run(
+        [PYTHON, "-m", "agent.cli", "status", "--json", "--config", str(config)],
+        capture_output=True, text=True, timeout=30, check=True,
+    )
+    return dict(json.loads(result.stdout))
+
+
+def board_state(config: Path) -> dict[str, object]:
+    buffer = Buffer(config.parent / "buffer.db", readonly=True)
+    try:
+        return {**buffer.state(), "counters": buffer.counters()}
+    finally:
+        buffer.close()
