@@ -39,14 +39,19 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.features import (
+    EPOCH_SECONDS,
+    WALCH_FILES,
+    load_walch_subject,
+    reference_efficiency,
+    walch_subjects,
+)
 from agent.protocol import VALUE_RANGES, Kind, Reading, format_reading, parse_ack
 
-EPOCH_SECONDS = 30.0
 WALCH_HR_OFFSETS = (2.0, 7.0, 12.0, 17.0, 22.0, 27.0)
 WALCH_RR_DELAY = 0.5
 WALCH_MOV_OFFSET = 1.0
 WALCH_LBL_OFFSET = 15.0
-WALCH_FILES = ("count_feature", "hr_feature", "time_feature", "psg_labels")
 # One epoch's readings, (offset from the epoch start, kind), in time order.
 _WALCH_EPOCH_TEMPLATE: tuple[tuple[float, Kind], ...] = tuple(
     sorted(
@@ -98,13 +103,6 @@ def _walch_columns(data_dir: str | Path, subject: str) -> dict[str, list[float]]
     return {name: c[:n] for name, c in columns.items()}
 
 
-def walch_subjects(data_dir: str | Path) -> list[str]:
-    """Subject ids with every Walch file present in ``data_dir``."""
-    folder = Path(data_dir)
-    ids = {p.name.split("_", 1)[0] for p in folder.glob("*_psg_labels.out")}
-    return sorted(i for i in ids if all((folder / f"{i}_{f}.out").exists() for f in WALCH_FILES))
-
-
 def walch_bpm(hr_feature: float) -> float:
     """The bpm carried for Walch's normalised heart-rate feature (affine, clipped to 25..250)."""
     low, high = VALUE_RANGES[Kind.HR]
@@ -148,10 +146,10 @@ def walch_readings(
 
 def reference_efficiency_walch(data_dir: str | Path, subject: str) -> float:
     """Share of the subject's labelled PSG epochs that are asleep (stage > 0)."""
-    stages = [s for s in _walch_columns(data_dir, str(subject))["psg_labels"] if s >= 0]
-    if not stages:
-        raise ValueError(f"walch subject {subject} has no labelled epoch")
-    return sum(1 for s in stages if s > 0) / len(stages)
+    efficiency = reference_efficiency(load_walch_subject(data_dir, str(subject)))
+    if efficiency is None:
+        raise ValueError(f"walch subject {subject} has too few labelled epochs")
+    return efficiency
 
 
 # -- MMASH ---------------------------------------------------------------------------------------

@@ -40,8 +40,15 @@ def pki(root: Path) -> dict[str, Path]:
 
 
 def write_server_config(
-    root: Path, port: int, certs: dict[str, Path], *, rounds: int, min_nodes: int,
-    walch_dir: Path, held_out: list[str], round_timeout: float = 120.0,
+    root: Path,
+    port: int,
+    certs: dict[str, Path],
+    *,
+    rounds: int,
+    min_nodes: int,
+    walch_dir: Path,
+    held_out: list[str],
+    round_timeout: float = 120.0,
 ) -> Path:
     path = root / "server" / "server.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,8 +75,15 @@ subjects = {json.dumps(held_out)}
 
 
 def write_board(
-    root: Path, name: str, server_port: int, ca: Path, *, walch_dir: Path | None,
-    subject: str | None, window: str = "always", retry_max: float = 4.0,
+    root: Path,
+    name: str,
+    server_port: int,
+    ca: Path,
+    *,
+    walch_dir: Path | None,
+    subject: str | None,
+    window: str = "always",
+    retry_max: float = 4.0,
 ) -> Path:
     """A board whose buffer already holds one extracted Walch night (no sensor source)."""
     board = root / name
@@ -79,7 +93,10 @@ def write_board(
         windows = night_windows(load_walch_subject(walch_dir, subject))
         buffer = Buffer(buffer_path)
         buffer.save_night(
-            "2026-11-24", 0.0, 1.0, len(windows.labels) * 20,
+            "2026-11-24",
+            0.0,
+            1.0,
+            len(windows.labels) * 20,
             [
                 (float(start) * 30.0, [float(v) for v in feats], int(lab) if lab >= 0 else None)
                 for start, feats, lab in zip(
@@ -114,13 +131,18 @@ supernode_port = {free_port()}
 def start(command: list[str], log: Path) -> subprocess.Popen[bytes]:
     handle = log.open("wb")
     return subprocess.Popen(
-        command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+        command,
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
 
 
 def start_agent(config: Path) -> subprocess.Popen[bytes]:
-    return start([PYTHON, "-m", "agent.cli", "run", "--config", str(config)], config.parent / "agent.log")
+    return start(
+        [PYTHON, "-m", "agent.cli", "run", "--config", str(config)], config.parent / "agent.log"
+    )
 
 
 def start_server(config: Path) -> subprocess.Popen[bytes]:
@@ -145,7 +167,10 @@ def stop(processes: list[subprocess.Popen[bytes]]) -> None:
 def agent_status(config: Path) -> dict[str, object]:
     result = subprocess.run(
         [PYTHON, "-m", "agent.cli", "status", "--json", "--config", str(config)],
-        capture_output=True, text=True, timeout=30, check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     )
     return dict(json.loads(result.stdout))
 

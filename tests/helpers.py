@@ -136,9 +136,9 @@ def wait_connected(
             tail = log.read_text()[-2000:] if log.exists() else ""
             raise AssertionError(f"agent exited with {proc.returncode}:\n{tail}")
         status = agent_status(config_path, check=False)
-        if status and status["daemon"]["running"]:
-            if status["daemon"]["sources_connected"] == expected:
-                return status
+        daemon = status["daemon"] if status else {}
+        if daemon.get("running") and daemon.get("sources_connected") == expected:
+            return status
         return None
 
     return wait_for(ready, timeout, 0.1, f"sources_connected == {expected}", between)

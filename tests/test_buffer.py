@@ -131,9 +131,7 @@ def _fill_other_tables(buffer: Buffer) -> dict[str, int]:
 
 def _other_counts(buffer: Buffer) -> dict[str, int]:
     tables = ["stage_labels", "windows", "models", "predictions", "nights", "night_reports"]
-    return {
-        t: buffer.conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in tables
-    }
+    return {t: buffer.conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in tables}
 
 
 def test_size_cap_evicts_oldest_raw_readings_only(tmp_path: Path) -> None:
@@ -152,7 +150,10 @@ def test_size_cap_evicts_oldest_raw_readings_only(tmp_path: Path) -> None:
     # ids follow insertion order; timestamps increase with it
     for start in range(0, n, 100_000):
         buffer.add_readings(
-            [("s", Reading(T0 + 0.01 * i, kinds[i % 3], 100.0)) for i in range(start, start + 100_000)]
+            [
+                ("s", Reading(T0 + 0.01 * i, kinds[i % 3], 100.0))
+                for i in range(start, start + 100_000)
+            ]
         )
     assert buffer.counts().readings == n
     before = buffer.used_bytes()

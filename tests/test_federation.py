@@ -12,9 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from agent import model
-from server.history import History
 from federation_helpers import (
     agent_status,
     board_state,
@@ -27,6 +24,9 @@ from federation_helpers import (
     write_board,
     write_server_config,
 )
+
+from agent import model
+from server.history import History
 
 BOARD_SUBJECTS = ["4426783", "8258170", "9106476"]
 HELD_OUT = ["1066528", "2638030", "8000685", "8692923"]
@@ -97,26 +97,53 @@ def test_agent_joins_when_the_server_starts_late(tmp_path: Path, walch_dir: Path
         tmp_path, port, certs, rounds=1, min_nodes=2, walch_dir=walch_dir, held_out=HELD_OUT
     )
     boards = [
-        write_board(tmp_path, f"board{i}", port, certs["ca"], walch_dir=walch_dir, subject=s, retry_max=3)
+        write_board(
+            tmp_path, f"board{i}", port, certs["ca"], walch_dir=walch_dir, subject=s, retry_max=3
+        )
         for i, s in enumerate(BOARD_SUBJECTS[:2])
     ]
     agents = [start_agent(b) for b in boards]
     server = None
     try:
         wait_for(
-            lambda: all(board_state(b)["counters"].get("federation_retries", 0) >= 2 for b in boards),  # type: ignore[union-attr]
-            40, "both boards to retry against the absent server",
+            lambda: all(
+                board_state(b)["counters"].get("federation_retries", 0) >= 2 for b in boards
+            ),  # type: ignore[union-attr]
+            40,
+            "both boards to retry against the absent server",
         )
         assert all(a.poll() is None for a in agents)
+        # The server restarts from its history: seed it with a round 7 to resume from.
+        history_path = tmp_path / "server" / "state" / "history.db"
+        seeded = History(history_path)
+        seed = [np.full((1, model.N_FEATURES), 0.01), np.array([1.5])]
+        seeded.add_round(
+            global_round=7,
+            run_id="earlier",
+            server_round=7,
+            arrays=model.arrays_to_bytes(seed),
+            train_metrics={},
+            eval_metrics={},
+            server_metrics={},
+            train_nodes=2,
+            eval_nodes=2,
+        )
+        seeded.close()
         server = start_server(server_config)
         assert server.wait(240) == 0, (tmp_path / "server" / "server.log").read_text()[-3000:]
-        history = History(tmp_path / "server" / "state" / "history.db")
-        assert [(r.global_round, r.train_nodes) for r in history.rounds()] == [(1, 2)]
+        history = History(history_path)
+        assert [(r.global_round, r.train_nodes) for r in history.rounds()] == [(7, 2), (8, 2)]
+        assert history.runs()[-1]["start_round"] == 7
+        # Local training warm-starts from the seeded model: round 8 stays near it, far from 0.
+        resumed = model.arrays_from_bytes(history.rounds()[-1].arrays)
+        assert abs(resumed[1][0] - 1.5) < abs(resumed[1][0] - 0.0)
         wait_for(
             lambda: all(board_state(b).get("last_session_outcome") == "finished" for b in boards),
-            60, "both boards to finish their session",
+            60,
+            "both boards to finish their session",
         )
         for config in boards:
+            assert agent_status(config)["model"]["round"] == 8  # type: ignore[index]
             attempts = board_state(config)["last_session_attempts"]
             assert isinstance(attempts, list) and len(attempts) >= 3
             gaps = np.diff(attempts)
@@ -135,8 +162,14 @@ def test_wrong_address_gives_up_at_the_window_end(tmp_path: Path) -> None:
     closed_port = free_port()  # nothing listens there
     window_seconds = 8.0
     config = write_board(
-        tmp_path, "board", closed_port, tmp_path / "no-ca.pem", walch_dir=None, subject=None,
-        window=_window_ending_in(window_seconds), retry_max=1.0,
+        tmp_path,
+        "board",
+        closed_port,
+        tmp_path / "no-ca.pem",
+        walch_dir=None,
+        subject=None,
+        window=_window_ending_in(window_seconds),
+        retry_max=1.0,
     )
     # a board needs labelled windows to join: give it one extracted night
     from agent.buffer import Buffer
@@ -147,18 +180,25 @@ def test_wrong_address_gives_up_at_the_window_end(tmp_path: Path) -> None:
     window_end = time.time() + window_seconds
     agent = start_agent(config)
     try:
-        wait_for(lambda: board_state(config).get("last_session_outcome") == "gave_up", 30,
-                 "the board to give up")
+        wait_for(
+            lambda: board_state(config).get("last_session_outcome") == "gave_up",
+            30,
+            "the board to give up",
+        )
         state = board_state(config)
         attempts = state["last_session_attempts"]
         assert isinstance(attempts, list) and len(attempts) >= 3
         assert max(attempts) <= window_end + 0.5, "an attempt was made after the window closed"
         assert float(state["last_session_ended_at"]) <= window_end + 3.0  # type: ignore[arg-type]
         assert state["counters"]["federation_retries"] >= 2  # type: ignore[index]
-        assert not (config.parent / "supernode.log").exists(), "a node was started for a dead address"
+        assert not (config.parent / "supernode.log").exists(), (
+            "a node was started for a dead address"
+        )
         time.sleep(1.5)
         assert agent.poll() is None, "the daemon must keep running"
-        assert board_state(config)["last_session_outcome"] == "gave_up"  # no new session in this window
+        assert (
+            board_state(config)["last_session_outcome"] == "gave_up"
+        )  # no new session in this window
     finally:
         stop([agent])
 
@@ -187,7 +227,9 @@ def test_wrong_ca_is_refused_without_retrying(tmp_path: Path) -> None:
             return
 
     threading.Thread(target=serve, daemon=True).start()
-    config = write_board(tmp_path, "board", port, other_ca, walch_dir=None, subject=None, window="always")
+    config = write_board(
+        tmp_path, "board", port, other_ca, walch_dir=None, subject=None, window="always"
+    )
     from agent.buffer import Buffer
 
     buffer = Buffer(config.parent / "buffer.db")
@@ -195,8 +237,11 @@ def test_wrong_ca_is_refused_without_retrying(tmp_path: Path) -> None:
     buffer.close()
     agent = start_agent(config)
     try:
-        wait_for(lambda: board_state(config).get("last_session_outcome") == "refused", 30,
-                 "the board to refuse the server")
+        wait_for(
+            lambda: board_state(config).get("last_session_outcome") == "refused",
+            30,
+            "the board to refuse the server",
+        )
         state = board_state(config)
         assert len(state["last_session_attempts"]) == 1  # type: ignore[arg-type]
         assert state["counters"].get("federation_retries", 0) == 0  # type: ignore[union-attr]

@@ -230,9 +230,7 @@ def _stream_until(link: PtyLink, next_ts: int, stop_at: float, per_chunk: int = 
     return next_ts
 
 
-def test_sigkill_mid_ingest_loses_nothing_acknowledged(
-    tmp_path: Path, agent_procs: Start
-) -> None:
+def test_sigkill_mid_ingest_loses_nothing_acknowledged(tmp_path: Path, agent_procs: Start) -> None:
     rng = random.Random()
     seed = rng.randrange(1 << 30)
     rng.seed(seed)

@@ -1,0 +1,69 @@
+"""The server's round history: versioned rounds, resume point and rollback (a real SQLite file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent import model
+from server.history import History
+
+
+def _add(history: History, global_round: int, value: float, run_id: str = "r1") -> None:
+    arrays = [np.full((1, model.N_FEATURES), value), np.array([value])]
+    history.add_round(
+        global_round=global_round,
+        run_id=run_id,
+        server_round=global_round,
+        arrays=model.arrays_to_bytes(arrays),
+        train_metrics={"train-loss": 0.3},
+        eval_metrics={},
+        server_metrics={"auc": 0.8},
+        train_nodes=3,
+        eval_nodes=3,
+    )
+
+
+def test_rounds_persist_and_the_last_active_round_is_the_resume_point(tmp_path: Path) -> None:
+    path = tmp_path / "history.db"
+    history = History(path)
+    for r in (1, 2, 3):
+        _add(history, r, float(r))
+    history.close()
+    assert path.stat().st_mode & 0o777 == 0o600
+    reopened = History(path)
+    last = reopened.last_round()
+    assert last is not None and last.global_round == 3
+    assert model.arrays_from_bytes(last.arrays)[1][0] == 3.0
+    assert [r.train_nodes for r in reopened.rounds()] == [3, 3, 3]
+
+
+def test_rollback_keeps_the_rounds_but_resumes_from_the_chosen_one(tmp_path: Path) -> None:
+    history = History(tmp_path / "history.db")
+    for r in (1, 2, 3):
+        _add(history, r, float(r))
+    assert history.rollback(1) == 2
+    last = history.last_round()
+    assert last is not None and last.global_round == 1
+    # The rolled-back rounds stay in the history, flagged.
+    assert [(r.global_round, r.rolled_back) for r in history.rounds()] == [
+        (1, False),
+        (2, True),
+        (3, True),
+    ]
+    # The next run numbers on from round 1; round 2 exists again, once active.
+    _add(history, 2, 20.0, run_id="r2")
+    assert [r.global_round for r in history.rounds(include_rolled_back=False)] == [1, 2]
+    with pytest.raises(ValueError, match="no active round 7"):
+        history.rollback(7)
+
+
+def test_an_active_round_cannot_be_written_twice(tmp_path: Path) -> None:
+    import sqlite3
+
+    history = History(tmp_path / "history.db")
+    _add(history, 1, 1.0)
+    with pytest.raises(sqlite3.IntegrityError):
+        _add(history, 1, 2.0)
