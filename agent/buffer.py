@@ -135,6 +135,13 @@ class Buffer:
             if not self.path.exists():
                 _create_private_file(self.path)
             self.conn = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+        try:
+            self._prepare(readonly, synchronous)
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def _prepare(self, readonly: bool, synchronous: str) -> None:
         self.conn.execute("PRAGMA busy_timeout = 10000")
         if not readonly:
             if self.conn.execute("PRAGMA user_version").fetchone()[0] == 0:

@@ -91,7 +91,11 @@ class Daemon:
         )
         self.tracker.discover(self.buffer)
         self.buffer.set_state(
-            daemon_pid=os.getpid(), daemon_started_at=time.time(), health="starting"
+            daemon_pid=os.getpid(),
+            daemon_started_at=time.time(),
+            health="starting",
+            # not the previous run's value: status must not report "1/1" before we connect
+            sources_connected=f"0/{len(self.sources)}",
         )
         threads = [
             threading.Thread(

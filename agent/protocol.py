@@ -123,9 +123,9 @@ def parse_line(raw: bytes) -> Reading | None:
 
     Raises :class:`LineRejected` with a reason for anything that is not a valid reading.
     """
+    raw = raw.rstrip(b"\r")
     if len(raw) > MAX_LINE_BYTES:
         raise LineRejected(RejectReason.TOO_LONG, f"{len(raw)} bytes")
-    raw = raw.rstrip(b"\r")
     if not raw.strip():
         return None
     try:

@@ -297,14 +297,14 @@ def main(argv: list[str] | None = None) -> int:
 
     worst_after = max(f["daemon_after_mb"] for f in per_board.values())
     print(
-        f"\n  board tree at its peak: "
+        "\n  board tree at its peak (MB): "
         + "; ".join(
             f"{name}: " + ", ".join(f"{k} {mb(v):.0f}" for k, v in sorted(s.peak_tree[1].items()))
             for name, s in series.items()
         )
     )
     print(
-        "  server tree at its peak: "
+        "  server tree at its peak (MB): "
         + ", ".join(f"{k} {mb(v):.0f}" for k, v in sorted(server.peak_tree[1].items()))
     )
     for name, state in states.items():
@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             f"  {name}: session {state.get('last_session_outcome')!r}, "
             f"rounds_trained {counters.get('rounds_trained')}, "  # type: ignore[union-attr]
             f"rounds_evaluated {counters.get('rounds_evaluated')}, "  # type: ignore[union-attr]
-            f"sessions since: {len(logs[name].split('federation starting node')) - 1} node starts"
+            f"SuperNode starts: {logs[name].count('federation starting node')}"
         )
         if "Traceback" in logs[name]:
             tail = logs[name][logs[name].index("Traceback") :].splitlines()

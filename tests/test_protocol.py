@@ -181,3 +181,11 @@ def test_near_miss_text_never_crashes(text: str) -> None:
         assert rejected.reason in RejectReason.ALL
         return
     assert result is None or isinstance(result, Reading)
+
+
+def test_a_line_of_the_maximum_length_with_crlf_is_accepted() -> None:
+    prefix = b"SF1,HR,1795557602.000,61."
+    body = prefix + b"0" * (MAX_LINE_BYTES - len(prefix))
+    assert len(body) == MAX_LINE_BYTES
+    reading = parse_line(body + b"\r")
+    assert reading is not None and reading.value == 61.0

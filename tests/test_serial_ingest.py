@@ -314,12 +314,10 @@ def test_sigterm_exits_cleanly(tmp_path: Path, agent_procs: Start) -> None:
         reader.close()
     status = agent_status(config)
     assert status is not None
-    assert status["daemon"] == {
-        "running": False,
-        "pid": None,
-        "health": "not running",
-        "sources_connected": "1/1",
-    }
+    assert status["daemon"]["running"] is False
+    assert status["daemon"]["pid"] is None
+    assert status["daemon"]["health"] == "not running"
+    assert status["buffer"]["readings"] == len(stored)
 
 
 # -- f. configuration errors -----------------------------------------------------------------------

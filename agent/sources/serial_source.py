@@ -67,7 +67,10 @@ class SerialSource(Source):
         self.disconnects = 0
 
     def _open(self) -> serial.SerialBase:
-        return serial.serial_for_url(self.port_name, baudrate=self.baudrate, timeout=0.2)
+        # A sensor that never reads its ACKs must not block the daemon: bounded writes.
+        return serial.serial_for_url(
+            self.port_name, baudrate=self.baudrate, timeout=0.2, write_timeout=0.2
+        )
 
     def run(self, emit: Emit, stop: threading.Event) -> None:
         from agent.protocol import MAX_LINE_BYTES
