@@ -22,18 +22,20 @@ from types import FrameType
 from agent.buffer import Buffer
 from agent.config import AgentConfig
 from agent.nights import NightTracker, extract_night, predict_nights
-from agent.protocol import Reading
+from agent.protocol import Kind, Reading
 from agent.sources import Rejection, Source
 from agent.sources.serial_source import SOURCE_DISCONNECT, SerialSource
 
 log = logging.getLogger("sleepfed.agent")
 
-QUEUE_LIMIT = 200_000
+# Chunks (one device read each, up to 4 KiB of lines): bounds memory; sources wait when full.
+QUEUE_LIMIT = 256
 HOUSEKEEPING_SECONDS = 1.0
 CAP_CHECK_SECONDS = 30.0
 REJECTION_LOGS_PER_MINUTE = 5
 WRITE_FAILURE_EXIT_SECONDS = 60.0
 EXIT_BUFFER_UNWRITABLE = 3
+ACCEPTED_COUNTER = {kind: f"accepted_{kind.name.lower()}" for kind in Kind}
 
 
 class RejectionLog:
@@ -65,7 +67,7 @@ class Daemon:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.stop = threading.Event()
-        self.events: queue.Queue[tuple[str, Reading | Rejection]] = queue.Queue(QUEUE_LIMIT)
+        self.events: queue.Queue[tuple[str, list[Reading | Rejection]]] = queue.Queue(QUEUE_LIMIT)
         self.sources: list[Source] = [
             SerialSource(s.name, s.port, s.baudrate, s.send_acks) for s in config.sources
         ]
@@ -126,10 +128,10 @@ class Daemon:
             log.info("agent stopped")
         return code
 
-    def _emit(self, source: str, item: Reading | Rejection) -> None:
+    def _emit(self, source: str, items: list[Reading | Rejection]) -> None:
         while not self.stop.is_set():
             try:
-                self.events.put((source, item), timeout=0.5)
+                self.events.put((source, items), timeout=0.5)
                 return
             except queue.Full:
                 continue  # back-pressure: the source stops reading until we catch up
@@ -149,17 +151,17 @@ class Daemon:
                 if timeout <= 0:
                     break
                 try:
-                    source, item = self.events.get(timeout=timeout)
+                    source, items = self.events.get(timeout=timeout)
                 except queue.Empty:
                     break
-                self._take(source, item, batch, counters)
+                self._take(source, items, batch, counters)
             if stopping:  # take what is already queued, then flush it
                 while True:
                     try:
-                        source, item = self.events.get_nowait()
+                        source, items = self.events.get_nowait()
                     except queue.Empty:
                         break
-                    self._take(source, item, batch, counters)
+                    self._take(source, items, batch, counters)
             if batch or counters:
                 try:
                     self._commit(batch, counters)
@@ -192,28 +194,30 @@ class Daemon:
     def _take(
         self,
         source: str,
-        item: Reading | Rejection,
+        items: list[Reading | Rejection],
         batch: list[tuple[str, Reading]],
         counters: Counter[str],
     ) -> None:
-        if isinstance(item, Reading):
-            batch.append((source, item))
-            counters[f"accepted_{item.kind.name.lower()}"] += 1
-        elif item.reason == SOURCE_DISCONNECT:  # a lost device, not a rejected line
-            counters["source_disconnects"] += 1
-        else:
-            counters[f"rejected_{item.reason}"] += 1
-            self.rejections.note(source, item)
+        for item in items:
+            if isinstance(item, Reading):
+                batch.append((source, item))
+                counters[ACCEPTED_COUNTER[item.kind]] += 1
+            elif item.reason == SOURCE_DISCONNECT:  # a lost device, not a rejected line
+                counters["source_disconnects"] += 1
+            else:
+                counters[f"rejected_{item.reason}"] += 1
+                self.rejections.note(source, item)
 
     def _commit(self, batch: list[tuple[str, Reading]], counters: Counter[str]) -> None:
         assert self.buffer is not None
         by_source: dict[str, list[Reading]] = {}
         for source, reading in batch:
             by_source.setdefault(source, []).append(reading)
-        readings = [r for _, r in batch]
         self.buffer.add_readings(batch, dict(counters))
         # Committed: now acknowledge.
-        self.tracker.saw([r.timestamp for r in readings])
+        if batch:
+            stamps = [r.timestamp for _, r in batch]
+            self.tracker.saw(min(stamps), max(stamps))
         for source in self.sources:
             items = by_source.get(source.name)
             if items:

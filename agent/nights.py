@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from datetime import date, timedelta
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -37,10 +38,15 @@ class NightTracker:
         self.settle_seconds = settle_seconds
         self.last_commit: dict[str, float] = {}
 
-    def saw(self, timestamps: list[float], now: float | None = None) -> None:
+    def saw(self, first: float, last: float, now: float | None = None) -> None:
+        """Readings with timestamps from ``first`` to ``last`` were just committed."""
         now = time.time() if now is None else now
-        for night in {night_of(ts, self.tz) for ts in timestamps}:
+        night, final = night_of(first, self.tz), night_of(last, self.tz)
+        while True:
             self.last_commit[night] = now
+            if night >= final:
+                break
+            night = (date.fromisoformat(night) + timedelta(days=1)).isoformat()
 
     def discover(self, buffer: Buffer, now: float | None = None) -> None:
         """After a restart: every night with readings but no extraction is pending."""

@@ -19,8 +19,9 @@ class Rejection:
     detail: str
 
 
-# What a source hands to the daemon: (source name, reading or rejection).
-Emit = Callable[[str, Reading | Rejection], None]
+# What a source hands to the daemon: its name and, in input order, the readings and
+# rejections of one read from its device (one call per chunk keeps the per-reading cost low).
+Emit = Callable[[str, list[Reading | Rejection]], None]
 
 
 class Source(ABC):

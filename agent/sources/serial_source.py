@@ -8,7 +8,7 @@ import threading
 
 import serial
 
-from agent.protocol import LineRejected, RejectReason, format_ack, parse_line
+from agent.protocol import LineRejected, Reading, RejectReason, format_ack, parse_line
 from agent.sources import Emit, Rejection, Source
 
 log = logging.getLogger("sleepfed.serial")
@@ -96,11 +96,12 @@ class SerialSource(Source):
                     data = port.read(READ_CHUNK)
                     if not data:
                         continue
-                    for line in splitter.feed(data):
-                        self._handle(line, emit)
+                    items = [item for line in splitter.feed(data) if (item := self._handle(line))]
+                    if items:
+                        emit(self.name, items)
             except OSError as error:  # SerialException is an OSError; so is EIO
                 self.disconnects += 1
-                emit(self.name, Rejection(SOURCE_DISCONNECT, str(error)))
+                emit(self.name, [Rejection(SOURCE_DISCONNECT, str(error))])
                 log.warning(
                     "source=%s port=%s lost (%s); reconnecting", self.name, self.port_name, error
                 )
@@ -111,17 +112,14 @@ class SerialSource(Source):
                 with contextlib.suppress(OSError):
                     port.close()
 
-    def _handle(self, line: bytes | None, emit: Emit) -> None:
+    @staticmethod
+    def _handle(line: bytes | None) -> Reading | Rejection | None:
         if line is None:
-            emit(self.name, Rejection(RejectReason.TOO_LONG, "line without end"))
-            return
+            return Rejection(RejectReason.TOO_LONG, "line without end")
         try:
-            reading = parse_line(line)
+            return parse_line(line)
         except LineRejected as rejected:
-            emit(self.name, Rejection(rejected.reason, rejected.detail))
-            return
-        if reading is not None:
-            emit(self.name, reading)
+            return Rejection(rejected.reason, rejected.detail)
 
     def acknowledge(self, last_timestamp: float, committed: int) -> None:
         if not self.send_acks:
