@@ -23,8 +23,8 @@ from agent.buffer import Buffer
 from agent.config import AgentConfig
 from agent.nights import NightTracker, extract_night, predict_nights
 from agent.protocol import Kind, Reading
-from agent.sources import Rejection, Source
-from agent.sources.serial_source import SOURCE_DISCONNECT, SerialSource
+from agent.sources import Item, Rejection, Source, SourceEvent
+from agent.sources.serial_source import SerialSource
 
 log = logging.getLogger("sleepfed.agent")
 
@@ -67,7 +67,7 @@ class Daemon:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.stop = threading.Event()
-        self.events: queue.Queue[tuple[str, list[Reading | Rejection]]] = queue.Queue(QUEUE_LIMIT)
+        self.events: queue.Queue[tuple[str, list[Item]]] = queue.Queue(QUEUE_LIMIT)
         self.sources: list[Source] = [
             SerialSource(s.name, s.port, s.baudrate, s.send_acks) for s in config.sources
         ]
@@ -128,7 +128,7 @@ class Daemon:
             log.info("agent stopped")
         return code
 
-    def _emit(self, source: str, items: list[Reading | Rejection]) -> None:
+    def _emit(self, source: str, items: list[Item]) -> None:
         while not self.stop.is_set():
             try:
                 self.events.put((source, items), timeout=0.5)
@@ -194,7 +194,7 @@ class Daemon:
     def _take(
         self,
         source: str,
-        items: list[Reading | Rejection],
+        items: list[Item],
         batch: list[tuple[str, Reading]],
         counters: Counter[str],
     ) -> None:
@@ -202,8 +202,9 @@ class Daemon:
             if isinstance(item, Reading):
                 batch.append((source, item))
                 counters[ACCEPTED_COUNTER[item.kind]] += 1
-            elif item.reason == SOURCE_DISCONNECT:  # a lost device, not a rejected line
-                counters["source_disconnects"] += 1
+            elif isinstance(item, SourceEvent):
+                counters[item.counter] += 1
+                log.warning("source=%s %s: %s", source, item.counter, item.detail)
             else:
                 counters[f"rejected_{item.reason}"] += 1
                 self.rejections.note(source, item)

@@ -157,7 +157,13 @@ def parse_line(raw: bytes) -> Reading | None:
     timestamp = _number(fields[2], "timestamp")
     if not MIN_TIMESTAMP <= timestamp <= MAX_TIMESTAMP:
         raise LineRejected(RejectReason.TIMESTAMP, f"timestamp {timestamp}")
-    value = _number(fields[3], kind.name)
+    return checked_reading(timestamp, kind, _number(fields[3], kind.name))
+
+
+def checked_reading(timestamp: float, kind: Kind, value: float) -> Reading:
+    """A reading whose value passed the same checks whatever its transport (serial, BLE)."""
+    if not math.isfinite(value):
+        raise LineRejected(RejectReason.NOT_A_NUMBER, f"{kind.name}={value}")
     low, high = VALUE_RANGES[kind]
     if not low <= value <= high:
         raise LineRejected(RejectReason.OUT_OF_RANGE, f"{kind.name}={value} outside {low}..{high}")

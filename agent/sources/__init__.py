@@ -19,9 +19,19 @@ class Rejection:
     detail: str
 
 
+@dataclass(frozen=True, slots=True)
+class SourceEvent:
+    """Something that happened to a source (a lost link, a failed connect): counted under
+    ``counter`` and logged, but not a rejected reading."""
+
+    counter: str
+    detail: str
+
+
 # What a source hands to the daemon: its name and, in input order, the readings and
 # rejections of one read from its device (one call per chunk keeps the per-reading cost low).
-Emit = Callable[[str, list[Reading | Rejection]], None]
+Item = Reading | Rejection | SourceEvent
+Emit = Callable[[str, list[Item]], None]
 
 
 class Source(ABC):

@@ -9,7 +9,7 @@ import threading
 import serial
 
 from agent.protocol import LineRejected, Reading, RejectReason, format_ack, parse_line
-from agent.sources import Emit, Rejection, Source
+from agent.sources import Emit, Rejection, Source, SourceEvent
 
 log = logging.getLogger("sleepfed.serial")
 
@@ -18,7 +18,6 @@ RECONNECT_INITIAL_SECONDS = 0.2
 RECONNECT_MAX_SECONDS = 5.0
 # Reason of the Rejection emitted when the device goes away: the daemon counts it as the
 # plain counter ``source_disconnects`` (a lost link, not a rejected line).
-SOURCE_DISCONNECT = "source_disconnect"
 
 
 class LineSplitter:
@@ -101,7 +100,7 @@ class SerialSource(Source):
                         emit(self.name, items)
             except OSError as error:  # SerialException is an OSError; so is EIO
                 self.disconnects += 1
-                emit(self.name, [Rejection(SOURCE_DISCONNECT, str(error))])
+                emit(self.name, [SourceEvent("source_disconnects", str(error))])
                 log.warning(
                     "source=%s port=%s lost (%s); reconnecting", self.name, self.port_name, error
                 )
