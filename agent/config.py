@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +11,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from agent.buffer import SYNCHRONOUS_MODES
 from agent.schedule import ParticipationWindow
+from agent.sources.ble_source import BleDeviceConfig
 
 
 class ConfigError(ValueError):
@@ -22,6 +24,29 @@ class SerialSourceConfig:
     port: str
     baudrate: int = 115200
     send_acks: bool = True
+
+
+@dataclass(frozen=True)
+class BleSourceConfig:
+    name: str
+    adapter: str
+    scan_timeout_seconds: float
+    devices: list[BleDeviceConfig]
+
+
+SourceConfig = SerialSourceConfig | BleSourceConfig
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_ADDRESS = re.compile(r"^[0-9A-F]{2}(:[0-9A-F]{2}){5}$")
+
+
+def normalize_uuid(text: str, where: str) -> str:
+    """A full 128-bit UUID; 16-bit ones (``180d``, ``0x2a37``) get the Bluetooth base."""
+    value = text.lower().removeprefix("0x")
+    if re.fullmatch(r"[0-9a-f]{4}", value):
+        value = f"0000{value}-0000-1000-8000-00805f9b34fb"
+    if not _UUID.match(value):
+        raise ConfigError(f"{where}: not a Bluetooth UUID: {text!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -47,7 +72,7 @@ class AgentConfig:
     batch_max_readings: int
     batch_max_seconds: float
     night_settle_seconds: float
-    sources: list[SerialSourceConfig] = field(default_factory=list)
+    sources: list[SourceConfig] = field(default_factory=list)
     federation: FederationConfig | None = None
     state_dir: Path = Path(".")
 
@@ -76,6 +101,50 @@ def _positive(value: float, name: str) -> float:
     return value
 
 
+def _serial_source(src: dict[str, Any], where: str, index: int) -> SerialSourceConfig:
+    return SerialSourceConfig(
+        name=_get(src, "name", str, where, f"serial{index}"),
+        port=_get(src, "port", str, where),
+        baudrate=int(_positive(_get(src, "baudrate", int, where, 115200), f"{where}.baudrate")),
+        send_acks=_get(src, "send_acks", bool, where, True),
+    )
+
+
+def _ble_source(src: dict[str, Any], where: str, index: int) -> BleSourceConfig:
+    devices = []
+    for j, dev in enumerate(_get(src, "devices", list, where)):
+        at = f"{where}.devices[{j}]"
+        if not isinstance(dev, dict):
+            raise ConfigError(f"{at}: expected a table")
+        address = _get(dev, "address", str, at, "").upper() or None
+        service = _get(dev, "service", str, at, "") or None
+        if (address is None) == (service is None):
+            raise ConfigError(f"{at}: give exactly one of address or service")
+        if address is not None and not _ADDRESS.match(address):
+            raise ConfigError(f"{at}.address: expected AA:BB:CC:DD:EE:FF, got {address!r}")
+        movement = _get(dev, "movement_characteristic", str, at, "") or None
+        devices.append(
+            BleDeviceConfig(
+                name=_get(dev, "name", str, at, address or f"device{j}"),
+                address=address,
+                service=normalize_uuid(service, f"{at}.service") if service else None,
+                movement_characteristic=(
+                    normalize_uuid(movement, f"{at}.movement_characteristic") if movement else None
+                ),
+            )
+        )
+    if not devices:
+        raise ConfigError(f"{where}.devices: at least one device")
+    return BleSourceConfig(
+        name=_get(src, "name", str, where, f"ble{index}"),
+        adapter=_get(src, "adapter", str, where, "hci0"),
+        scan_timeout_seconds=_positive(
+            _get(src, "scan_timeout_seconds", float, where, 10.0), f"{where}.scan_timeout_seconds"
+        ),
+        devices=devices,
+    )
+
+
 def parse_config(data: dict[str, Any], base_dir: Path) -> AgentConfig:
     def path_of(text: str) -> Path:
         p = Path(text)
@@ -99,24 +168,18 @@ def parse_config(data: dict[str, Any], base_dir: Path) -> AgentConfig:
     if max_mb < 0:
         raise ConfigError(f"buffer.max_mb: must be >= 0, got {max_mb}")
 
-    sources = []
+    sources: list[SourceConfig] = []
     for i, src in enumerate(_get(data, "sources", list, "config", [])):
         where = f"sources[{i}]"
         if not isinstance(src, dict):
             raise ConfigError(f"{where}: expected a table")
         kind = _get(src, "type", str, where)
-        if kind != "serial":
-            raise ConfigError(f"{where}.type: unknown source type {kind!r} (known: serial)")
-        sources.append(
-            SerialSourceConfig(
-                name=_get(src, "name", str, where, f"serial{i}"),
-                port=_get(src, "port", str, where),
-                baudrate=int(
-                    _positive(_get(src, "baudrate", int, where, 115200), f"{where}.baudrate")
-                ),
-                send_acks=_get(src, "send_acks", bool, where, True),
-            )
-        )
+        if kind == "serial":
+            sources.append(_serial_source(src, where, i))
+        elif kind == "ble":
+            sources.append(_ble_source(src, where, i))
+        else:
+            raise ConfigError(f"{where}.type: unknown source type {kind!r} (known: serial, ble)")
     names = [s.name for s in sources]
     if len(set(names)) != len(names):
         raise ConfigError(f"sources: names must be unique, got {names}")

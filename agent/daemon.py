@@ -20,7 +20,7 @@ from collections import Counter
 from types import FrameType
 
 from agent.buffer import Buffer
-from agent.config import AgentConfig
+from agent.config import AgentConfig, SerialSourceConfig, SourceConfig
 from agent.nights import NightTracker, extract_night, predict_nights
 from agent.protocol import Kind, Reading
 from agent.sources import Item, Rejection, Source, SourceEvent
@@ -63,14 +63,20 @@ class RejectionLog:
             self.suppressed[rejection.reason] += 1
 
 
+def make_source(config: SourceConfig) -> Source:
+    if isinstance(config, SerialSourceConfig):
+        return SerialSource(config.name, config.port, config.baudrate, config.send_acks)
+    from agent.sources.ble_source import BleSource
+
+    return BleSource(config.name, config.devices, config.adapter, config.scan_timeout_seconds)
+
+
 class Daemon:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.stop = threading.Event()
         self.events: queue.Queue[tuple[str, list[Item]]] = queue.Queue(QUEUE_LIMIT)
-        self.sources: list[Source] = [
-            SerialSource(s.name, s.port, s.baudrate, s.send_acks) for s in config.sources
-        ]
+        self.sources: list[Source] = [make_source(s) for s in config.sources]
         self.tracker = NightTracker(config.timezone, config.night_settle_seconds)
         self.rejections = RejectionLog()
         self.committed_per_source: Counter[str] = Counter()
