@@ -7,13 +7,19 @@ anything malformed raises :class:`agent.protocol.LineRejected` with a counted re
   kJ follows; bit 4: RR intervals follow; bits 5-7 reserved, must be 0), the heart rate,
   the energy, then zero or more RR intervals, uint16 each in 1/1024 s.
 * Illuminance (0x2AFB, Environmental Sensing 0x181A): uint24, 0.01 lux; 0xFFFFFF unknown.
-* Movement (sleepfed's own characteristic, see README): uint16 little-endian activity
+* Movement (sleepfed's own characteristic, see README): float32 little-endian activity
   counts since the previous notification.
+* Current Time (0x2A2B, Current Time Service 0x1805), 10 bytes: year uint16, month, day,
+  hours, minutes, seconds, day of week, fractions of 1/256 s, adjust reason. It is the
+  device's local time; a board stamps readings with the device's clock when the device
+  offers it (see agent.sources.ble_source).
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
+from datetime import datetime, tzinfo
 
 from agent.protocol import LineRejected
 
@@ -23,6 +29,9 @@ ENVIRONMENTAL_SENSING_SERVICE = "0000181a-0000-1000-8000-00805f9b34fb"
 ILLUMINANCE = "00002afb-0000-1000-8000-00805f9b34fb"
 MOVEMENT_SERVICE = "7e1a0001-5c1e-4f2a-9b9e-5f1eedc0ffee"
 MOVEMENT = "7e1a0002-5c1e-4f2a-9b9e-5f1eedc0ffee"
+
+CURRENT_TIME_SERVICE = "00001805-0000-1000-8000-00805f9b34fb"
+CURRENT_TIME = "00002a2b-0000-1000-8000-00805f9b34fb"
 
 ILLUMINANCE_UNKNOWN = 0xFFFFFF
 RR_UNITS_PER_SECOND = 1024.0
@@ -35,6 +44,7 @@ class BleReason:
     RESERVED_FLAGS = "ble_reserved_flags"
     WRONG_LENGTH = "ble_wrong_length"
     TRUNCATED_RR = "ble_truncated_rr"
+    BAD_TIME = "ble_bad_time"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,13 +96,47 @@ def parse_illuminance(data: bytes) -> float | None:
     return None if raw == ILLUMINANCE_UNKNOWN else raw / 100.0
 
 
-def parse_movement(data: bytes) -> int:
-    if len(data) != 2:
+def parse_movement(data: bytes) -> float:
+    if len(data) != 4:
         raise LineRejected(BleReason.WRONG_LENGTH, f"movement of {len(data)} bytes: {data.hex()}")
-    return int.from_bytes(data, "little")
+    return float(struct.unpack("<f", data)[0])
+
+
+def parse_current_time(data: bytes, tz: tzinfo) -> float:
+    """Unix seconds of a Current Time value, read as local time in ``tz``."""
+    if len(data) != 10:
+        raise LineRejected(BleReason.WRONG_LENGTH, f"0x2A2B of {len(data)} bytes: {data.hex()}")
+    year, month, day, hours, minutes, seconds, _weekday, fractions, _reason = struct.unpack(
+        "<HBBBBBBBB", data
+    )
+    try:
+        moment = datetime(year, month, day, hours, minutes, seconds, tzinfo=tz)
+    except ValueError as error:
+        raise LineRejected(BleReason.BAD_TIME, f"0x2A2B {data.hex()}: {error}") from None
+    return moment.timestamp() + fractions / 256.0
+
+
+def format_current_time(timestamp: float, tz: tzinfo) -> bytes:
+    """The 0x2A2B value for a moment (used by the replay's BLE mode and the tests)."""
+    moment = datetime.fromtimestamp(timestamp, tz)
+    fractions = min(int((timestamp % 1.0) * 256), 255)
+    return struct.pack(
+        "<HBBBBBBBB",
+        moment.year,
+        moment.month,
+        moment.day,
+        moment.hour,
+        moment.minute,
+        moment.second,
+        moment.isoweekday(),
+        fractions,
+        0,
+    )
 
 
 __all__ = [
+    "CURRENT_TIME",
+    "CURRENT_TIME_SERVICE",
     "ENVIRONMENTAL_SENSING_SERVICE",
     "HEART_RATE_MEASUREMENT",
     "HEART_RATE_SERVICE",
@@ -101,6 +145,8 @@ __all__ = [
     "MOVEMENT_SERVICE",
     "BleReason",
     "HeartRateMeasurement",
+    "format_current_time",
+    "parse_current_time",
     "parse_heart_rate_measurement",
     "parse_illuminance",
     "parse_movement",

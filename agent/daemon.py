@@ -17,6 +17,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
+from datetime import tzinfo
 from types import FrameType
 
 from agent.buffer import Buffer
@@ -63,12 +64,14 @@ class RejectionLog:
             self.suppressed[rejection.reason] += 1
 
 
-def make_source(config: SourceConfig) -> Source:
+def make_source(config: SourceConfig, timezone: tzinfo) -> Source:
     if isinstance(config, SerialSourceConfig):
         return SerialSource(config.name, config.port, config.baudrate, config.send_acks)
     from agent.sources.ble_source import BleSource
 
-    return BleSource(config.name, config.devices, config.adapter, config.scan_timeout_seconds)
+    return BleSource(
+        config.name, config.devices, config.adapter, config.scan_timeout_seconds, timezone
+    )
 
 
 class Daemon:
@@ -76,7 +79,7 @@ class Daemon:
         self.config = config
         self.stop = threading.Event()
         self.events: queue.Queue[tuple[str, list[Item]]] = queue.Queue(QUEUE_LIMIT)
-        self.sources: list[Source] = [make_source(s) for s in config.sources]
+        self.sources: list[Source] = [make_source(s, config.timezone) for s in config.sources]
         self.tracker = NightTracker(config.timezone, config.night_settle_seconds)
         self.rejections = RejectionLog()
         self.committed_per_source: Counter[str] = Counter()

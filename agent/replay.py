@@ -32,6 +32,7 @@ import datetime as dt
 import os
 import pty
 import select
+import struct
 import sys
 import time
 import tty
@@ -142,6 +143,50 @@ def walch_readings(
                 yield Reading(t_e + offset, Kind.LBL, float(label))
             else:
                 stats.skip("unlabelled_epoch")
+
+
+# -- Walch 2019 as a BLE wearable ----------------------------------------------------------------
+# Over BLE the heart rate is a whole number of bpm, so the replay spreads Walch's normalised
+# feature wider than over serial (z-scores are unchanged by the affine map; the rounding to
+# whole bpm is the only loss: at most 0.0125 in hr_feature units).
+BLE_BPM_OFFSET, BLE_BPM_SCALE = 50.0, 40.0
+
+
+def walch_ble_bpm(hr_feature: float) -> int:
+    low, high = VALUE_RANGES[Kind.HR]
+    return round(min(max(BLE_BPM_OFFSET + BLE_BPM_SCALE * hr_feature, low), high))
+
+
+def walch_ble_notifications(
+    data_dir: str | Path, subject: str, night_start: float, tz: dt.tzinfo = dt.UTC
+) -> Iterator[tuple[str, bytes]]:
+    """``(characteristic UUID, value)`` notifications a BLE wearable would send for one
+    Walch night: per epoch, Current Time then the movement counts (float32) at +1 s, and
+    Current Time then a Heart Rate Measurement (contact detected, one RR interval) at +2 s.
+    The PSG labels are not part of it: a reference device sends them (``walch_labels``)."""
+    from agent.ble_parsing import (
+        CURRENT_TIME,
+        HEART_RATE_MEASUREMENT,
+        MOVEMENT,
+        format_current_time,
+    )
+
+    series = load_walch_subject(data_dir, str(subject))
+    for e, (count, hr_feature) in enumerate(zip(series.activity, series.hr, strict=True)):
+        t_e = night_start + EPOCH_SECONDS * e
+        yield CURRENT_TIME, format_current_time(t_e + 1.0, tz)
+        yield MOVEMENT, struct.pack("<f", float(count))
+        bpm = walch_ble_bpm(float(hr_feature))
+        rr = round(60.0 / bpm * 1024)
+        flags = 0x06 | 0x10 | (0x01 if bpm > 255 else 0)
+        value = bytes([flags]) + bpm.to_bytes(2 if bpm > 255 else 1, "little")
+        yield CURRENT_TIME, format_current_time(t_e + 2.0, tz)
+        yield HEART_RATE_MEASUREMENT, value + struct.pack("<H", rr)
+
+
+def walch_labels(data_dir: str | Path, subject: str, night_start: float) -> Iterator[Reading]:
+    """Only the PSG stage lines of a Walch night, as a reference device sends them."""
+    return (r for r in walch_readings(data_dir, subject, night_start) if r.kind is Kind.LBL)
 
 
 def reference_efficiency_walch(data_dir: str | Path, subject: str) -> float:

@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 from agent.ble_parsing import (
     BleReason,
     HeartRateMeasurement,
+    format_current_time,
+    parse_current_time,
     parse_heart_rate_measurement,
     parse_illuminance,
     parse_movement,
@@ -76,15 +78,32 @@ def test_illuminance() -> None:
 
 
 def test_movement() -> None:
-    assert parse_movement(struct.pack("<H", 517)) == 517
+    assert parse_movement(struct.pack("<f", 5.25)) == 5.25
     with pytest.raises(LineRejected):
-        parse_movement(b"\x01")
+        parse_movement(b"\x01\x02")
+
+
+def test_current_time_round_trip_and_bad_dates() -> None:
+    from zoneinfo import ZoneInfo
+
+    for tz in (ZoneInfo("UTC"), ZoneInfo("Europe/Berlin")):
+        stamp = 1_795_557_602.5
+        assert parse_current_time(format_current_time(stamp, tz), tz) == stamp
+    bad = struct.pack("<HBBBBBBBB", 2026, 13, 1, 0, 0, 0, 1, 0, 0)
+    with pytest.raises(LineRejected) as caught:
+        parse_current_time(bad, ZoneInfo("UTC"))
+    assert caught.value.reason == BleReason.BAD_TIME
 
 
 @settings(max_examples=3000, deadline=None)
 @given(st.binary(max_size=40))
 def test_random_bytes_never_raise_anything_but_a_clean_rejection(data: bytes) -> None:
-    for parse in (parse_heart_rate_measurement, parse_illuminance, parse_movement):
+    from zoneinfo import ZoneInfo
+
+    def current_time(payload: bytes) -> float:
+        return parse_current_time(payload, ZoneInfo("UTC"))
+
+    for parse in (parse_heart_rate_measurement, parse_illuminance, parse_movement, current_time):
         try:
             parse(data)
         except LineRejected as rejected:

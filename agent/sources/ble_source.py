@@ -4,9 +4,11 @@ One source owns one adapter and every device configured on it: a single asyncio 
 scans and connects one device at a time (never a scan and a connect at once; BlueZ answers
 ``org.bluez.Error.InProgress`` otherwise), with bleak-retry-connector's
 ``establish_connection`` doing the connect itself (it knows BlueZ's transient failures).
-Notifications are parsed (agent.ble_parsing), checked like serial readings, and stamped
-with the board's clock. Failures are classified, counted (``ble_<class>``) and each class
-backs off on its own schedule (exponential, full jitter, capped).
+Notifications are parsed (agent.ble_parsing) and checked like serial readings. They are
+stamped with the device's clock when the device offers Current Time (0x2A2B: the last
+device time received plus the board's monotonic time since), else with the board's clock.
+Failures are classified, counted (``ble_<class>``) and each class backs off on its own
+schedule (exponential, full jitter, capped).
 """
 
 from __future__ import annotations
@@ -19,11 +21,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, tzinfo
 from typing import Any
 
 from agent.ble_parsing import (
+    CURRENT_TIME,
     HEART_RATE_MEASUREMENT,
     ILLUMINANCE,
+    parse_current_time,
     parse_heart_rate_measurement,
     parse_illuminance,
     parse_movement,
@@ -85,7 +90,8 @@ class DeviceLink:
     client: Any = None
     next_attempt: float = 0.0
     failures: dict[str, int] = field(default_factory=dict)
-    last_rr_end: float = 0.0
+    device_time: float | None = None  # the device's clock at device_time_at (monotonic)
+    device_time_at: float = 0.0
 
     def back_off(self, failure: str, now: float) -> float:
         count = self.failures.get(failure, 0)
@@ -103,6 +109,7 @@ class BleSource(Source):
         devices: list[BleDeviceConfig],
         adapter: str = "hci0",
         scan_timeout: float = 10.0,
+        timezone: tzinfo = UTC,
         *,
         client_backend: type | None = None,
         scanner_backend: type | None = None,
@@ -115,6 +122,7 @@ class BleSource(Source):
         self.client_backend = client_backend
         self.scanner_backend = scanner_backend
         self.clock = clock
+        self.timezone = timezone
         self.links = {d.name: DeviceLink(d) for d in devices}
 
     def run(self, emit: Emit, stop: threading.Event) -> None:
@@ -230,7 +238,12 @@ class BleSource(Source):
 
     async def _subscribe(self, link: DeviceLink, client: Any, emit: Emit) -> None:
         services = client.services
-        wanted = {HEART_RATE_MEASUREMENT: self._on_heart_rate, ILLUMINANCE: self._on_illuminance}
+        link.device_time = None
+        wanted = {
+            CURRENT_TIME: self._on_current_time,  # first, so the clock is set before data
+            HEART_RATE_MEASUREMENT: self._on_heart_rate,
+            ILLUMINANCE: self._on_illuminance,
+        }
         if link.config.movement_characteristic:
             wanted[link.config.movement_characteristic.lower()] = self._on_movement
         subscribed = 0
@@ -242,15 +255,30 @@ class BleSource(Source):
                 continue
 
             def callback(_char: Any, data: bytearray, handler: Any = handler) -> None:
-                emit(self.name, handler(link, bytes(data)))
+                items = handler(link, bytes(data))
+                if items:
+                    emit(self.name, items)
 
             await client.start_notify(characteristic, callback)
             subscribed += 1
         log.info("device=%s subscribed to %d characteristics", link.config.name, subscribed)
 
     # -- notifications ------------------------------------------------------------------------
+    def _stamp(self, link: DeviceLink) -> float:
+        if link.device_time is None:
+            return self.clock()
+        return link.device_time + (time.monotonic() - link.device_time_at)
+
+    def _on_current_time(self, link: DeviceLink, data: bytes) -> list[Item]:
+        try:
+            device_time = parse_current_time(data, self.timezone)
+        except LineRejected as rejected:
+            return [Rejection(rejected.reason, f"device={link.config.name} {rejected.detail}")]
+        link.device_time, link.device_time_at = device_time, time.monotonic()
+        return []
+
     def _on_heart_rate(self, link: DeviceLink, data: bytes) -> list[Item]:
-        now = self.clock()
+        now = self._stamp(link)
         try:
             measurement = parse_heart_rate_measurement(data)
         except LineRejected as rejected:
@@ -286,10 +314,10 @@ class BleSource(Source):
             return [Rejection(rejected.reason, f"device={link.config.name} {rejected.detail}")]
         if lux is None:
             return [SourceEvent("ble_illuminance_unknown", f"device={link.config.name}")]
-        return [checked_reading(self.clock(), Kind.LUX, lux)]
+        return [checked_reading(self._stamp(link), Kind.LUX, lux)]
 
     def _on_movement(self, link: DeviceLink, data: bytes) -> list[Item]:
         try:
-            return [checked_reading(self.clock(), Kind.MOV, float(parse_movement(data)))]
+            return [checked_reading(self._stamp(link), Kind.MOV, parse_movement(data))]
         except LineRejected as rejected:
             return [Rejection(rejected.reason, f"device={link.config.name} {rejected.detail}")]
