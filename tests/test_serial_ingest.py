@@ -333,7 +333,12 @@ def test_sigterm_exits_cleanly(tmp_path: Path, agent_procs: Start) -> None:
         ('[buffer]\npath = "b.db"\nsynchronous = "off"\n', "buffer.synchronous"),
         ('[buffer]\npath = "b.db"\n[nights]\nsettle_seconds = "soon"\n', "nights.settle_seconds"),
         ('[buffer]\npath = "b.db"\n[[sources]]\ntype = "serial"\n', "sources[0].port"),
-        ('[buffer]\npath = "b.db"\n[[sources]]\ntype = "ble"\nport = "x"\n', "sources[0].type"),
+        ('[buffer]\npath = "b.db"\n[[sources]]\ntype = "zigbee"\nport = "x"\n', "sources[0].type"),
+        ('[buffer]\npath = "b.db"\n[[sources]]\ntype = "ble"\n', "sources[0].devices"),
+        (
+            '[buffer]\npath = "b.db"\n[[sources]]\ntype = "ble"\n[[sources.devices]]\naddress = "nope"\n',
+            "sources[0].devices[0].address",
+        ),
         ('[board]\ntimezone = "Mars/Olympus"\n[buffer]\npath = "b.db"\n', "board.timezone"),
     ],
 )
