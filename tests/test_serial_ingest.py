@@ -336,7 +336,8 @@ def test_sigterm_exits_cleanly(tmp_path: Path, agent_procs: Start) -> None:
         ('[buffer]\npath = "b.db"\n[[sources]]\ntype = "zigbee"\nport = "x"\n', "sources[0].type"),
         ('[buffer]\npath = "b.db"\n[[sources]]\ntype = "ble"\n', "sources[0].devices"),
         (
-            '[buffer]\npath = "b.db"\n[[sources]]\ntype = "ble"\n[[sources.devices]]\naddress = "nope"\n',
+            '[buffer]\npath = "b.db"\n[[sources]]\ntype = "ble"\n'
+            '[[sources.devices]]\naddress = "nope"\n',
             "sources[0].devices[0].address",
         ),
         ('[board]\ntimezone = "Mars/Olympus"\n[buffer]\npath = "b.db"\n', "board.timezone"),
