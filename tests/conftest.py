@@ -40,3 +40,6 @@ def agent_procs() -> Iterator[Callable[[Path], subprocess.Popen[bytes]]]:
     yield start
     for proc in started:
         stop_agent(proc, timeout=5)
+
+
+from bluez.fixtures import bluez_fixture  # noqa: E402, F401  (the `bluez` fixture)

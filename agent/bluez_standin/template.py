@@ -73,6 +73,8 @@ ENVIRONMENTAL_SENSING_SERVICE = uuid16(0x181A)
 ILLUMINANCE = uuid16(0x2AFB)
 BATTERY_SERVICE = uuid16(0x180F)
 CCCD = uuid16(0x2902)
+CURRENT_TIME_SERVICE = uuid16(0x1805)
+CURRENT_TIME = uuid16(0x2A2B)
 MOVEMENT_SERVICE = "7e1a0001-5c1e-4f2a-9b9e-5f1eedc0ffee"
 MOVEMENT_CHARACTERISTIC = "7e1a0002-5c1e-4f2a-9b9e-5f1eedc0ffee"
 
@@ -119,6 +121,7 @@ def _error(name: str, message: str) -> dbus.exceptions.DBusException:
 _GSourceFunc = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)
 _glib = None
 _live_callbacks: dict = {}  # id -> ctypes callback (they are not hashable)
+_retired_callbacks: list = []  # finished, but maybe still on the C stack: freed on the next add
 
 
 def _glib_timeout_add(delay_ms: int, func) -> None:
@@ -128,6 +131,7 @@ def _glib_timeout_add(delay_ms: int, func) -> None:
         _glib = ctypes.cdll.LoadLibrary("libglib-2.0.so.0")
         _glib.g_timeout_add.argtypes = [ctypes.c_uint, _GSourceFunc, ctypes.c_void_p]
         _glib.g_timeout_add.restype = ctypes.c_uint
+    _retired_callbacks.clear()
 
     def run(_data) -> int:
         try:
@@ -136,7 +140,7 @@ def _glib_timeout_add(delay_ms: int, func) -> None:
             log.exception("stand-in timer failed")
             again = False
         if not again:
-            _live_callbacks.pop(id(callback), None)
+            _retired_callbacks.append(_live_callbacks.pop(id(callback), None))
         return int(again)  # G_SOURCE_CONTINUE / G_SOURCE_REMOVE
 
     callback = _GSourceFunc(run)
@@ -162,11 +166,19 @@ def _later(delay_ms: int, func) -> None:
 
 
 class Sensor:
-    def __init__(self, address: str, name: str, with_illuminance: bool, with_movement: bool):
+    def __init__(
+        self,
+        address: str,
+        name: str,
+        with_illuminance: bool,
+        with_movement: bool,
+        with_current_time: bool = False,
+    ):
         self.address = address.upper()
         self.name = name
         self.with_illuminance = with_illuminance
         self.with_movement = with_movement
+        self.with_current_time = with_current_time
         self.rssi = -60
         self.advertising = False
         self.connected = False
@@ -182,7 +194,9 @@ class Sensor:
 
     def layout(self) -> list[tuple[int, str, list[tuple[int, str, list[str], bytes]]]]:
         """(service handle, UUID, [(char handle, UUID, flags, initial value)])."""
-        services = [(0x0010, HEART_RATE_SERVICE, [(0x0011, HEART_RATE_MEASUREMENT, ["notify"], b"")])]
+        services = [
+            (0x0010, HEART_RATE_SERVICE, [(0x0011, HEART_RATE_MEASUREMENT, ["notify"], b"")])
+        ]
         if self.with_illuminance:
             services.append(
                 (
@@ -194,6 +208,10 @@ class Sensor:
         if self.with_movement:
             services.append(
                 (0x0030, MOVEMENT_SERVICE, [(0x0031, MOVEMENT_CHARACTERISTIC, ["notify"], b"")])
+            )
+        if self.with_current_time:
+            services.append(
+                (0x0040, CURRENT_TIME_SERVICE, [(0x0041, CURRENT_TIME, ["read", "notify"], b"")])
             )
         return services
 
@@ -591,12 +609,14 @@ def _add_adapter(root) -> str:
 # Test-only interface on "/"
 
 
-@dbus.service.method(STANDIN_IFACE, in_signature="ssbb", out_signature="o")
-def AddHeartRateSensor(self, address, name, with_illuminance, with_movement):
+@dbus.service.method(STANDIN_IFACE, in_signature="ssbbb", out_signature="o")
+def AddHeartRateSensor(self, address, name, with_illuminance, with_movement, with_current_time):
     key = str(address).upper()
     if key in _world.sensors:
         raise _error(ERROR_PREFIX + "SensorExists", f"sensor {address} already exists")
-    sensor = Sensor(key, str(name), bool(with_illuminance), bool(with_movement))
+    sensor = Sensor(
+        key, str(name), bool(with_illuminance), bool(with_movement), bool(with_current_time)
+    )
     _world.sensors[key] = sensor
     _create_device(sensor)
     return dbus.ObjectPath(sensor.path)
@@ -686,6 +706,8 @@ def load(mock, parameters):
         resolve_delay_ms=int(parameters.get("resolve_delay_ms", 30)),
         advertising_interval_ms=int(parameters.get("advertising_interval_ms", 100)),
     )
+    # with ``python -m dbusmock --template`` the main object is registered only after load()
+    mockobject.objects.setdefault(MAIN_OBJ, mock)
     bluez5.load(mock, parameters)
     if parameters.get("adapter", True):
         _add_adapter(mock)

@@ -1,4 +1,5 @@
-"""``BlueZStandIn``: a private D-Bus system bus with ``agent/ble_standin.py`` serving ``org.bluez``.
+"""``BlueZStandIn``: a private D-Bus system bus with ``template.py`` (python-dbusmock) serving
+``org.bluez``, standing in for bluetoothd on machines with no Bluetooth (tests, the demo).
 
 While it runs, ``DBUS_SYSTEM_BUS_ADDRESS`` in ``os.environ`` names the private bus, so bleak (via
 dbus-fast) in this process and in any subprocess started meanwhile talks to the stand-in. The
@@ -20,8 +21,7 @@ import dbus
 import dbus.bus
 from dbusmock import BusType, PrivateDBus, SpawnedMock
 
-REPO = Path(__file__).resolve().parents[2]
-TEMPLATE = REPO / "agent" / "ble_standin.py"
+TEMPLATE = Path(__file__).resolve().parent / "template.py"
 STANDIN_IFACE = "org.sleepfed.BlueZStandIn"
 ENV_VAR = "DBUS_SYSTEM_BUS_ADDRESS"
 CALL_TIMEOUT = 10.0
@@ -33,8 +33,19 @@ class BlueZStandIn:
     adapter = "hci0"
     adapter_path = "/org/bluez/hci0"
 
-    def __init__(self, *, resolve_delay_ms: int = 30, log_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        resolve_delay_ms: int = 30,
+        advertising_interval_ms: int = 100,
+        log_dir: Path | None = None,
+    ) -> None:
+        """``resolve_delay_ms``: from ``Connect`` to services resolved; ``advertising_interval_ms``:
+        how often advertisers are reported while discovering. The server's call log goes to
+        ``log_dir`` (kept) or to a temporary file deleted by :meth:`stop`.
+        """
         self.resolve_delay_ms = resolve_delay_ms
+        self.advertising_interval_ms = advertising_interval_ms
         self._log_dir = log_dir
         self._bus: PrivateDBus | None = None
         self._mock: SpawnedMock | None = None
@@ -54,15 +65,16 @@ class BlueZStandIn:
         try:
             self._bus = PrivateDBus(BusType.SYSTEM)
             self._bus.start()  # exports DBUS_SYSTEM_BUS_ADDRESS
-            fd, name = tempfile.mkstemp(
-                prefix="bluez-standin-", suffix=".log", dir=self._log_dir
-            )
+            fd, name = tempfile.mkstemp(prefix="bluez-standin-", suffix=".log", dir=self._log_dir)
             os.close(fd)
             self.log_path = Path(name)
             self._log_file = self.log_path.open("wb")
             self._mock = SpawnedMock.spawn_with_template(
                 str(TEMPLATE),
-                {"resolve_delay_ms": dbus.UInt32(self.resolve_delay_ms)},
+                {
+                    "resolve_delay_ms": dbus.UInt32(self.resolve_delay_ms),
+                    "advertising_interval_ms": dbus.UInt32(self.advertising_interval_ms),
+                },
                 BusType.SYSTEM,
                 stdout=self._log_file,
                 stderr=subprocess.STDOUT,
@@ -90,6 +102,8 @@ class BlueZStandIn:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+            if self._log_dir is None and self.log_path is not None:
+                self.log_path.unlink(missing_ok=True)
         if self._saved_env is None:
             os.environ.pop(ENV_VAR, None)
         else:
@@ -136,8 +150,10 @@ class BlueZStandIn:
         *,
         with_illuminance: bool = True,
         with_movement: bool = True,
+        with_current_time: bool = False,
     ) -> str:
-        """A sensor in range that BlueZ already knows (not connected). Returns its object path."""
+        """A sensor in range that BlueZ already knows (not connected). Returns its object path.
+        ``with_current_time`` adds the Current Time Service (0x1805, 0x2A2B notify)."""
         return str(
             self._call(
                 "AddHeartRateSensor",
@@ -145,6 +161,7 @@ class BlueZStandIn:
                 name,
                 dbus.Boolean(with_illuminance),
                 dbus.Boolean(with_movement),
+                dbus.Boolean(with_current_time),
             )
         )
 
