@@ -189,6 +189,22 @@ def walch_labels(data_dir: str | Path, subject: str, night_start: float) -> Iter
     return (r for r in walch_readings(data_dir, subject, night_start) if r.kind is Kind.LBL)
 
 
+def replay_ble(
+    notifications: Iterable[tuple[str, bytes]],
+    notify: Callable[[str, bytes], bool],
+    wait_notifying: Callable[[str], None],
+) -> int:
+    """Push notifications through a BLE peripheral (the BlueZ stand-in). ``notify`` returns
+    False when the agent is not subscribed (e.g. the link dropped): then wait until it is
+    again (``wait_notifying`` raises on time-out) and resend, so nothing is skipped."""
+    sent = 0
+    for uuid, value in notifications:
+        while not notify(uuid, value):
+            wait_notifying(uuid)
+        sent += 1
+    return sent
+
+
 def reference_efficiency_walch(data_dir: str | Path, subject: str) -> float:
     """Share of the subject's labelled PSG epochs that are asleep (stage > 0)."""
     efficiency = reference_efficiency(load_walch_subject(data_dir, str(subject)))
@@ -530,7 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", required=True, type=Path, help="walch2019 or mmash folder")
     parser.add_argument("--subject", help="subject id (walch) or user (mmash: 3 or user_3)")
     parser.add_argument("--format", choices=("walch", "mmash"), help="default: from --data")
-    target = parser.add_mutually_exclusive_group(required=True)
+    target = parser.add_mutually_exclusive_group()
     target.add_argument("--pty", action="store_true", help="create a PTY and print its path")
     target.add_argument("--port", help="write into this existing serial device or PTY")
     parser.add_argument(
@@ -561,6 +577,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the link open this long after the last reading",
     )
     parser.add_argument("--limit", type=int, help="stop after this many readings")
+    parser.add_argument(
+        "--ble",
+        metavar="ADDRESS",
+        help="walch only: start a BlueZ stand-in on a private system bus with a heart-rate "
+        "wearable at ADDRESS and send the night as its BLE notifications (heart rate, RR, "
+        "movement, Current Time); the PSG labels go to --pty/--port, if given",
+    )
     return parser
 
 
@@ -590,6 +613,13 @@ def main(argv: list[str] | None = None) -> int:
         if first is not None:
             yield first
         yield from readings
+
+    if args.ble:
+        if fmt != "walch":
+            parser.error("--ble replays walch2019 subjects")
+        return _main_ble(args, data_dir, subject, night_start)
+    if not (args.pty or args.port):
+        parser.error("one of --pty, --port or --ble is required")
 
     link: PtyLink | SerialLink
     if args.pty:
@@ -627,6 +657,51 @@ def main(argv: list[str] | None = None) -> int:
         f"last ACK {ack_text}",
         flush=True,
     )
+    return 0
+
+
+def _main_ble(args: argparse.Namespace, data_dir: Path, subject: str, night_start: float) -> int:
+    from agent.ble_parsing import HEART_RATE_MEASUREMENT
+    from agent.bluez_standin import BlueZStandIn
+
+    address = args.ble.upper()
+    link: PtyLink | SerialLink | None = None
+    with BlueZStandIn() as standin:
+        standin.add_heart_rate_sensor(
+            address, with_illuminance=False, with_movement=True, with_current_time=True
+        )
+        standin.advertise(address)
+        print(f"DBUS_SYSTEM_BUS_ADDRESS={standin.bus_address}", flush=True)
+        print(f"BLE wearable {address}: Heart Rate 0x2A37, movement, Current Time", flush=True)
+        if args.pty or args.port:
+            link = PtyLink() if args.pty else SerialLink(args.port)
+            if isinstance(link, PtyLink):
+                print(f"PTY {link.device_path} (reference labels)", flush=True)
+        print("note: walch2019 has no light channel; no illuminance notifications sent", flush=True)
+        try:
+            wait = max(args.wait_open, 60.0)
+            standin.wait_until_notifying(address, HEART_RATE_MEASUREMENT, timeout=wait)
+            labels = 0
+            if link is not None:
+                labels = replay(
+                    walch_labels(data_dir, subject, night_start),
+                    link.write,
+                    None,
+                    drain=link.drain,
+                )
+            sent = replay_ble(
+                walch_ble_notifications(data_dir, subject, night_start),
+                lambda uuid, value: standin.notify(address, uuid, value),
+                lambda uuid: standin.wait_until_notifying(address, uuid, timeout=60),
+            )
+            if args.linger > 0:
+                time.sleep(args.linger)
+        except KeyboardInterrupt:
+            return 130
+        finally:
+            if link is not None:
+                link.close()
+    print(f"replayed {sent} BLE notifications and {labels} labels of walch subject {subject}")
     return 0
 
 

@@ -4,7 +4,10 @@ by its own replayed real subject through its own pseudo-terminal, federated over
     python -m server.demo --data ../shared/data
 
 Boards replay Walch 2019 subjects (PSG-labelled); the server scores every round's global
-model on the Walch subjects that no board holds. At the end each board's predicted night
+model on the Walch subjects that no board holds. The last board (``--ble-boards``) reads its
+wearable over Bluetooth LE: bleak's real BlueZ backend talks over a private D-Bus system bus
+to a BlueZ stand-in whose heart-rate sensor sends the subject's night as notifications,
+while a reference device sends the PSG labels over serial. At the end each board's predicted night
 quality is printed beside its PSG reference.
 """
 
@@ -20,8 +23,17 @@ import threading
 import time
 from pathlib import Path
 
+from agent.ble_parsing import MOVEMENT
 from agent.features import night_quality, walch_subjects
-from agent.replay import PtyLink, default_night_start, replay, walch_readings
+from agent.replay import (
+    PtyLink,
+    default_night_start,
+    replay,
+    replay_ble,
+    walch_ble_notifications,
+    walch_labels,
+    walch_readings,
+)
 from server.certs import ensure_demo_pki
 
 PYTHON = sys.executable
@@ -52,6 +64,21 @@ def _wait(predicate, timeout: float, what: str, interval: float = 0.5) -> None: 
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+def _ble_address(index: int) -> str:
+    return f"C0:FF:EE:00:00:{index + 1:02X}"
+
+
+def _sources(ble: bool, port: str, address: str) -> str:
+    """The board's sources: a serial wearable, or a BLE wearable + a serial reference device."""
+    if not ble:
+        return f'[[sources]]\ntype = "serial"\nname = "wrist"\nport = "{port}"\n'
+    return (
+        f'[[sources]]\ntype = "ble"\nname = "wearable"\n\n[[sources.devices]]\n'
+        f'name = "strap"\naddress = "{address}"\nmovement_characteristic = "{MOVEMENT}"\n\n'
+        f'[[sources]]\ntype = "serial"\nname = "reference"\nport = "{port}"\n'
+    )
+
+
 def choose_subjects(walch_dir: Path, boards: int) -> tuple[list[str], list[str]]:
     """Boards get the subjects with the longest nights; the rest are the held-out set."""
     subjects = walch_subjects(walch_dir)
@@ -67,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--workdir", default="demo-run")
     parser.add_argument("--port", type=int, default=9093)
+    parser.add_argument(
+        "--ble-boards", type=int, default=1, help="how many boards read a BLE wearable"
+    )
     args = parser.parse_args(argv)
     started = time.time()
     walch_dir = Path(args.data).resolve() / "walch2019"
@@ -104,6 +134,13 @@ subjects = {json.dumps(held_out)}
     print(f"held-out subjects scored by the server: {', '.join(held_out)}")
     processes: list[subprocess.Popen[bytes]] = []
     links: list[PtyLink] = []
+    ble_boards = set(range(max(args.boards - args.ble_boards, 0), args.boards))
+    standin = None
+    if ble_boards:
+        from agent.bluez_standin import BlueZStandIn
+
+        # A private D-Bus system bus; the agents started below inherit its address.
+        standin = BlueZStandIn(log_dir=workdir).start()
     try:
         server_log = (workdir / "server" / "server.log").open("wb")
         server = subprocess.Popen(
@@ -129,11 +166,7 @@ path = "{board_dir / "buffer.db"}"
 synchronous = "full"
 max_mb = 256
 
-[[sources]]
-type = "serial"
-name = "wrist"
-port = "{link.device_path}"
-
+{_sources(index in ble_boards, link.device_path, _ble_address(index))}
 [nights]
 settle_seconds = 3
 
@@ -158,26 +191,55 @@ supernode_port = {9200 + index}
                     start_new_session=True,
                 )
             )
+            if index in ble_boards:
+                assert standin is not None
+                standin.add_heart_rate_sensor(
+                    _ble_address(index), with_illuminance=False, with_current_time=True
+                )
+                standin.advertise(_ble_address(index))
+                how = (
+                    f"BLE wearable {_ble_address(index)} (Heart Rate 0x2A37 + RR, movement, "
+                    f"Current Time) + reference labels over serial {link.device_path}"
+                )
+            else:
+                how = f"serial {link.device_path}"
             print(
-                f"board{index + 1}: agent pid {processes[-1].pid}, serial {link.device_path}, "
+                f"board{index + 1}: agent pid {processes[-1].pid}, {how}, "
                 f"replaying Walch subject {subject} (no light channel in this data set)"
             )
 
-        def connected(config: Path) -> bool:
-            status = _agent_status(config)
-            return bool(status and status["daemon"]["sources_connected"] == "1/1")  # type: ignore[index]
+        def connected(index: int) -> bool:
+            status = _agent_status(configs[index])
+            expected = "2/2" if index in ble_boards else "1/1"
+            return bool(status and status["daemon"]["sources_connected"] == expected)  # type: ignore[index]
 
-        _wait(lambda: all(connected(c) for c in configs), 60, "every agent to open its serial port")
+        _wait(
+            lambda: all(connected(i) for i in range(len(configs))),
+            90,
+            "every agent to open its serial port and connect its BLE wearable",
+        )
         night_start = default_night_start()
         counts: dict[int, int] = {}
 
         def feed(index: int) -> None:
-            link = links[index]
-            counts[index] = replay(
-                walch_readings(walch_dir, board_subjects[index], night_start),
-                link.write,
-                rate=None,
-                drain=link.drain,
+            link, subject = links[index], board_subjects[index]
+            if index not in ble_boards:
+                counts[index] = replay(
+                    walch_readings(walch_dir, subject, night_start),
+                    link.write,
+                    rate=None,
+                    drain=link.drain,
+                )
+                return
+            assert standin is not None
+            address = _ble_address(index)
+            labels = replay(
+                walch_labels(walch_dir, subject, night_start), link.write, None, drain=link.drain
+            )
+            counts[index] = labels + replay_ble(
+                walch_ble_notifications(walch_dir, subject, night_start),
+                lambda uuid, value: standin.notify(address, uuid, value),
+                lambda uuid: standin.wait_until_notifying(address, uuid, timeout=60),
             )
 
         feeders = [threading.Thread(target=feed, args=(i,)) for i in range(len(configs))]
@@ -195,7 +257,8 @@ supernode_port = {9200 + index}
                 "readings to be committed",
             )
         print(
-            f"replayed {sum(counts.values())} readings into {len(configs)} boards in "
+            f"replayed {sum(counts.values())} readings and notifications into "
+            f"{len(configs)} boards in "
             f"{time.time() - replay_started:.1f}s; boards extract their nights and join"
         )
 
@@ -220,18 +283,24 @@ supernode_port = {9200 + index}
         print()
         print("SE = estimated sleep efficiency, the share of 10-min windows predicted Good;")
         print("PSG: the share of windows that are Good by polysomnography, and the PSG SE")
-        print("board   subject   night        predicted        PSG windows   PSG SE")
+        print(
+            "board   via     subject   night        predicted        PSG windows   PSG SE"
+            "      trained in"
+        )
         agree = 0
         for index, config in enumerate(configs):
-            night = (_agent_status(config) or {})["last_night"]
+            status = _agent_status(config) or {}
+            night = status["last_night"]
+            trained = status["counters"].get("rounds_trained", 0)  # type: ignore[union-attr]
+            via = "BLE" if index in ble_boards else "serial"
             reference = night["reference_efficiency"]  # type: ignore[index]
             predicted_q = night["predicted_quality"]  # type: ignore[index]
             agree += predicted_q == night_quality(reference)
             print(
-                f"board{index + 1:<2d} {board_subjects[index]:>8s}  {night['night']}   "  # type: ignore[index]
+                f"board{index + 1:<2d} {via:7s} {board_subjects[index]:>8s}  {night['night']}   "  # type: ignore[index]
                 f"{predicted_q:4s} {100 * night['predicted_efficiency']:5.1f}%    "  # type: ignore[index]
                 f"{100 * night['reference_good_share']:5.1f}%       "  # type: ignore[index]
-                f"{night_quality(reference):4s} {100 * reference:5.1f}%"
+                f"{night_quality(reference):4s} {100 * reference:5.1f}%   {trained} rounds"
             )
         print(
             f"\n{agree}/{len(configs)} boards' night quality agrees with PSG; "
@@ -249,6 +318,8 @@ supernode_port = {9200 + index}
                 process.kill()
         for link in links:
             link.close()
+        if standin is not None:
+            standin.stop()
 
 
 if __name__ == "__main__":
