@@ -86,11 +86,14 @@ def extract_night(buffer: Buffer, night: str, tz: ZoneInfo) -> int:
     if not stamps:
         return 0
     first, last = min(stamps), max(stamps)
-    series = epochs_from_readings(readings, labels, first, last)
+    # Epochs sit on the clock's 30-s grid (as actigraphs do), not on the first reading: a
+    # reading a few milliseconds early (BLE delivery jitter) must not change its epoch.
+    grid_start = math.floor(first / EPOCH_SECONDS) * EPOCH_SECONDS
+    series = epochs_from_readings(readings, labels, grid_start, last)
     windows = night_windows(series)
     rows = [
         (
-            first + int(start_epoch) * EPOCH_SECONDS,
+            grid_start + int(start_epoch) * EPOCH_SECONDS,
             [float(v) for v in features],
             int(label) if label >= 0 else None,
         )

@@ -254,8 +254,11 @@ class FakeClient(BaseBleakClient):
 
     async def disconnect(self) -> None:
         self.disconnects += 1
-        if self._connected:
-            self._drop(notify=self.radio.callback_on_disconnect)
+        if not self._connected:
+            return
+        await asyncio.sleep(0)  # the Disconnect call's round trip
+        self._drop(notify=self.radio.callback_on_disconnect)
+        await asyncio.sleep(0)  # BlueZ's disconnect() resumes after the Connected=False signal
 
     def _drop(self, notify: bool) -> None:
         self._connected = False
