@@ -31,3 +31,4 @@ test-fast: install
 bench: install
 	$(PY) benchmarks/bench_ingest.py
 	$(PY) benchmarks/bench_memory.py --data $(abspath $(DATA))
+	$(PY) benchmarks/bench_ble.py

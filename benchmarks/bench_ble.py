@@ -5,7 +5,7 @@ is also given as a ratio to a bare decode of the same payloads measured in the s
 Goal: a wearable sends about 1-4 notifications/s; the board should have at least 1,000x
 headroom over the fastest (4/s), i.e. at least 4,000 notifications/s.
 
-    python benchmarks/bench_ble.py [--notifications 200000] [--end-to-end 5000]
+    python benchmarks/bench_ble.py [--notifications 200000] [--end-to-end 20000]
 
 Three measures:
 
@@ -268,7 +268,12 @@ def bench_end_to_end(root: Path, payloads: list[bytearray]) -> dict[str, object]
             bus = psutil.Process(bus_daemon.pid) if bus_daemon is not None else None
             cpu0 = (cpu_of(daemon), cpu_of(server), cpu_of(bus), time.process_time())
             t0 = time.perf_counter()
-            delivered = sum(bluez.notify(ADDRESS, HEART_RATE_MEASUREMENT, p) for p in payloads)
+            # NotifyMany: many notifications per D-Bus call, so that the stand-in's own call
+            # overhead does not bound the rate; each still reaches bleak as its own signal.
+            delivered = sum(
+                bluez.notify_many(ADDRESS, HEART_RATE_MEASUREMENT, payloads[i : i + PUSH_BATCH])
+                for i in range(0, len(payloads), PUSH_BATCH)
+            )
             t_pushed = time.perf_counter()
             cpu_pushed = time.process_time()
             ok = wait_rows(db, HR_KIND, n + 1, 120, proc)
@@ -314,6 +319,9 @@ def bench_end_to_end(root: Path, payloads: list[bytearray]) -> dict[str, object]
         "startup_seconds": startup,
         "daemon_rss_mb": rss / 2**20,
     }
+
+
+PUSH_BATCH = 100
 
 
 # -- output -------------------------------------------------------------------------------------
@@ -369,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         "--notifications", type=int, default=200_000, help="payloads for measures 1 and 2"
     )
     parser.add_argument(
-        "--end-to-end", type=int, default=5_000, help="notifications pushed through the daemon"
+        "--end-to-end", type=int, default=20_000, help="notifications pushed through the daemon"
     )
     parser.add_argument("--tmpdir", type=Path, help="where the SQLite files go (default: $TMPDIR)")
     args = parser.parse_args(argv)

@@ -22,7 +22,6 @@ from bleak.exc import (
     BleakDeviceNotFoundError,
     BleakError,
 )
-from bleak.uuids import normalize_uuid_str
 from bleak_retry_connector import (
     BleakAbortedError,
     BleakClientWithServiceCache,
@@ -41,8 +40,7 @@ from agent.ble_parsing import (
     format_current_time,
 )
 from agent.protocol import Kind, Reading
-from agent.sources import Item, SourceEvent
-from agent.sources import ble_source
+from agent.sources import Item, SourceEvent, ble_source
 from agent.sources.ble_source import BACKOFF, BleDeviceConfig, BleSource, DeviceNotFound, classify
 
 ADDRESS = "C0:FF:EE:00:00:01"
@@ -398,13 +396,14 @@ def test_running_source_retries_after_the_class_backoff(monkeypatch: pytest.Monk
     with running(source) as run:
         run.wait_for(source.connected.is_set, "connected")
         counters = [e.counter for e in run.events()]
+        failures = dict(source.links["strap"].failures)
     assert counters == ["ble_in_progress", "ble_connects"]
     assert run.delays[0] == ("ble_in_progress", pytest.approx(0.05, abs=0.01))
     failed, succeeded = radio.clients
     assert (failed.connect_attempts, succeeded.connect_attempts) == (2, 1)
     scans = [i for i in radio.intervals if i.what == "scan"]
     assert scans[1].start - scans[0].end >= 0.05  # the second attempt waited its back-off
-    assert source.links["strap"].failures == {}  # a success forgets the failures
+    assert failures == {}  # a success forgets the failures
 
 
 # -- link loss, missing characteristic, shutdown ----------------------------------------------

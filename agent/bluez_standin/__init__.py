@@ -176,6 +176,12 @@ class BlueZStandIn:
         """Push a notification; False when that characteristic is not notifying (not sent)."""
         return bool(self._call("Notify", address, char_uuid, dbus.ByteArray(bytes(value))))
 
+    def notify_many(self, address: str, char_uuid: str, values: list[bytes]) -> int:
+        """Push several notifications in one D-Bus call; returns how many were sent (0 when
+        that characteristic is not notifying)."""
+        payload = dbus.Array([dbus.ByteArray(bytes(v)) for v in values], signature="ay")
+        return int(self._call("NotifyMany", address, char_uuid, payload))
+
     def is_notifying(self, address: str, char_uuid: str) -> bool:
         return bool(self._call("IsNotifying", address, char_uuid))
 

@@ -635,19 +635,35 @@ def StopAdvertising(self, address):
     _world.sensor(address).advertising = False
 
 
-@dbus.service.method(STANDIN_IFACE, in_signature="ssay", out_signature="b")
-def Notify(self, address, char_uuid, value):
+def _notifying_char(address: str, char_uuid: str):
     sensor = _world.sensor(address)
     if not sensor.connected:
-        return False
+        return None
     path = _char_path_of(sensor, char_uuid)
     if path is None:
-        return False
+        return None
     char = _obj(path)
-    if not char.props[GATT_CHARACTERISTIC_IFACE]["Notifying"]:
+    return char if char.props[GATT_CHARACTERISTIC_IFACE]["Notifying"] else None
+
+
+@dbus.service.method(STANDIN_IFACE, in_signature="ssay", out_signature="b")
+def Notify(self, address, char_uuid, value):
+    char = _notifying_char(address, char_uuid)
+    if char is None:
         return False
     _set_props(char, GATT_CHARACTERISTIC_IFACE, {"Value": _byte_array(bytes(value))})
     return True
+
+
+@dbus.service.method(STANDIN_IFACE, in_signature="ssaay", out_signature="u")
+def NotifyMany(self, address, char_uuid, values):
+    """Several notifications of one characteristic in one call (one signal each)."""
+    char = _notifying_char(address, char_uuid)
+    if char is None:
+        return dbus.UInt32(0)
+    for value in values:
+        _set_props(char, GATT_CHARACTERISTIC_IFACE, {"Value": _byte_array(bytes(value))})
+    return dbus.UInt32(len(values))
 
 
 @dbus.service.method(STANDIN_IFACE, in_signature="ss", out_signature="b")
