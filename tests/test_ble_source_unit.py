@@ -459,18 +459,8 @@ def test_a_device_without_heart_rate_is_notify_failed_and_disconnected() -> None
     assert "notify_failed" in link.failures
 
 
-# The two below fail on ble_source.py as of this writing: bleak's BlueZ backend (and the
-# fake, like it) calls the disconnected callback on a disconnect() we asked for, and
-# BleSource still holds the client in ``link.client`` while awaiting that disconnect, so
-# ``_link_lost`` takes it for a lost link. Fix: take the client out of the link before
-# awaiting ``disconnect()`` (``client, link.client = link.client, None``) in ``_connect``'s
-# subscribe-failure path and in ``_main``'s shutdown loop.
-SOLICITED_DISCONNECT_BUG = pytest.mark.xfail(
-    strict=True, reason="our own disconnect() is counted as ble_link_lost (see comment)"
-)
-
-
-@SOLICITED_DISCONNECT_BUG
+# bleak's BlueZ backend (and the fake, like it) calls the disconnected callback on a
+# disconnect() we asked for too: that must not count as a lost link.
 @pytest.mark.usefixtures("upper_bound_jitter")
 def test_notify_failed_is_one_event_with_its_own_backoff() -> None:
     radio = FakeRadio([strap(heart_rate=False)])
@@ -484,7 +474,6 @@ def test_notify_failed_is_one_event_with_its_own_backoff() -> None:
     assert link.next_attempt >= before + first  # not overwritten by link_lost's back-off
 
 
-@SOLICITED_DISCONNECT_BUG
 def test_stopping_disconnects_without_counting_a_link_loss() -> None:
     radio = FakeRadio([strap()])
     source = make_source(radio)

@@ -63,15 +63,16 @@ class BleDeviceConfig:
 
 def classify(error: BaseException) -> str:
     """The failure class of a scan or connect error (bleak gives few typed exceptions)."""
-    from bleak.exc import BleakDeviceNotFoundError
+    from bleak.exc import BleakBluetoothNotAvailableError, BleakDeviceNotFoundError
     from bleak_retry_connector import BleakAbortedError, BleakNotFoundError
 
     text = f"{type(error).__name__}: {error}"
+    lowered = text.lower()
     if "InProgress" in text:
         return "in_progress"
-    if "adapter" in text.lower() and ("not found" in text.lower() or "no " in text.lower()):
+    if isinstance(error, BleakBluetoothNotAvailableError) or "NotReady" in text:
         return "adapter_missing"
-    if "NotReady" in text or "org.freedesktop.DBus.Error.UnknownObject" in text:
+    if "no bluetooth adapters" in lowered or ("adapter" in lowered and "not found" in lowered):
         return "adapter_missing"
     if isinstance(error, BleakDeviceNotFoundError | BleakNotFoundError | DeviceNotFound):
         return "not_found"
@@ -147,9 +148,12 @@ class BleSource(Source):
         finally:
             self.connected.clear()
             for link in self.links.values():
-                if link.client is not None:
+                # Out of the link first: bleak calls the disconnect callback for our own
+                # disconnects too, and that is no link loss.
+                client, link.client = link.client, None
+                if client is not None:
                     try:
-                        await asyncio.wait_for(link.client.disconnect(), 5)
+                        await asyncio.wait_for(client.disconnect(), 5)
                     except Exception as error:
                         log.debug("device=%s disconnect at shutdown: %s", link.config.name, error)
 
@@ -219,10 +223,10 @@ class BleSource(Source):
                 error,
                 delay,
             )
-            if stage == "subscribe" and link.client is not None:
+            client, link.client = link.client, None  # our own disconnect is no link loss
+            if stage == "subscribe" and client is not None:
                 with contextlib.suppress(Exception):
-                    await link.client.disconnect()
-                link.client = None
+                    await client.disconnect()
             return
         link.failures.clear()
         log.info("device=%s connected (%s)", config.name, device.address)
