@@ -216,3 +216,24 @@ def test_the_adapter_going_away_and_coming_back(
 @pytest.fixture(autouse=True)
 def _no_real_bluetoothd_needed(bluez: BlueZStandIn) -> None:
     """Every test here runs against the stand-in (the fixture sets DBUS_SYSTEM_BUS_ADDRESS)."""
+
+
+def test_a_device_that_disappears_is_searched_for_until_it_is_back(
+    tmp_path: Path, bluez: BlueZStandIn, agent_procs: Any
+) -> None:
+    config = ble_config(tmp_path)
+    proc = started(bluez, agent_procs, config)
+    push_until_stored(bluez, config, [hrm(61)], HR_KIND, 1)
+    bluez.remove_device(ADDRESS)  # out of range: the link drops, it stops advertising
+    wait_for(
+        lambda: counters(config).get("ble_not_found", 0) >= 1,
+        20,
+        message="the missing device to be counted",
+    )
+    assert agent_status(config)["daemon"]["sources_connected"] == "0/1"  # type: ignore[index]
+    bluez.advertise(ADDRESS)  # back in range
+    bluez.wait_until_notifying(ADDRESS, HEART_RATE_MEASUREMENT, timeout=60)
+    push_until_stored(bluez, config, [hrm(62)], HR_KIND, 2)
+    seen = counters(config)
+    assert seen["ble_link_lost"] == 1 and seen["ble_connects"] == 2
+    assert proc.poll() is None
