@@ -77,7 +77,7 @@ class AgentConfig:
     state_dir: Path = Path(".")
 
 
-def _get(
+def get_field(
     table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, default: Any = ...
 ) -> Any:
     if key not in table:
@@ -103,29 +103,31 @@ def _positive(value: float, name: str) -> float:
 
 def _serial_source(src: dict[str, Any], where: str, index: int) -> SerialSourceConfig:
     return SerialSourceConfig(
-        name=_get(src, "name", str, where, f"serial{index}"),
-        port=_get(src, "port", str, where),
-        baudrate=int(_positive(_get(src, "baudrate", int, where, 115200), f"{where}.baudrate")),
-        send_acks=_get(src, "send_acks", bool, where, True),
+        name=get_field(src, "name", str, where, f"serial{index}"),
+        port=get_field(src, "port", str, where),
+        baudrate=int(
+            _positive(get_field(src, "baudrate", int, where, 115200), f"{where}.baudrate")
+        ),
+        send_acks=get_field(src, "send_acks", bool, where, True),
     )
 
 
 def _ble_source(src: dict[str, Any], where: str, index: int) -> BleSourceConfig:
     devices = []
-    for j, dev in enumerate(_get(src, "devices", list, where)):
+    for j, dev in enumerate(get_field(src, "devices", list, where)):
         at = f"{where}.devices[{j}]"
         if not isinstance(dev, dict):
             raise ConfigError(f"{at}: expected a table")
-        address = _get(dev, "address", str, at, "").upper() or None
-        service = _get(dev, "service", str, at, "") or None
+        address = get_field(dev, "address", str, at, "").upper() or None
+        service = get_field(dev, "service", str, at, "") or None
         if (address is None) == (service is None):
             raise ConfigError(f"{at}: give exactly one of address or service")
         if address is not None and not _ADDRESS.match(address):
             raise ConfigError(f"{at}.address: expected AA:BB:CC:DD:EE:FF, got {address!r}")
-        movement = _get(dev, "movement_characteristic", str, at, "") or None
+        movement = get_field(dev, "movement_characteristic", str, at, "") or None
         devices.append(
             BleDeviceConfig(
-                name=_get(dev, "name", str, at, address or f"device{j}"),
+                name=get_field(dev, "name", str, at, address or f"device{j}"),
                 address=address,
                 service=normalize_uuid(service, f"{at}.service") if service else None,
                 movement_characteristic=(
@@ -136,10 +138,11 @@ def _ble_source(src: dict[str, Any], where: str, index: int) -> BleSourceConfig:
     if not devices:
         raise ConfigError(f"{where}.devices: at least one device")
     return BleSourceConfig(
-        name=_get(src, "name", str, where, f"ble{index}"),
-        adapter=_get(src, "adapter", str, where, "hci0"),
+        name=get_field(src, "name", str, where, f"ble{index}"),
+        adapter=get_field(src, "adapter", str, where, "hci0"),
         scan_timeout_seconds=_positive(
-            _get(src, "scan_timeout_seconds", float, where, 10.0), f"{where}.scan_timeout_seconds"
+            get_field(src, "scan_timeout_seconds", float, where, 10.0),
+            f"{where}.scan_timeout_seconds",
         ),
         devices=devices,
     )
@@ -150,30 +153,30 @@ def parse_config(data: dict[str, Any], base_dir: Path) -> AgentConfig:
         p = Path(text)
         return p if p.is_absolute() else base_dir / p
 
-    board = _get(data, "board", dict, "config", {})
-    board_id = _get(board, "id", str, "board", "board")
-    tz_name = _get(board, "timezone", str, "board", "UTC")
+    board = get_field(data, "board", dict, "config", {})
+    board_id = get_field(board, "id", str, "board", "board")
+    tz_name = get_field(board, "timezone", str, "board", "UTC")
     try:
         timezone = ZoneInfo(tz_name)
     except (ZoneInfoNotFoundError, ValueError):
         raise ConfigError(f"board.timezone: unknown time zone {tz_name!r}") from None
 
-    buffer = _get(data, "buffer", dict, "config")
-    synchronous = _get(buffer, "synchronous", str, "buffer", "full")
+    buffer = get_field(data, "buffer", dict, "config")
+    synchronous = get_field(buffer, "synchronous", str, "buffer", "full")
     if synchronous not in SYNCHRONOUS_MODES:
         raise ConfigError(
             f"buffer.synchronous: one of {', '.join(SYNCHRONOUS_MODES)}, not {synchronous!r}"
         )
-    max_mb = _get(buffer, "max_mb", (int, float), "buffer", 0)
+    max_mb = get_field(buffer, "max_mb", (int, float), "buffer", 0)
     if max_mb < 0:
         raise ConfigError(f"buffer.max_mb: must be >= 0, got {max_mb}")
 
     sources: list[SourceConfig] = []
-    for i, src in enumerate(_get(data, "sources", list, "config", [])):
+    for i, src in enumerate(get_field(data, "sources", list, "config", [])):
         where = f"sources[{i}]"
         if not isinstance(src, dict):
             raise ConfigError(f"{where}: expected a table")
-        kind = _get(src, "type", str, where)
+        kind = get_field(src, "type", str, where)
         if kind == "serial":
             sources.append(_serial_source(src, where, i))
         elif kind == "ble":
@@ -186,20 +189,20 @@ def parse_config(data: dict[str, Any], base_dir: Path) -> AgentConfig:
 
     federation = None
     if "federation" in data:
-        fed = _get(data, "federation", dict, "config")
-        insecure = _get(fed, "insecure", bool, "federation", False)
-        root = _get(fed, "root_certificates", str, "federation", "")
+        fed = get_field(data, "federation", dict, "config")
+        insecure = get_field(fed, "insecure", bool, "federation", False)
+        root = get_field(fed, "root_certificates", str, "federation", "")
         if not insecure and not root:
             raise ConfigError(
                 "federation.root_certificates: required (the server's CA, PEM) unless "
                 "federation.insecure = true"
             )
-        window_text = _get(fed, "window", str, "federation", "always")
+        window_text = get_field(fed, "window", str, "federation", "always")
         try:
             window = ParticipationWindow.parse(window_text)
         except ValueError as error:
             raise ConfigError(f"federation.window: {error}") from None
-        server = _get(fed, "server", str, "federation")
+        server = get_field(fed, "server", str, "federation")
         if ":" not in server:
             raise ConfigError(f"federation.server: expected HOST:PORT, got {server!r}")
         federation = FederationConfig(
@@ -207,24 +210,26 @@ def parse_config(data: dict[str, Any], base_dir: Path) -> AgentConfig:
             root_certificates=path_of(root) if root else None,
             insecure=insecure,
             window=window,
-            min_new_labelled_windows=_get(fed, "min_new_labelled_windows", int, "federation", 1),
+            min_new_labelled_windows=get_field(
+                fed, "min_new_labelled_windows", int, "federation", 1
+            ),
             retry_initial_seconds=_positive(
-                _get(fed, "retry_initial_seconds", float, "federation", 1.0),
+                get_field(fed, "retry_initial_seconds", float, "federation", 1.0),
                 "federation.retry_initial_seconds",
             ),
             retry_max_seconds=_positive(
-                _get(fed, "retry_max_seconds", float, "federation", 60.0),
+                get_field(fed, "retry_max_seconds", float, "federation", 60.0),
                 "federation.retry_max_seconds",
             ),
             session_idle_seconds=_positive(
-                _get(fed, "session_idle_seconds", float, "federation", 1800.0),
+                get_field(fed, "session_idle_seconds", float, "federation", 1800.0),
                 "federation.session_idle_seconds",
             ),
-            supernode_port=_get(fed, "supernode_port", int, "federation", 9094),
+            supernode_port=get_field(fed, "supernode_port", int, "federation", 9094),
         )
 
-    nights = _get(data, "nights", dict, "config", {})
-    buffer_path = path_of(_get(buffer, "path", str, "buffer"))
+    nights = get_field(data, "nights", dict, "config", {})
+    buffer_path = path_of(get_field(buffer, "path", str, "buffer"))
     return AgentConfig(
         board_id=board_id,
         timezone=timezone,
@@ -233,13 +238,14 @@ def parse_config(data: dict[str, Any], base_dir: Path) -> AgentConfig:
         max_bytes=int(max_mb * 1024 * 1024) or None,
         batch_max_readings=int(
             _positive(
-                _get(buffer, "batch_max_readings", int, "buffer", 2000), "buffer.batch_max_readings"
+                get_field(buffer, "batch_max_readings", int, "buffer", 2000),
+                "buffer.batch_max_readings",
             )
         ),
         batch_max_seconds=_positive(
-            _get(buffer, "batch_max_seconds", float, "buffer", 0.2), "buffer.batch_max_seconds"
+            get_field(buffer, "batch_max_seconds", float, "buffer", 0.2), "buffer.batch_max_seconds"
         ),
-        night_settle_seconds=_get(nights, "settle_seconds", float, "nights", 300.0),
+        night_settle_seconds=get_field(nights, "settle_seconds", float, "nights", 300.0),
         sources=sources,
         federation=federation,
         state_dir=buffer_path.parent,

@@ -13,13 +13,9 @@ configuration or authentication errors, and never past the window's end.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import signal
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +30,7 @@ from tenacity import (
 )
 
 from agent.config import FederationConfig
+from agent.flower_process import flower_bin, flower_environment, stop_process_group
 
 log = logging.getLogger("sleepfed.federation")
 
@@ -97,13 +94,8 @@ def probe_server(config: FederationConfig, timeout: float = PROBE_TIMEOUT_SECOND
             raise TransientError(f"{config.server}: TLS handshake: {error}") from None
 
 
-def _flower_bin(name: str) -> str:
-    beside = Path(sys.executable).parent / name
-    return str(beside) if beside.exists() else (shutil.which(name) or name)
-
-
 def supernode_command(config: FederationConfig, buffer_path: Path) -> list[str]:
-    command = [_flower_bin("flower-supernode"), "--superlink", config.server]
+    command = [flower_bin("flower-supernode"), "--superlink", config.server]
     if config.insecure:
         command.append("--insecure")
     else:
@@ -115,15 +107,6 @@ def supernode_command(config: FederationConfig, buffer_path: Path) -> list[str]:
         f'buffer-path="{buffer_path}"',
     ]
     return command
-
-
-def flower_environment(flwr_home: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["FLWR_HOME"] = str(flwr_home)
-    env["FLWR_TELEMETRY_ENABLED"] = "0"
-    env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
-    return env
 
 
 def _tail(path: Path, size: int = 4000) -> str:
@@ -252,13 +235,4 @@ class Session:
 
     def terminate(self) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(STOP_GRACE_SECONDS)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        except ProcessLookupError:
-            pass
+        stop_process_group(process, STOP_GRACE_SECONDS)

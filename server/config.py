@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.config import ConfigError, get_field
 
-class ConfigError(ValueError):
-    pass
+__all__ = ["ConfigError", "ServerConfig", "load_config", "parse_config"]
 
 
 @dataclass(frozen=True)
@@ -40,54 +40,41 @@ class ServerConfig:
         return f"{self.host}:{self.port}"
 
 
-def _get(table: dict[str, Any], key: str, kind: type, where: str, default: Any = ...) -> Any:
-    if key not in table:
-        if default is ...:
-            raise ConfigError(f"{where}.{key}: missing")
-        return default
-    value = table[key]
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ConfigError(f"{where}.{key}: expected {kind.__name__}, got {value!r}")
-    return value
-
-
 def parse_config(data: dict[str, Any], base: Path) -> ServerConfig:
     def path_of(text: str) -> Path:
         p = Path(text)
         return p if p.is_absolute() else (base / p).resolve()
 
-    server = _get(data, "server", dict, "config")
-    fed = _get(data, "federation", dict, "config", {})
-    evaluation = _get(data, "evaluation", dict, "config", {})
-    insecure = _get(server, "insecure", bool, "server", False)
+    server = get_field(data, "server", dict, "config")
+    fed = get_field(data, "federation", dict, "config", {})
+    evaluation = get_field(data, "evaluation", dict, "config", {})
+    insecure = get_field(server, "insecure", bool, "server", False)
     tls = {
-        key: (path_of(_get(server, key, str, "server")) if not insecure else None)
+        key: (path_of(get_field(server, key, str, "server")) if not insecure else None)
         for key in ("certfile", "keyfile", "ca_certfile")
     }
-    rounds = _get(fed, "rounds", int, "federation", 5)
-    min_nodes = _get(fed, "min_nodes", int, "federation", 2)
+    rounds = get_field(fed, "rounds", int, "federation", 5)
+    min_nodes = get_field(fed, "min_nodes", int, "federation", 2)
     if rounds < 1:
         raise ConfigError(f"federation.rounds: must be >= 1, got {rounds}")
     if min_nodes < 1:
         raise ConfigError(f"federation.min_nodes: must be >= 1, got {min_nodes}")
     fractions = {}
     for key in ("fraction_train", "fraction_evaluate"):
-        value = _get(fed, key, float, "federation", 1.0)
+        value = get_field(fed, key, float, "federation", 1.0)
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"federation.{key}: must be within 0..1, got {value}")
         fractions[key] = value
-    port = _get(server, "port", int, "server", 9093)
+    port = get_field(server, "port", int, "server", 9093)
     if not 0 < port < 65536:
         raise ConfigError(f"server.port: no such port {port}")
-    data_dir = _get(evaluation, "data", str, "evaluation", "")
-    subjects = _get(evaluation, "subjects", list, "evaluation", [])
+    data_dir = get_field(evaluation, "data", str, "evaluation", "")
+    subjects = get_field(evaluation, "subjects", list, "evaluation", [])
     if not all(isinstance(s, str) for s in subjects):
         raise ConfigError("evaluation.subjects: expected a list of strings")
     return ServerConfig(
-        state_dir=path_of(_get(server, "state_dir", str, "server")),
-        host=_get(server, "host", str, "server", "127.0.0.1"),
+        state_dir=path_of(get_field(server, "state_dir", str, "server")),
+        host=get_field(server, "host", str, "server", "127.0.0.1"),
         port=port,
         insecure=insecure,
         certfile=tls["certfile"],
@@ -97,9 +84,10 @@ def parse_config(data: dict[str, Any], base: Path) -> ServerConfig:
         min_nodes=min_nodes,
         fraction_train=fractions["fraction_train"],
         fraction_evaluate=fractions["fraction_evaluate"],
-        local_iterations=_get(fed, "local_iterations", int, "federation", 20),
-        round_timeout_seconds=_get(fed, "round_timeout_seconds", float, "federation", 600.0),
-        run_interval_seconds=60.0 * _get(fed, "run_interval_minutes", float, "federation", 0.0),
+        local_iterations=get_field(fed, "local_iterations", int, "federation", 20),
+        round_timeout_seconds=get_field(fed, "round_timeout_seconds", float, "federation", 600.0),
+        run_interval_seconds=60.0
+        * get_field(fed, "run_interval_minutes", float, "federation", 0.0),
         eval_data=path_of(data_dir) if data_dir else None,
         eval_subjects=subjects,
     )

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import signal
 import socket
 import subprocess
-import sys
 import time
 from importlib import resources
 from pathlib import Path
 
+from agent.flower_process import flower_bin, flower_environment, stop_process_group
 from server.config import ServerConfig
 
 log = logging.getLogger("sleepfed.server")
@@ -21,23 +18,9 @@ log = logging.getLogger("sleepfed.server")
 CONNECTION_NAME = "sleepfed"
 
 
-def _flower_bin(name: str) -> str:
-    beside = Path(sys.executable).parent / name
-    return str(beside) if beside.exists() else (shutil.which(name) or name)
-
-
-def flower_environment(config: ServerConfig) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["FLWR_HOME"] = str(config.state_dir / "flwr")
-    env["FLWR_TELEMETRY_ENABLED"] = "0"
-    env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
-    return env
-
-
 def superlink_command(config: ServerConfig) -> list[str]:
     command = [
-        _flower_bin("flower-superlink"),
+        flower_bin("flower-superlink"),
         "--database",
         str(config.state_dir / "superlink.db"),
         "--disable-runtime-dependency-installation",
@@ -104,7 +87,7 @@ class SuperLink:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env=flower_environment(self.config),
+                env=flower_environment(self.config.state_dir / "flwr"),
                 start_new_session=True,
             )
         deadline = time.time() + ready_timeout
@@ -131,16 +114,7 @@ class SuperLink:
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        except ProcessLookupError:
-            pass
+        stop_process_group(process, 15.0)
 
 
 def submit_run(config: ServerConfig) -> str:
@@ -163,7 +137,7 @@ def submit_run(config: ServerConfig) -> str:
     )
     result = subprocess.run(
         [
-            _flower_bin("flwr"),
+            flower_bin("flwr"),
             "run",
             str(app_dir),
             CONNECTION_NAME,
@@ -174,7 +148,7 @@ def submit_run(config: ServerConfig) -> str:
         ],
         capture_output=True,
         text=True,
-        env=flower_environment(config),
+        env=flower_environment(config.state_dir / "flwr"),
         timeout=120,
     )
     try:

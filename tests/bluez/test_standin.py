@@ -25,15 +25,17 @@ from bleak.exc import (
     BleakError,
 )
 
+from agent.ble_parsing import (
+    ENVIRONMENTAL_SENSING_SERVICE,
+    HEART_RATE_MEASUREMENT,
+    HEART_RATE_SERVICE,
+    ILLUMINANCE,
+    MOVEMENT,
+    MOVEMENT_SERVICE,
+)
 from agent.bluez_standin import BlueZStandIn
 from bluez.fixtures import bluez_fixture  # noqa: F401 - provides the fixture `bluez`
 
-HEART_RATE_SERVICE = "0000180d-0000-1000-8000-00805f9b34fb"
-HEART_RATE_MEASUREMENT = "00002a37-0000-1000-8000-00805f9b34fb"
-ENVIRONMENTAL_SENSING_SERVICE = "0000181a-0000-1000-8000-00805f9b34fb"
-ILLUMINANCE = "00002afb-0000-1000-8000-00805f9b34fb"
-MOVEMENT_SERVICE = "7e1a0001-5c1e-4f2a-9b9e-5f1eedc0ffee"
-MOVEMENT = "7e1a0002-5c1e-4f2a-9b9e-5f1eedc0ffee"
 CCCD = "00002902-0000-1000-8000-00805f9b34fb"
 
 ADDRESS = "C0:FF:EE:00:00:01"
