@@ -101,9 +101,12 @@ def test_discovery_connect_and_notifications_become_rows(
     assert [v for _, v in rows(config, MOV_KIND)] == [12.5]
     assert [v for _, v in rows(config, LUX_KIND)] == [43.21]
     wait_for(lambda: counters(config).get("ble_illuminance_unknown") == 1, 5)
-    status = agent_status(config)
-    assert status is not None
-    assert status["daemon"]["sources_connected"] == "1/1"
+    # The daemon writes its sources' state once a second.
+    status = wait_for(
+        lambda: (s := agent_status(config)) and s["daemon"]["sources_connected"] == "1/1" and s,
+        5,
+        message="the source reported connected",
+    )
     assert status["accepted"] == {"hr": 20, "rr": 40, "mov": 1, "lux": 1}
     assert counters(config)["ble_connects"] == 1
     assert proc.poll() is None
@@ -230,7 +233,11 @@ def test_a_device_that_disappears_is_searched_for_until_it_is_back(
         20,
         message="the missing device to be counted",
     )
-    assert agent_status(config)["daemon"]["sources_connected"] == "0/1"  # type: ignore[index]
+    wait_for(
+        lambda: agent_status(config)["daemon"]["sources_connected"] == "0/1",  # type: ignore[index]
+        5,
+        message="the source reported disconnected",
+    )
     bluez.advertise(ADDRESS)  # back in range
     bluez.wait_until_notifying(ADDRESS, HEART_RATE_MEASUREMENT, timeout=60)
     push_until_stored(bluez, config, [hrm(62)], HR_KIND, 2)

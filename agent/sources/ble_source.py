@@ -138,12 +138,7 @@ class BleSource(Source):
                     connected = link.client is not None and link.client.is_connected
                     if not connected and time.monotonic() >= link.next_attempt:
                         await self._connect(link, emit)
-                if all(
-                    lk.client is not None and lk.client.is_connected for lk in self.links.values()
-                ):
-                    self.connected.set()
-                else:
-                    self.connected.clear()
+                self._update_connected()
                 await asyncio.sleep(POLL_SECONDS)
         finally:
             self.connected.clear()
@@ -156,6 +151,12 @@ class BleSource(Source):
                         await asyncio.wait_for(client.disconnect(), 5)
                     except Exception as error:
                         log.debug("device=%s disconnect at shutdown: %s", link.config.name, error)
+
+    def _update_connected(self) -> None:
+        if all(lk.client is not None and lk.client.is_connected for lk in self.links.values()):
+            self.connected.set()
+        else:
+            self.connected.clear()
 
     # -- connecting -------------------------------------------------------------------------
     def _bleak_kwargs(self, backend: type | None) -> dict[str, Any]:
@@ -229,6 +230,7 @@ class BleSource(Source):
                     await client.disconnect()
             return
         link.failures.clear()
+        self._update_connected()
         log.info("device=%s connected (%s)", config.name, device.address)
         emit(self.name, [SourceEvent("ble_connects", f"device={config.name} {device.address}")])
 
