@@ -60,6 +60,7 @@ class FederationConfig:
     retry_max_seconds: float
     session_idle_seconds: float
     supernode_port: int
+    auth_private_key: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -226,6 +227,11 @@ def parse_config(data: dict[str, Any], base_dir: Path) -> AgentConfig:
                 "federation.session_idle_seconds",
             ),
             supernode_port=get_field(fed, "supernode_port", int, "federation", 9094),
+            auth_private_key=(
+                path_of(key)
+                if (key := get_field(fed, "auth_private_key", str, "federation", ""))
+                else None
+            ),
         )
 
     nights = get_field(data, "nights", dict, "config", {})

@@ -39,14 +39,16 @@ STOP_GRACE_SECONDS = 10.0
 # After the ClientApp stored the run's final model, the node still has to send its reply.
 FINISH_GRACE_SECONDS = 8.0
 # Text in the SuperNode's output that means retrying cannot help.
+# Text in the SuperNode's own output (this attempt's part of its log) that means retrying
+# cannot help: authentication refused (exit code 305: "Failed to activate SuperNode", an
+# unknown or revoked key), TLS verification, permission denied.
 PERMANENT_MARKERS = (
+    "Exit Code: 305",
+    "Failed to activate SuperNode",
     "PERMISSION_DENIED",
     "UNAUTHENTICATED",
-    "401",
     "CERTIFICATE_VERIFY_FAILED",
     "certificate verify failed",
-    "SSL",
-    "Invalid",
 )
 
 
@@ -100,6 +102,8 @@ def supernode_command(config: FederationConfig, buffer_path: Path) -> list[str]:
         command.append("--insecure")
     else:
         command += ["--root-certificates", str(config.root_certificates)]
+    if config.auth_private_key is not None:
+        command += ["--auth-supernode-private-key", str(config.auth_private_key)]
     command += [
         "--port",
         str(config.supernode_port),
@@ -109,10 +113,11 @@ def supernode_command(config: FederationConfig, buffer_path: Path) -> list[str]:
     return command
 
 
-def _tail(path: Path, size: int = 4000) -> str:
+def _tail(path: Path, since: int, size: int = 4000) -> str:
+    """The last ``size`` bytes of the log written after offset ``since``."""
     try:
         with path.open("rb") as handle:
-            handle.seek(max(path.stat().st_size - size, 0))
+            handle.seek(max(path.stat().st_size - size, since))
             return handle.read().decode("utf-8", "replace")
     except OSError:
         return ""
@@ -157,6 +162,7 @@ class Session:
                 state.attempt_number,
                 error,
                 sleep,
+                extra={"ERROR_CLASS": "transient"},
             )
             self.on_retry(state.attempt_number, sleep, str(error))
 
@@ -175,10 +181,16 @@ class Session:
         except TransientError as error:
             if self.stop.is_set():
                 return "shutdown"
-            log.error("federation gave up for this window: %s", error)
+            log.error(
+                "federation gave up for this window: %s", error, extra={"ERROR_CLASS": "transient"}
+            )
             return "gave_up"
         except PermanentError as error:
-            log.error("federation refused, not retrying in this window: %s", error)
+            log.error(
+                "federation refused, not retrying in this window: %s",
+                error,
+                extra={"ERROR_CLASS": "permanent"},
+            )
             return "refused"
 
     def _sleep(self, seconds: float) -> None:
@@ -198,6 +210,7 @@ class Session:
         flwr_home.mkdir(parents=True, exist_ok=True)
         log.info("federation starting node: %s", " ".join(command))
         with self.log_path.open("ab") as out:
+            log_start = out.tell()
             self.process = subprocess.Popen(
                 command,
                 stdin=subprocess.DEVNULL,
@@ -212,10 +225,12 @@ class Session:
             while True:
                 code = self.process.poll()
                 if code is not None:
-                    tail = _tail(self.log_path)
+                    tail = _tail(self.log_path, log_start)
                     if self.finished():
                         return "finished"
-                    if any(marker in tail[-1500:] for marker in PERMANENT_MARKERS):
+                    if any(marker in tail for marker in PERMANENT_MARKERS):
+                        # Refused, unless the server itself went away meanwhile.
+                        probe_server(self.config)
                         raise PermanentError(f"node exited with {code}: {tail[-300:].strip()}")
                     raise TransientError(f"node exited with {code}")
                 if finished_at is None and self.finished():

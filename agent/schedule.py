@@ -58,9 +58,13 @@ class ParticipationWindow:
 
     def current(self, now: float, tz: ZoneInfo) -> tuple[float, float] | None:
         """(start, end) of the window that is open at ``now``, or None."""
-        if self.start is None or self.end is None:
-            return now, now + 86400.0
         local = datetime.fromtimestamp(now, tz)
+        if self.start is None or self.end is None:
+            # "always" is the whole day: a window that ended in a refusal is retried tomorrow.
+            midnight = datetime.combine(local.date(), time(0, 0), tz)
+            return midnight.timestamp(), datetime.combine(
+                local.date() + timedelta(days=1), time(0, 0), tz
+            ).timestamp()
         for offset in (-1, 0):
             day = local.date() + timedelta(days=offset)
             start = datetime.combine(day, self.start, tz)

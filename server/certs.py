@@ -30,6 +30,8 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 )
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from agent.enroll import ca_fingerprint
+
 CA_CERT_NAME = "ca.pem"
 CA_KEY_NAME = "ca.key"
 SERVER_CERT_NAME = "server.pem"
@@ -244,7 +246,7 @@ def make_server_cert(
 
 def fingerprint_sha256(cert_path: Path) -> str:
     """SHA-256 of the DER certificate, lowercase hex with colons (``ab:cd:...``)."""
-    return _load_cert(cert_path).fingerprint(hashes.SHA256()).hex(":")
+    return ca_fingerprint(Path(cert_path).read_bytes())
 
 
 def ensure_demo_pki(out_dir: Path, hosts: list[str]) -> dict[str, Path]:

@@ -59,8 +59,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     if args.insecure and not config.insecure:
-        print("WARNING: --insecure: the SuperLink will run without TLS", file=sys.stderr)
-        config = ServerConfig(**{**config.__dict__, "insecure": True})
+        print(
+            "WARNING: --insecure: the SuperLink runs WITHOUT TLS and without node "
+            "authentication; anyone on the network can read and join",
+            file=sys.stderr,
+        )
+        config = ServerConfig(**{**config.__dict__, "insecure": True, "node_auth": False})
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -70,6 +74,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     superlink = SuperLink(config)
     superlink.start()
+    if config.node_auth:
+        from server.boards import Registry
+
+        registry = Registry(config)
+        try:
+            for line in registry.sync():
+                print(line, flush=True)
+            enrolled = sum(1 for b in registry.boards() if b["status"] == "registered")
+        finally:
+            registry.close()
+        print(f"node authentication on: {enrolled} enrolled boards may join", flush=True)
     printed: set[int] = set()
     code = 0
     try:
@@ -141,6 +156,58 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _superlink_up(config: ServerConfig) -> bool:
+    import socket
+
+    try:
+        socket.create_connection((config.host, config.port), timeout=2).close()
+    except OSError:
+        return False
+    return True
+
+
+def _cmd_boards(args: argparse.Namespace) -> int:
+    from server.boards import Registry, RegistryError, parse_csv, parse_request
+
+    config = load_config(args.config)
+    registry = Registry(config)
+    try:
+        if args.action == "register":
+            requests = [parse_request(Path(f).read_text()) for f in args.requests]
+            if args.csv:
+                requests += parse_csv(Path(args.csv))
+            if not requests:
+                print("sleepfed-server boards register: no request given", file=sys.stderr)
+                return EXIT_CONFIG
+            for request in requests:
+                print(f"{request.board_id}: {registry.add(request)}")
+        elif args.action == "revoke":
+            for board_id in args.boards:
+                registry.revoke(board_id)
+                print(f"{board_id}: revoked")
+        if args.action in ("register", "revoke"):
+            if _superlink_up(config):
+                for line in registry.sync():
+                    print(line)
+            else:
+                print("the server is not running: the change applies when it starts")
+        boards = registry.boards()
+        if args.action == "list":
+            if args.json:
+                print(json.dumps(boards, indent=2))
+            else:
+                for b in boards:
+                    print(f"{b['board_id']:24s} {b['status']:15s} node {b['node_id'] or '-'}")
+                if not boards:
+                    print("no boards enrolled")
+    except (RegistryError, OSError) as error:
+        print(f"sleepfed-server boards: {error}", file=sys.stderr)
+        return 1
+    finally:
+        registry.close()
+    return 0
+
+
 def _cmd_certs(args: argparse.Namespace) -> int:
     from server.certs import ensure_demo_pki, fingerprint_sha256
 
@@ -167,6 +234,18 @@ def build_parser() -> argparse.ArgumentParser:
     rollback = sub.add_parser("rollback", help="mark rounds after N as rolled back")
     rollback.add_argument("--config", required=True)
     rollback.add_argument("--to-round", type=int, required=True)
+    boards = sub.add_parser("boards", help="enrolled boards: register, list, revoke")
+    boards_sub = boards.add_subparsers(dest="action", required=True)
+    register = boards_sub.add_parser("register", help="from enrollment requests (files or CSV)")
+    register.add_argument("--config", required=True)
+    register.add_argument("requests", nargs="*", help="files holding one request line each")
+    register.add_argument("--csv", help="a fleet: CSV with columns board_id,public_key")
+    listing = boards_sub.add_parser("list")
+    listing.add_argument("--config", required=True)
+    listing.add_argument("--json", action="store_true")
+    revoke = boards_sub.add_parser("revoke", help="refuse these boards from now on")
+    revoke.add_argument("--config", required=True)
+    revoke.add_argument("boards", nargs="+")
     certs = sub.add_parser("certs", help="make a CA and a server certificate (demo, tests)")
     certs.add_argument("--out", required=True)
     certs.add_argument("--host", action="append", default=None, help="SAN host (repeatable)")
@@ -185,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         "run": _cmd_run,
         "history": _cmd_history,
         "rollback": _cmd_rollback,
+        "boards": _cmd_boards,
         "certs": _cmd_certs,
     }
     try:

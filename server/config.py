@@ -18,6 +18,7 @@ class ServerConfig:
     host: str
     port: int
     insecure: bool
+    node_auth: bool
     certfile: Path | None
     keyfile: Path | None
     ca_certfile: Path | None
@@ -49,6 +50,9 @@ def parse_config(data: dict[str, Any], base: Path) -> ServerConfig:
     fed = get_field(data, "federation", dict, "config", {})
     evaluation = get_field(data, "evaluation", dict, "config", {})
     insecure = get_field(server, "insecure", bool, "server", False)
+    node_auth = get_field(server, "node_auth", bool, "server", not insecure)
+    if node_auth and insecure:
+        raise ConfigError("server.node_auth: needs TLS (server.insecure = false)")
     tls = {
         key: (path_of(get_field(server, key, str, "server")) if not insecure else None)
         for key in ("certfile", "keyfile", "ca_certfile")
@@ -77,6 +81,7 @@ def parse_config(data: dict[str, Any], base: Path) -> ServerConfig:
         host=get_field(server, "host", str, "server", "127.0.0.1"),
         port=port,
         insecure=insecure,
+        node_auth=node_auth,
         certfile=tls["certfile"],
         keyfile=tls["keyfile"],
         ca_certfile=tls["ca_certfile"],

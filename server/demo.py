@@ -79,6 +79,65 @@ def _sources(ble: bool, port: str, address: str) -> str:
     )
 
 
+def enroll_boards(
+    workdir: Path, server_config: Path, pki: dict[str, Path], args: argparse.Namespace
+) -> list[Path]:
+    """Each board makes its own key pair (sleepfed-enroll, below a root of its own: the demo
+    does not touch this machine's /etc), the operator registers the requests."""
+    from server.certs import fingerprint_sha256
+
+    fingerprint = fingerprint_sha256(pki["ca"])
+    requests, keys = [], []
+    for index in range(args.boards):
+        root = workdir / f"board{index + 1}" / "root"
+        result = subprocess.run(
+            [
+                PYTHON,
+                "-m",
+                "agent.enroll",
+                "--board-id",
+                f"board{index + 1}",
+                "--server",
+                f"127.0.0.1:{args.port}",
+                "--ca-file",
+                str(pki["ca"]),
+                "--ca-fingerprint",
+                fingerprint,
+                "--root",
+                str(root),
+                "--no-system-user",
+                "--no-unit",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        request = root / "etc" / "sleepfed" / "enrollment-request.txt"
+        assert request.read_text().strip() == result.stdout.strip().splitlines()[-1]
+        requests.append(str(request))
+        keys.append(root / "etc" / "sleepfed" / "node.key")
+    subprocess.run(
+        [
+            PYTHON,
+            "-m",
+            "server.cli",
+            "boards",
+            "register",
+            "--config",
+            str(server_config),
+            *requests,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    print(
+        f"{args.boards} boards enrolled: each made its key pair, the server registered them "
+        f"(node authentication on; CA fingerprint {fingerprint[:23]}...)"
+    )
+    return keys
+
+
 def choose_subjects(walch_dir: Path, boards: int) -> tuple[list[str], list[str]]:
     """Boards get the subjects with the longest nights; the rest are the held-out set."""
     subjects = walch_subjects(walch_dir)
@@ -142,6 +201,7 @@ subjects = {json.dumps(held_out)}
         # A private D-Bus system bus; the agents started below inherit its address.
         standin = BlueZStandIn(log_dir=workdir).start()
     try:
+        keys = enroll_boards(workdir, server_config, pki, args)
         server_log = (workdir / "server" / "server.log").open("wb")
         server = subprocess.Popen(
             [PYTHON, "-m", "server.cli", "run", "--once", "--config", str(server_config)],
@@ -173,6 +233,7 @@ settle_seconds = 3
 [federation]
 server = "127.0.0.1:{args.port}"
 root_certificates = "{pki["ca"]}"
+auth_private_key = "{keys[index]}"
 window = "always"
 min_new_labelled_windows = 10
 retry_initial_seconds = 1
