@@ -386,6 +386,12 @@ class Buffer:
             "SELECT version, server_round, run_id, arrays FROM models ORDER BY version DESC LIMIT 1"
         ).fetchone()
 
+    def latest_model_version(self) -> tuple[int, int] | None:
+        """(version, server_round) of the newest model, or None (without its arrays)."""
+        return self.conn.execute(
+            "SELECT version, server_round FROM models ORDER BY version DESC LIMIT 1"
+        ).fetchone()
+
     def save_prediction(
         self, night: str, model_version: int, efficiency: float, quality: str
     ) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from datetime import date
 
@@ -13,11 +12,9 @@ EXIT_CONFIG = 2
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    from agent.logging_setup import setup_logging
+
+    setup_logging(level)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -23,6 +23,7 @@ from types import FrameType
 from agent.buffer import Buffer
 from agent.config import AgentConfig, SerialSourceConfig, SourceConfig
 from agent.nights import NightTracker, extract_night, predict_nights
+from agent.notify import Notifier
 from agent.protocol import Kind, Reading
 from agent.sources import Item, Rejection, Source, SourceEvent
 from agent.sources.serial_source import SerialSource
@@ -52,13 +53,21 @@ class RejectionLog:
         if now - self.window_start >= 60:
             for reason, count in self.suppressed.items():
                 log.warning(
-                    "source=%s reason=%s rejected %d more lines (not logged)", source, reason, count
+                    "source=%s reason=%s rejected %d more lines (not logged)",
+                    source,
+                    reason,
+                    count,
+                    extra={"SOURCE": source, "ERROR_CLASS": reason},
                 )
             self.window_start, self.logged, self.suppressed = now, Counter(), Counter()
         if self.logged[rejection.reason] < REJECTION_LOGS_PER_MINUTE:
             self.logged[rejection.reason] += 1
             log.warning(
-                "source=%s reason=%s rejected: %s", source, rejection.reason, rejection.detail
+                "source=%s reason=%s rejected: %s",
+                source,
+                rejection.reason,
+                rejection.detail,
+                extra={"SOURCE": source, "ERROR_CLASS": rejection.reason},
             )
         else:
             self.suppressed[rejection.reason] += 1
@@ -85,10 +94,13 @@ class Daemon:
         self.committed_per_source: Counter[str] = Counter()
         self.session_thread: threading.Thread | None = None
         self.buffer: Buffer | None = None
+        self.notifier = Notifier()
+        self.write_failing = False  # the last buffer write failed (no watchdog pings then)
 
     # -- lifecycle ------------------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         log.info("signal %s: shutting down", signal.Signals(signum).name)
+        self.notifier.stopping()
         self.stop.set()
 
     def run(self) -> int:
@@ -122,10 +134,12 @@ class Daemon:
             self.config.buffer_path,
             ",".join(s.name for s in self.sources),
         )
+        self.notifier.ready(f"starting: 0/{len(self.sources)} sources")
         code = 0
         try:
             code = self._loop()
         finally:
+            self.notifier.stopping()
             self.stop.set()
             for thread in threads:
                 thread.join(timeout=5)
@@ -150,11 +164,14 @@ class Daemon:
         assert self.buffer is not None
         batch: list[tuple[str, Reading]] = []
         counters: Counter[str] = Counter()
-        last_housekeeping = last_cap_check = 0.0
+        last_housekeeping = last_cap_check = last_ping = 0.0
         failing_since: float | None = None
+        ping_every = self.notifier.watchdog_interval()
+        # A long batch_max_seconds must not starve the watchdog: wait at most one ping interval.
+        wait = min(self.config.batch_max_seconds, ping_every or self.config.batch_max_seconds)
         while True:
             stopping = self.stop.is_set()
-            deadline = time.monotonic() + self.config.batch_max_seconds
+            deadline = time.monotonic() + wait
             while len(batch) < self.config.batch_max_readings and not stopping:
                 timeout = deadline - time.monotonic()
                 if timeout <= 0:
@@ -175,8 +192,10 @@ class Daemon:
                 try:
                     self._commit(batch, counters)
                     batch, counters, failing_since = [], Counter(), None
+                    self.write_failing = False
                 except sqlite3.Error as error:
                     failing_since = failing_since or time.monotonic()
+                    self.write_failing = True
                     log.error(
                         "buffer write failed (%s); %d readings held, not acknowledged",
                         error,
@@ -199,6 +218,10 @@ class Daemon:
                 evicted = self.buffer.enforce_cap()
                 if evicted:
                     log.warning("buffer over cap: evicted %d oldest raw readings", evicted)
+            # Healthy = this loop iterates and the last buffer write worked: only then ping.
+            if ping_every is not None and failing_since is None and now - last_ping >= ping_every:
+                last_ping = now
+                self.notifier.watchdog()
 
     def _take(
         self,
@@ -213,7 +236,13 @@ class Daemon:
                 counters[ACCEPTED_COUNTER[item.kind]] += 1
             elif isinstance(item, SourceEvent):
                 counters[item.counter] += 1
-                log.warning("source=%s %s: %s", source, item.counter, item.detail)
+                log.warning(
+                    "source=%s %s: %s",
+                    source,
+                    item.counter,
+                    item.detail,
+                    extra={"SOURCE": source, "ERROR_CLASS": item.counter},
+                )
             else:
                 counters[f"rejected_{item.reason}"] += 1
                 self.rejections.note(source, item)
@@ -252,6 +281,27 @@ class Daemon:
             sources_connected=f"{connected}/{len(self.sources)}",
             session_running=self.session_thread is not None,
         )
+        if self.notifier.enabled:
+            self.notifier.status(self._status_line(health, connected))
+
+    def _status_line(self, health: str, connected: int) -> str:
+        """One line for ``systemctl status`` (sd_notify STATUS=), e.g. ``ok: 2/2 sources,
+        12345 readings, model v5 (round 5), last session finished``."""
+        assert self.buffer is not None
+        counters = self.buffer.counters()
+        readings = sum(v for k, v in counters.items() if k.startswith("accepted_"))
+        model = self.buffer.latest_model_version()
+        outcome = self.buffer.state().get("last_session_outcome")
+        parts = [
+            f"{'buffer write failing' if self.write_failing else health}: "
+            f"{connected}/{len(self.sources)} sources",
+            f"{readings} readings",
+            f"model v{model[0]} (round {model[1]})" if model else "no model yet",
+            "session running"
+            if self.session_thread is not None
+            else f"last session {outcome or 'none'}",
+        ]
+        return ", ".join(parts)
 
     def _participation(self) -> None:
         from agent.federation import Session

@@ -117,7 +117,7 @@ def predict_nights(buffer: Buffer) -> list[tuple[str, float, str]]:
     latest = buffer.latest_model()
     if latest is None:
         return []
-    version, _, _, blob = latest
+    version, server_round, _, blob = latest
     arrays = model.arrays_from_bytes(blob)
     done = buffer.latest_predictions()
     made = []
@@ -135,10 +135,12 @@ def predict_nights(buffer: Buffer) -> list[tuple[str, float, str]]:
         buffer.save_prediction(night, version, efficiency, quality)
         made.append((night, efficiency, quality))
         log.info(
-            "night=%s predicted efficiency=%.3f quality=%s model=%d",
+            "night=%s predicted efficiency=%.3f quality=%s model=%d (round %d)",
             night,
             efficiency,
             quality,
             version,
+            server_round,
+            extra={"ROUND": server_round},
         )
     return made

@@ -150,7 +150,19 @@ class BleSource(Source):
                     try:
                         await asyncio.wait_for(client.disconnect(), 5)
                     except Exception as error:
-                        log.debug("device=%s disconnect at shutdown: %s", link.config.name, error)
+                        log.debug(
+                            "device=%s disconnect at shutdown: %s",
+                            link.config.name,
+                            error,
+                            extra=self._fields(link),
+                        )
+
+    def _fields(self, link: DeviceLink, error_class: str | None = None) -> dict[str, str]:
+        """Structured journal fields (agent.logging_setup) for a device's log lines."""
+        fields = {"SOURCE": self.name, "DEVICE": link.config.name}
+        if error_class:
+            fields["ERROR_CLASS"] = error_class
+        return fields
 
     def _update_connected(self) -> None:
         if all(lk.client is not None and lk.client.is_connected for lk in self.links.values()):
@@ -223,6 +235,7 @@ class BleSource(Source):
                 failure,
                 error,
                 delay,
+                extra=self._fields(link, failure),
             )
             client, link.client = link.client, None  # our own disconnect is no link loss
             if stage == "subscribe" and client is not None:
@@ -231,7 +244,7 @@ class BleSource(Source):
             return
         link.failures.clear()
         self._update_connected()
-        log.info("device=%s connected (%s)", config.name, device.address)
+        log.info("device=%s connected (%s)", config.name, device.address, extra=self._fields(link))
         emit(self.name, [SourceEvent("ble_connects", f"device={config.name} {device.address}")])
 
     def _link_lost(self, link: DeviceLink, client: Any, emit: Emit) -> None:
@@ -240,7 +253,12 @@ class BleSource(Source):
         link.client = None
         delay = link.back_off("link_lost", time.monotonic())
         emit(self.name, [SourceEvent("ble_link_lost", f"device={link.config.name}")])
-        log.warning("device=%s link lost; reconnecting in %.1fs", link.config.name, delay)
+        log.warning(
+            "device=%s link lost; reconnecting in %.1fs",
+            link.config.name,
+            delay,
+            extra=self._fields(link, "link_lost"),
+        )
 
     async def _subscribe(self, link: DeviceLink, client: Any, emit: Emit) -> None:
         services = client.services
@@ -267,7 +285,12 @@ class BleSource(Source):
 
             await client.start_notify(characteristic, callback)
             subscribed += 1
-        log.info("device=%s subscribed to %d characteristics", link.config.name, subscribed)
+        log.info(
+            "device=%s subscribed to %d characteristics",
+            link.config.name,
+            subscribed,
+            extra=self._fields(link),
+        )
 
     # -- notifications ------------------------------------------------------------------------
     def _stamp(self, link: DeviceLink) -> float:

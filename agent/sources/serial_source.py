@@ -80,11 +80,17 @@ class SerialSource(Source):
             try:
                 port = self._open()
             except (OSError, ValueError) as error:
-                log.debug("source=%s port=%s open failed: %s", self.name, self.port_name, error)
+                log.debug(
+                    "source=%s port=%s open failed: %s",
+                    self.name,
+                    self.port_name,
+                    error,
+                    extra=self._fields("open_failed"),
+                )
                 stop.wait(delay)
                 delay = min(delay * 2, RECONNECT_MAX_SECONDS)
                 continue
-            log.info("source=%s port=%s connected", self.name, self.port_name)
+            log.info("source=%s port=%s connected", self.name, self.port_name, extra=self._fields())
             delay = RECONNECT_INITIAL_SECONDS
             splitter.reset()
             with self._write_lock:
@@ -102,7 +108,11 @@ class SerialSource(Source):
                 self.disconnects += 1
                 emit(self.name, [SourceEvent("source_disconnects", str(error))])
                 log.warning(
-                    "source=%s port=%s lost (%s); reconnecting", self.name, self.port_name, error
+                    "source=%s port=%s lost (%s); reconnecting",
+                    self.name,
+                    self.port_name,
+                    error,
+                    extra=self._fields("source_disconnects"),
                 )
             finally:
                 self.connected.clear()
@@ -129,4 +139,13 @@ class SerialSource(Source):
             try:
                 self._port.write(format_ack(last_timestamp, committed))
             except OSError as error:
-                log.debug("source=%s ack not sent: %s", self.name, error)
+                log.debug(
+                    "source=%s ack not sent: %s", self.name, error, extra=self._fields("ack_failed")
+                )
+
+    def _fields(self, error_class: str | None = None) -> dict[str, str]:
+        """Structured journal fields (agent.logging_setup) for this source's log lines."""
+        fields = {"SOURCE": self.name, "DEVICE": self.port_name}
+        if error_class:
+            fields["ERROR_CLASS"] = error_class
+        return fields
