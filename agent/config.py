@@ -61,6 +61,8 @@ class FederationConfig:
     session_idle_seconds: float
     supernode_port: int
     auth_private_key: Path | None = None
+    refused_retry_seconds: float = 3600.0
+    activation_patience_seconds: float = 75.0
 
 
 @dataclass(frozen=True)
@@ -227,6 +229,15 @@ def parse_config(data: dict[str, Any], base_dir: Path) -> AgentConfig:
                 "federation.session_idle_seconds",
             ),
             supernode_port=get_field(fed, "supernode_port", int, "federation", 9094),
+            activation_patience_seconds=_positive(
+                get_field(fed, "activation_patience_seconds", float, "federation", 75.0),
+                "federation.activation_patience_seconds",
+            ),
+            refused_retry_seconds=60.0
+            * _positive(
+                get_field(fed, "refused_retry_minutes", float, "federation", 60.0),
+                "federation.refused_retry_minutes",
+            ),
             auth_private_key=(
                 path_of(key)
                 if (key := get_field(fed, "auth_private_key", str, "federation", ""))

@@ -322,7 +322,9 @@ class Daemon:
             return
         start, end = window
         if state.get("closed_window_start") == start:
-            return  # this window already ended in a refusal or give-up
+            return  # the server stayed unreachable until this window's end
+        if float(state.get("refused_until", 0) or 0) > now:  # type: ignore[arg-type]
+            return  # refused (key not registered, revoked, wrong CA): wait before asking again
         labelled = self.buffer.labelled_window_count()
         since = int(state.get("labelled_at_last_session", 0))  # type: ignore[arg-type]
         if labelled - since < fed.min_new_labelled_windows:
@@ -391,8 +393,11 @@ class Daemon:
             }
             if outcome == "finished":
                 values["labelled_at_last_session"] = labelled
-            if outcome in ("refused", "gave_up"):
+            if outcome == "gave_up":
                 values["closed_window_start"] = window_start
+            if outcome == "refused":
+                assert self.config.federation is not None
+                values["refused_until"] = time.time() + self.config.federation.refused_retry_seconds
             writer.set_state(**values)
             writer.bump_counters({f"sessions_{outcome}": 1})
         finally:

@@ -36,6 +36,11 @@ log = logging.getLogger("sleepfed.federation")
 
 PROBE_TIMEOUT_SECONDS = 5.0
 STOP_GRACE_SECONDS = 10.0
+# Flower refuses to activate a node whose previous connection it still counts as online
+# (until two 30-s heartbeats are missed: e.g. the server restarted before the node could
+# say goodbye). Such a refusal looks like an unknown or revoked key (exit code 305), so it is
+# retried for federation.activation_patience_seconds (75 s) before the session counts as
+# refused.
 # After the ClientApp stored the run's final model, the node still has to send its reply.
 FINISH_GRACE_SECONDS = 8.0
 # Text in the SuperNode's output that means retrying cannot help.
@@ -146,6 +151,7 @@ class Session:
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = state_dir / "supernode.log"
         self.attempt_times: list[float] = []
+        self.first_refusal: float | None = None
 
     def run(self) -> str:
         """Returns how the session ended: finished, window_end, idle, shutdown, gave_up
@@ -231,6 +237,13 @@ class Session:
                     if any(marker in tail for marker in PERMANENT_MARKERS):
                         # Refused, unless the server itself went away meanwhile.
                         probe_server(self.config)
+                        now = time.time()
+                        self.first_refusal = self.first_refusal or now
+                        if now - self.first_refusal < self.config.activation_patience_seconds:
+                            raise TransientError(
+                                f"node refused (exit {code}); retrying: its previous "
+                                "connection may still count as online"
+                            )
                         raise PermanentError(f"node exited with {code}: {tail[-300:].strip()}")
                     raise TransientError(f"node exited with {code}")
                 if finished_at is None and self.finished():

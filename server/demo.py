@@ -239,6 +239,7 @@ min_new_labelled_windows = 10
 retry_initial_seconds = 1
 retry_max_seconds = 10
 session_idle_seconds = 600
+refused_retry_minutes = 0.2
 supernode_port = {9200 + index}
 """,
             )

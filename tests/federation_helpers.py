@@ -122,6 +122,8 @@ min_new_labelled_windows = 1
 retry_initial_seconds = 0.5
 retry_max_seconds = {retry_max}
 session_idle_seconds = 300
+refused_retry_minutes = 0.1
+activation_patience_seconds = 8
 supernode_port = {free_port()}
 """
     )

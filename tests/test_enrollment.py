@@ -244,5 +244,17 @@ def test_only_enrolled_boards_join_and_a_revoked_board_is_refused_next_round(
         assert board_state(a)["counters"]["rounds_trained"] == 2  # type: ignore[index]
         listing = server_cli("boards", "list", "--config", str(server_config))
         assert "board-b" in listing.stdout and "revoked" in listing.stdout
+        # No secret in any log: the private keys' bodies appear in no file but the keys.
+        secrets = [
+            line
+            for key in tmp_path.rglob("node.key")
+            for line in key.read_text().splitlines()
+            if line and not line.startswith("-----")
+        ]
+        logs = [p for p in tmp_path.rglob("*.log") if p.is_file()]
+        assert logs and secrets
+        for log in logs:
+            text = log.read_text(errors="replace")
+            assert not any(secret in text for secret in secrets), f"a key leaked into {log}"
     finally:
         stop([*agents, server])
