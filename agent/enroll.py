@@ -239,7 +239,9 @@ def enroll(args: argparse.Namespace) -> int:
     owner = ensure_user(root, report) if not args.no_system_user else None
     group_owner = (0, owner[1]) if owner else None
     config_dir = root / "etc" / "sleepfed"
-    report.step(f"directory {config_dir} (0750)", _directory(config_dir, 0o750, group_owner))
+    # 0755 root:root, as the unit's ConfigurationDirectory= makes it; what is secret in it
+    # protects itself (node.key 0600 sleepfed, agent.toml 0640 root:sleepfed).
+    report.step(f"directory {config_dir} (0755)", _directory(config_dir, 0o755, None))
     state_dir = root / "var" / "lib" / "sleepfed"
     report.step(f"directory {state_dir} (0700)", _directory(state_dir, 0o700, owner))
     public_key = ensure_key(config_dir, owner, args.new_key, report)
