@@ -50,6 +50,10 @@ from agent.protocol import Kind, Reading
 from agent.sources.ble_source import BleDeviceConfig, BleSource
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from helpers import write_agent_config  # noqa: E402
+
 WEARABLE_MAX_PER_S = 4.0  # the fastest wearable: 4 notifications/s
 GOAL_HEADROOM = 1000.0
 DEFAULT_BATCH = 2000  # agent.config default buffer.batch_max_readings
@@ -174,19 +178,8 @@ def bench_in_process(root: Path, payloads: list[bytearray]) -> list[dict[str, ob
 
 
 def agent_config(root: Path) -> Path:
-    config = root / "agent.toml"
-    config.write_text(
-        f"""[board]
-id = "bench"
-timezone = "UTC"
-
-[buffer]
-path = {json.dumps(str(root / "buffer.db"))}
-
-[nights]
-# Keep night extraction out of the measurement.
-settle_seconds = 3600.0
-
+    # Night extraction stays out of the measurement.
+    source = f"""
 [[sources]]
 type = "ble"
 name = "ble"
@@ -196,8 +189,9 @@ scan_timeout_seconds = 5
 name = "strap"
 address = "{ADDRESS}"
 """
+    return write_agent_config(
+        root / "agent.toml", buffer=root / "buffer.db", settle_seconds=3600, extra=source
     )
-    return config
 
 
 def count_kind(db: Path, kind: int) -> int:

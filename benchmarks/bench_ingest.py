@@ -35,6 +35,10 @@ from agent.protocol import Kind, Reading, format_reading, parse_line
 from agent.replay import PtyLink, replay, walch_readings
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from helpers import write_agent_config  # noqa: E402
+
 GOAL_READINGS_PER_S = 100_000
 DEFAULT_BATCH = 2000  # agent.config default buffer.batch_max_readings
 REPEATS = 5  # parse timings: best of
@@ -151,26 +155,10 @@ def bench_commits(
 
 
 def agent_config(root: Path, port: str) -> Path:
-    config = root / "agent.toml"
-    config.write_text(
-        f"""[board]
-id = "bench"
-timezone = "UTC"
-
-[buffer]
-path = {json.dumps(str(root / "buffer.db"))}
-
-[nights]
-# Keep night extraction out of the measurement (the replayed nights are in the past).
-settle_seconds = 3600.0
-
-[[sources]]
-type = "serial"
-name = "bench"
-port = {json.dumps(port)}
-"""
+    # Night extraction stays out of the measurement (the replayed nights are in the past).
+    return write_agent_config(
+        root / "agent.toml", buffer=root / "buffer.db", ports={"bench": port}, settle_seconds=3600
     )
-    return config
 
 
 def wait_connected(config: Path, link: PtyLink, proc: subprocess.Popen[bytes]) -> float:
