@@ -283,6 +283,8 @@ cp /opt/payload/sleepfed-agent.service /etc/systemd/system/
 mkdir -p /etc/systemd/system/sleepfed-agent.service.d
 cat >/etc/systemd/system/sleepfed-agent.service.d/test.conf <<'EOF'
 [Service]
+# test only: the project's code is bound at /opt/sleepfed/src (not pip-installed there)
+Environment=PYTHONPATH=/opt/sleepfed/src
 # test only: a PTY stands in for the USB serial adapter
 DeviceAllow=char-pts rw
 # test only: a short watchdog and restart pause keep the test short
@@ -326,6 +328,9 @@ smoke="/opt/sleepfed/venv/bin/python3 /opt/payload/smoke.py"
 sed -e 's/^Type=notify/Type=oneshot/' -e '/^NotifyAccess/d' -e '/^WatchdogSec/d' \
     -e '/^Restart/d' -e "s#^ExecStart=.*#ExecStart=$smoke#" \
     /opt/payload/sleepfed-agent.service >/etc/systemd/system/sleepfed-smoke.service
+mkdir -p /etc/systemd/system/sleepfed-smoke.service.d
+printf '[Service]\nEnvironment=PYTHONPATH=/opt/sleepfed/src\n' \
+    >/etc/systemd/system/sleepfed-smoke.service.d/test.conf
 systemctl daemon-reload
 systemctl start sleepfed-smoke
 echo "smoke=$?" >>/results/facts
@@ -412,7 +417,9 @@ def test_real_unit_under_systemd_nspawn() -> None:
             f"--bind-ro={payload}:/opt/payload", f"--bind={results}:/results",
             # A venv where the unit expects it, with this venv's packages.
             f"--bind-ro={shim}:/opt/sleepfed/venv", f"--bind-ro={venv}/lib:/opt/sleepfed/venv/lib",
-            f"--bind-ro={REPO}",  # the editable install points here
+            # The project's code where the units' PYTHONPATH (test drop-ins) finds it: an
+            # editable install may point under /tmp or /root, hidden by PrivateTmp/ProtectHome.
+            f"--bind-ro={REPO}:/opt/sleepfed/src",
             f"--bind-ro={payload}/sleepfed-runner.service:"
             "/etc/systemd/system/sleepfed-runner.service",
             "-b", "--", "systemd.firstboot=off", "systemd.wants=sleepfed-runner.service",
