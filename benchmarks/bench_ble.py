@@ -52,7 +52,7 @@ from agent.sources.ble_source import BleDeviceConfig, BleSource
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from helpers import write_agent_config  # noqa: E402
+from helpers import stop_agent, write_agent_config  # noqa: E402
 
 WEARABLE_MAX_PER_S = 4.0  # the fastest wearable: 4 notifications/s
 GOAL_HEADROOM = 1000.0
@@ -275,13 +275,7 @@ def bench_end_to_end(root: Path, payloads: list[bytearray]) -> dict[str, object]
             cpu1 = (cpu_of(daemon), cpu_of(server), cpu_of(bus), time.process_time())
             rss = daemon.memory_info().rss
         finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_agent(proc, timeout=30)
             log.close()
     if not ok:
         tail = (root / "agent.log").read_text()[-2000:]

@@ -37,7 +37,7 @@ from agent.replay import PtyLink, replay, walch_readings
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from helpers import write_agent_config  # noqa: E402
+from helpers import stop_agent, write_agent_config  # noqa: E402
 
 GOAL_READINGS_PER_S = 100_000
 DEFAULT_BATCH = 2000  # agent.config default buffer.batch_max_readings
@@ -235,13 +235,7 @@ def bench_end_to_end(root: Path, readings: list[Reading], warmup: Reading) -> di
             acks = link.acks.acks
             last = link.last_ack
         finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_agent(proc, timeout=30)
             log.close()
     if not ok:
         tail = (root / "agent.log").read_text()[-2000:]
