@@ -1,0 +1,209 @@
+"""Entry points of the compose fleet (docker/compose.yaml): one server and N boards, each
+board an agent fed by one replayed real Walch 2019 subject, all on 127.0.0.1 (host network).
+
+    python /fleet/fleet.py server   # server image: CA + certificate, config, register boards, run
+    python /fleet/fleet.py board    # agent image: enroll, replay --pty, run the agent on it
+
+Shared volumes (owned by uid 10001, see the compose file's "volumes-init" service):
+    /pki       the demo CA and server certificate (server writes, boards read ca.pem)
+    /requests  one enrollment request per board (boards write, the server registers them)
+Environment: see compose.yaml. The flow is server/demo.py's, split over containers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PKI = Path(os.environ.get("FLEET_PKI", "/pki"))
+REQUESTS = Path(os.environ.get("FLEET_REQUESTS", "/requests"))
+DATA = Path(os.environ.get("FLEET_DATA", "/data")) / "walch2019"
+PORT = int(os.environ.get("FLEET_PORT", "9093"))
+
+
+def say(text: str) -> None:
+    print(f"[fleet {os.environ.get('BOARD_ID', 'server')}] {text}", flush=True)
+
+
+def wait_for(check, what: str, timeout: float = 600.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.time() + timeout
+    while not check():
+        if time.time() > deadline:
+            raise SystemExit(f"fleet: timed out waiting for {what}")
+        time.sleep(1)
+
+
+def writable(path: Path) -> bool:
+    return path.is_dir() and os.access(path, os.W_OK)
+
+
+def server() -> int:
+    from agent.features import walch_subjects
+
+    boards = os.environ["FLEET_BOARDS"].split(",")
+    board_subjects = set(os.environ.get("FLEET_BOARD_SUBJECTS", "").split(","))
+    state = Path(os.environ.get("FLEET_STATE", "/var/lib/sleepfed-server"))
+    wait_for(lambda: writable(PKI) and writable(state), "writable /pki and state volumes")
+    if not (PKI / "ca.pem").exists():
+        subprocess.run(
+            [
+                "sleepfed-server",
+                "certs",
+                "--out",
+                str(PKI),
+                "--host",
+                "127.0.0.1",
+                "--host",
+                "localhost",
+            ],
+            check=True,
+        )
+    held_out = [s for s in walch_subjects(DATA) if s not in board_subjects]
+    config = state / "server.toml"
+    config.write_text(
+        f"""[server]
+state_dir = "{state / "state"}"
+host = "127.0.0.1"
+port = {PORT}
+certfile = "{PKI / "server.pem"}"
+keyfile = "{PKI / "server.key"}"
+ca_certfile = "{PKI / "ca.pem"}"
+
+[federation]
+rounds = {int(os.environ.get("FLEET_ROUNDS", "3"))}
+min_nodes = {len(boards)}
+local_iterations = 5
+round_timeout_seconds = {float(os.environ.get("FLEET_ROUND_TIMEOUT", "900"))}
+
+[evaluation]
+data = "{DATA}"
+subjects = {json.dumps(held_out)}
+"""
+    )
+    say(f"waiting for the enrollment requests of {', '.join(boards)}")
+    requests = [REQUESTS / f"{b}.txt" for b in boards]
+    wait_for(lambda: all(r.exists() for r in requests), "every board's enrollment request", 1800)
+    subprocess.run(
+        ["sleepfed-server", "boards", "register", "--config", str(config), *map(str, requests)],
+        check=True,
+    )
+    once = ["--once"] if os.environ.get("FLEET_ONCE", "1") == "1" else []
+    os.execvp("sleepfed-server", ["sleepfed-server", "run", *once, "--config", str(config)])
+    return 1
+
+
+def board() -> int:
+    from server.certs import fingerprint_sha256
+
+    board_id = os.environ["BOARD_ID"]
+    subject = os.environ["SUBJECT"]
+    state = Path(os.environ.get("FLEET_STATE", "/var/lib/sleepfed"))
+    wait_for(lambda: writable(REQUESTS) and writable(state), "writable /requests and state")
+    wait_for(lambda: (PKI / "ca.pem").exists(), "the server's CA certificate in /pki")
+    root = state / "root"
+    subprocess.run(
+        [
+            "sleepfed-enroll",
+            "--board-id",
+            board_id,
+            "--server",
+            f"127.0.0.1:{PORT}",
+            "--ca-file",
+            str(PKI / "ca.pem"),
+            "--ca-fingerprint",
+            fingerprint_sha256(PKI / "ca.pem"),
+            "--root",
+            str(root),
+            "--no-system-user",
+            "--no-unit",
+        ],
+        check=True,
+    )
+    request = (root / "etc" / "sleepfed" / "enrollment-request.txt").read_text()
+    (REQUESTS / f"{board_id}.txt").write_text(request)
+
+    sources = ""
+    marker = state / "replayed"
+    replay = None
+    if not marker.exists():
+        # the replayed night's sensor: a PTY in this container (sleepfed-agent replay --pty)
+        replay = subprocess.Popen(
+            [
+                "sleepfed-agent",
+                "replay",
+                "--data",
+                str(DATA),
+                "--subject",
+                subject,
+                "--pty",
+                "--wait-open",
+                os.environ.get("REPLAY_WAIT_OPEN", "30"),
+                "--rate",
+                os.environ.get("REPLAY_RATE", "0"),
+                "--linger",
+                "30",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert replay.stdout is not None
+        first = replay.stdout.readline().split()
+        if len(first) != 2 or first[0] != "PTY":
+            raise SystemExit(f"fleet: replay did not print its PTY: {first}")
+        sources = f'[[sources]]\ntype = "serial"\nname = "wrist"\nport = "{first[1]}"\n'
+        say(f"replaying Walch subject {subject} through {first[1]}")
+    config = state / "agent.toml"
+    config.write_text(
+        f"""[board]
+id = "{board_id}"
+timezone = "UTC"
+
+[buffer]
+path = "{state / "buffer.db"}"
+synchronous = "full"
+max_mb = 256
+
+{sources}
+[nights]
+settle_seconds = 3
+
+[federation]
+server = "127.0.0.1:{PORT}"
+root_certificates = "{PKI / "ca.pem"}"
+auth_private_key = "{root / "etc" / "sleepfed" / "node.key"}"
+window = "always"
+min_new_labelled_windows = 10
+retry_initial_seconds = 1
+retry_max_seconds = 10
+session_idle_seconds = 600
+refused_retry_minutes = 0.2
+supernode_port = {int(os.environ.get("SUPERNODE_PORT", "9201"))}
+"""
+    )
+    agent = subprocess.Popen(["sleepfed-agent", "run", "--config", str(config)])
+    if replay is not None:
+        assert replay.stdout is not None
+        for line in replay.stdout:
+            say(f"replay | {line.rstrip()}")
+        if replay.wait() == 0:
+            marker.write_text(subject + "\n")
+
+    def forward(signum, frame):  # type: ignore[no-untyped-def]
+        if agent.poll() is None:
+            agent.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    return agent.wait()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2 or sys.argv[1] not in ("server", "board"):
+        print(__doc__, file=sys.stderr)
+        sys.exit(2)
+    sys.exit(server() if sys.argv[1] == "server" else board())

@@ -1,0 +1,54 @@
+"""HEALTHCHECK of the sleepfed images: ask the agent or the server whether it is healthy.
+
+    sleepfed-healthcheck agent CONFIG   # `sleepfed-agent status --json`: exit 0 and daemon.running
+    sleepfed-healthcheck server CONFIG  # a TCP connect to the SuperLink's configured host:port
+
+Exit 0 healthy, 1 unhealthy (Docker's convention). Runs with the image's venv python.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+
+
+def agent(config: str) -> int:
+    result = subprocess.run(
+        ["sleepfed-agent", "status", "--json", "--config", config],
+        capture_output=True,
+        text=True,
+        timeout=25,
+    )
+    if result.returncode != 0:
+        print(f"status exited {result.returncode}: {result.stderr.strip()[-200:]}")
+        return 1
+    daemon = json.loads(result.stdout).get("daemon", {})
+    print(f"daemon running={daemon.get('running')} health={daemon.get('health')}")
+    return 0 if daemon.get("running") else 1
+
+
+def server(config: str) -> int:
+    from server.config import load_config
+
+    loaded = load_config(config)
+    host = "127.0.0.1" if loaded.host in ("", "0.0.0.0", "::") else loaded.host
+    with socket.create_connection((host, loaded.port), timeout=5):
+        print(f"superlink accepts connections on {host}:{loaded.port}")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] not in ("agent", "server"):
+        print(__doc__, file=sys.stderr)
+        return 1
+    try:
+        return agent(argv[1]) if argv[0] == "agent" else server(argv[1])
+    except Exception as error:  # any failure is "unhealthy", with the reason in the log
+        print(f"unhealthy: {type(error).__name__}: {error}")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
