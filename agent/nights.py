@@ -114,16 +114,22 @@ def extract_night(buffer: Buffer, night: str, tz: ZoneInfo) -> int:
 
 def predict_nights(buffer: Buffer) -> list[tuple[str, float, str]]:
     """Predict every night that has no prediction from the latest model yet."""
-    latest = buffer.latest_model()
-    if latest is None:
+    # Runs every second on the idle path: the model's arrays are read and decoded only
+    # when some night still lacks a prediction from it.
+    newest = buffer.latest_model_version()
+    if newest is None:
         return []
-    version, server_round, _, blob = latest
-    arrays = model.arrays_from_bytes(blob)
+    version, server_round = newest
     done = buffer.latest_predictions()
+    pending = [n for n in buffer.night_names() if n not in done or done[n][0] < version]
+    if not pending:
+        return []
+    latest = buffer.latest_model()
+    assert latest is not None
+    version, server_round, _, blob = latest  # a newer one may have arrived meanwhile
+    arrays = model.arrays_from_bytes(blob)
     made = []
-    for night in buffer.night_names():
-        if night in done and done[night][0] >= version:
-            continue
+    for night in pending:
         rows = buffer.windows(night)
         if not rows:
             continue

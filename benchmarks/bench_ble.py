@@ -52,6 +52,7 @@ from agent.sources.ble_source import BleDeviceConfig, BleSource
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
+from bench_ingest import fs_type  # noqa: E402
 from helpers import stop_agent, write_agent_config  # noqa: E402
 
 WEARABLE_MAX_PER_S = 4.0  # the fastest wearable: 4 notifications/s
@@ -348,15 +349,6 @@ def busy_warning(rows: list[dict[str, object]]) -> None:
 def load() -> str:
     one, five, _ = os.getloadavg()
     return f"load average {one:.2f} (1 min), {five:.2f} (5 min)"
-
-
-def fs_type(path: Path) -> str:
-    best = ("?", "")
-    for part in psutil.disk_partitions(all=True):
-        mount = part.mountpoint
-        if str(path).startswith(mount) and len(mount) > len(best[1]):
-            best = (part.fstype, mount)
-    return best[0]
 
 
 def main(argv: list[str] | None = None) -> int:
