@@ -225,21 +225,26 @@ def test_only_enrolled_boards_join_and_a_revoked_board_is_refused_next_round(
         # The operator revokes board-b while the server is down: it applies at the next start.
         revoked = server_cli("boards", "revoke", "--config", str(server_config), "board-b")
         assert revoked.returncode == 0 and "applies when it starts" in revoked.stdout
-        # board-a alone is enough for the next round
+        # board-a alone is enough for the next round. It is held back until the running server
+        # has refused the revoked board: otherwise the round can end the server before
+        # board-b's next attempt, and an absent server is not a refusal.
+        stop([agents[0]])
         server_config.write_text(
             server_config.read_text().replace("min_nodes = 2", "min_nodes = 1")
         )
         server = start_server(server_config)
+        wait_for(
+            lambda: board_state(b).get("last_session_outcome") == "refused",
+            150,
+            "the revoked board to be refused",
+        )
+        assert server.poll() is None, "the server ended before board-a joined"
+        agents[0] = start_agent(a)
         assert server.wait(240) == 0, (tmp_path / "server" / "server.log").read_text()[-3000:]
         assert "revoked board-b" in (tmp_path / "server" / "server.log").read_text()
         history = History(tmp_path / "server" / "state" / "history.db")
         rounds = [(r.global_round, r.train_nodes) for r in history.rounds()]
         assert rounds == [(1, 2), (2, 1)], rounds
-        wait_for(
-            lambda: board_state(b).get("last_session_outcome") == "refused",
-            90,
-            "the revoked board to be refused",
-        )
         assert board_state(b)["counters"]["rounds_trained"] == 1  # type: ignore[index]
         assert board_state(a)["counters"]["rounds_trained"] == 2  # type: ignore[index]
         listing = server_cli("boards", "list", "--config", str(server_config))
