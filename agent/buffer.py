@@ -392,6 +392,16 @@ class Buffer:
             "SELECT version, server_round FROM models ORDER BY version DESC LIMIT 1"
         ).fetchone()
 
+    def model_receipts(self, limit: int = 1000) -> list[tuple[int, int, str, float]]:
+        """(version, server_round, run_id, received_at) of the newest ``limit`` models,
+        oldest first (without their arrays)."""
+        rows = self.conn.execute(
+            "SELECT version, server_round, run_id, received_at FROM models "
+            "ORDER BY version DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return rows[::-1]
+
     def save_prediction(
         self, night: str, model_version: int, efficiency: float, quality: str
     ) -> None:

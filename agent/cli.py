@@ -26,16 +26,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     from agent.buffer import BufferError
-    from agent.status import as_json, collect, render
+    from agent.status import EXIT_NOT_RUNNING, as_json, collect, exit_code, render
 
     config = load_config(args.config)
     try:
         status = collect(config)
     except BufferError as error:
         print(f"sleepfed-agent status: {error}", file=sys.stderr)
-        return 1
+        return EXIT_NOT_RUNNING
     print(as_json(status) if args.json else render(status))
-    return 0
+    return exit_code(status)
 
 
 def _cmd_label(args: argparse.Namespace) -> int:
@@ -70,7 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the daemon")
     run.add_argument("--config", required=True)
-    status = sub.add_parser("status", help="show the board's state")
+    status = sub.add_parser(
+        "status",
+        help="show the board's state; exit 0 healthy, 1 not running, 2 config error, 3 degraded",
+    )
     status.add_argument("--config", required=True)
     status.add_argument("--json", action="store_true")
     label = sub.add_parser("label", help="record the person's own morning report")

@@ -78,6 +78,8 @@ class AgentConfig:
     sources: list[SourceConfig] = field(default_factory=list)
     federation: FederationConfig | None = None
     state_dir: Path = Path(".")
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0  # Prometheus endpoint; 0 = off
 
 
 def get_field(
@@ -96,6 +98,18 @@ def get_field(
         names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
         raise ConfigError(f"{where}.{key}: expected {names}, got {type(value).__name__} {value!r}")
     return value
+
+
+def parse_metrics(data: dict[str, Any]) -> tuple[str, int]:
+    """``[metrics]``: (host, port) of the Prometheus endpoint; port 0 (the default) = off."""
+    metrics = get_field(data, "metrics", dict, "config", {})
+    host = get_field(metrics, "host", str, "metrics", "127.0.0.1")
+    port = get_field(metrics, "port", int, "metrics", 0)
+    if not 0 <= port < 65536:
+        raise ConfigError(f"metrics.port: no such port {port} (0 = off)")
+    if not host:
+        raise ConfigError("metrics.host: empty (use 127.0.0.1)")
+    return host, port
 
 
 def _positive(value: float, name: str) -> float:
@@ -247,6 +261,7 @@ def parse_config(data: dict[str, Any], base_dir: Path) -> AgentConfig:
 
     nights = get_field(data, "nights", dict, "config", {})
     buffer_path = path_of(get_field(buffer, "path", str, "buffer"))
+    metrics_host, metrics_port = parse_metrics(data)
     return AgentConfig(
         board_id=board_id,
         timezone=timezone,
@@ -266,6 +281,8 @@ def parse_config(data: dict[str, Any], base_dir: Path) -> AgentConfig:
         sources=sources,
         federation=federation,
         state_dir=buffer_path.parent,
+        metrics_host=metrics_host,
+        metrics_port=metrics_port,
     )
 
 

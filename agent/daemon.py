@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from datetime import tzinfo
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from agent.buffer import Buffer
 from agent.config import AgentConfig, SerialSourceConfig, SourceConfig
@@ -27,6 +28,9 @@ from agent.notify import Notifier
 from agent.protocol import Kind, Reading
 from agent.sources import Item, Rejection, Source, SourceEvent
 from agent.sources.serial_source import SerialSource
+
+if TYPE_CHECKING:
+    from agent.metrics import MetricsServer
 
 log = logging.getLogger("sleepfed.agent")
 
@@ -135,10 +139,13 @@ class Daemon:
             ",".join(s.name for s in self.sources),
         )
         self.notifier.ready(f"starting: 0/{len(self.sources)} sources")
+        metrics = self._start_metrics()
         code = 0
         try:
             code = self._loop()
         finally:
+            if metrics is not None:
+                metrics.stop()
             self.notifier.stopping()
             self.stop.set()
             for thread in threads:
@@ -150,6 +157,23 @@ class Daemon:
             self.buffer.close()
             log.info("agent stopped")
         return code
+
+    def _start_metrics(self) -> MetricsServer | None:
+        """The Prometheus endpoint (agent.metrics), if ``[metrics] port`` is set."""
+        if not self.config.metrics_port:
+            return None
+        from agent.metrics import AgentCollector, start_metrics
+
+        collector = AgentCollector(
+            self.config.buffer_path,
+            self.config.max_bytes,
+            len(self.sources),
+            lambda: {
+                "buffer_write_failing": float(self.write_failing),
+                "queued_chunks": float(self.events.qsize()),
+            },
+        )
+        return start_metrics(self.config.metrics_host, self.config.metrics_port, [collector])
 
     def _emit(self, source: str, items: list[Item]) -> None:
         while not self.stop.is_set():

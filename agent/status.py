@@ -10,6 +10,12 @@ from typing import Any
 
 from agent.buffer import Buffer
 from agent.config import AgentConfig
+from agent.counter_classes import failure_classes, rejection_classes
+
+# Exit codes of ``sleepfed-agent status`` (2 is a configuration error, as everywhere).
+EXIT_HEALTHY = 0
+EXIT_NOT_RUNNING = 1  # no daemon (or no buffer yet): nothing is being collected
+EXIT_DEGRADED = 3  # the daemon runs but a source is down or the server refused the board
 
 
 def _pid_alive(pid: int) -> bool:
@@ -44,8 +50,11 @@ def collect(config: AgentConfig) -> dict[str, Any]:
     running = _pid_alive(pid) and time.time() - heartbeat < 30
     prediction = predictions.get(last_night) if last_night else None
     fed = config.federation
+    health, problems = _health(running, state)
     return {
         "board": config.board_id,
+        "health": health,
+        "problems": problems,
         "daemon": {
             "running": running,
             "pid": pid if running else None,
@@ -70,6 +79,17 @@ def collect(config: AgentConfig) -> dict[str, Any]:
         },
         "counters": {
             k: v for k, v in counters.items() if not k.startswith(("rejected_", "accepted_"))
+        },
+        "rejection_classes": rejection_classes(counters),
+        "failure_classes": failure_classes(counters),
+        "rounds": {
+            "joined": counters.get("rounds_trained", 0),
+            "evaluated": counters.get("rounds_evaluated", 0),
+            "last_global_round": latest[1] if latest else None,
+            "last_train_round": state.get("last_train_round"),
+            "last_train_at": state.get("last_train_at"),
+            "retries": counters.get("federation_retries", 0),
+            "last_retry": state.get("last_retry"),
         },
         "federation": {
             "server": fed.server if fed else None,
@@ -97,6 +117,26 @@ def collect(config: AgentConfig) -> dict[str, Any]:
     }
 
 
+def _health(running: bool, state: dict[str, object]) -> tuple[str, list[str]]:
+    """``ok``, ``degraded`` or ``not running``, and what is wrong in words."""
+    if not running:
+        return "not running", ["the daemon is not running (no heartbeat in 30 s)"]
+    problems = []
+    if state.get("health") != "ok":
+        problems.append(
+            f"daemon health {state.get('health')}: sources {state.get('sources_connected')}"
+        )
+    if state.get("last_session_outcome") == "refused":
+        problems.append(
+            "the server refused this board (key not registered or revoked, or wrong CA)"
+        )
+    return ("degraded" if problems else "ok"), problems
+
+
+def exit_code(status: dict[str, Any]) -> int:
+    return {"ok": EXIT_HEALTHY, "degraded": EXIT_DEGRADED}.get(status["health"], EXIT_NOT_RUNNING)
+
+
 def _when(value: object) -> str:
     if not value:
         return "never"
@@ -109,8 +149,15 @@ def render(status: dict[str, Any]) -> str:
     next_window = (
         _when(f["next_window_at"]) if f["next_window_at"] else "open now" if f["window"] else "n/a"
     )
+    r = status["rounds"]
+    rejected = {k: v for k, v in status["rejection_classes"].items() if v}
+    failures = {k: v for k, v in status["failure_classes"].items() if v}
+    zero_rejected = len(status["rejection_classes"]) - len(rejected)
+    zero_failures = len(status["failure_classes"]) - len(failures)
     lines = [
         f"board           {status['board']}",
+        f"health          {status['health'].upper()}"
+        + "".join(f"\n  problem       {p}" for p in status["problems"]),
         f"daemon          {'running pid ' + str(d['pid']) if d['running'] else 'NOT RUNNING'}"
         f"  health={d['health']}  sources={d['sources_connected']}",
         f"buffer          {b['readings']} readings, {b['stage_labels']} stage labels, "
@@ -119,9 +166,25 @@ def render(status: dict[str, Any]) -> str:
         "accepted        "
         + (", ".join(f"{k}={v}" for k, v in sorted(status["accepted"].items())) or "none"),
         "rejected        "
-        + (", ".join(f"{k}={v}" for k, v in sorted(status["rejected"].items())) or "none"),
+        + ", ".join(
+            [*(f"{k}={v}" for k, v in sorted(rejected.items())), f"{zero_rejected} classes 0"]
+        ),
+        "failures        "
+        + ", ".join(
+            [*(f"{k}={v}" for k, v in sorted(failures.items())), f"{zero_failures} classes 0"]
+        ),
         "counters        "
-        + (", ".join(f"{k}={v}" for k, v in sorted(status["counters"].items())) or "none"),
+        + (
+            ", ".join(
+                f"{k}={v}"
+                for k, v in sorted(status["counters"].items())
+                if k not in status["failure_classes"]
+            )
+            or "none"
+        ),
+        f"rounds          joined {r['joined']}, evaluated {r['evaluated']}, "
+        f"last trained round {r['last_train_round'] or '-'} at {_when(r['last_train_at'])}, "
+        f"{r['retries']} retries",
         f"federation      server={f['server']} window={f['window']} "
         f"session={'running' if f['session_running'] else 'idle'} last={f['last_session_outcome']}",
         f"participation   last {_when(f['last_participation_at'])}, next window {next_window}",

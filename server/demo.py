@@ -52,7 +52,8 @@ def _agent_status(config: Path) -> dict[str, object] | None:
         text=True,
         timeout=30,
     )
-    return json.loads(result.stdout) if result.returncode == 0 else None
+    # 1 (daemon not running) and 3 (degraded) still print the status.
+    return json.loads(result.stdout) if result.stdout.strip() else None
 
 
 def _wait(predicate, timeout: float, what: str, interval: float = 0.5) -> None:  # type: ignore[no-untyped-def]
