@@ -12,8 +12,10 @@ and scalar metrics leave the board: never readings, timestamps or night names.
 
 from __future__ import annotations
 
+import os
 import time
 import zlib
+from pathlib import Path
 
 import numpy as np
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
@@ -54,8 +56,45 @@ def _score(arrays: model.Arrays, features: np.ndarray, labels: np.ndarray) -> di
     }
 
 
+SIM_BUFFER_DIR_KEY = "sim-buffer-dir"
+SIM_BUFFER_DIR_ENV = "SLEEPFED_SIM_BUFFER_DIR"
+
+
+def simulation_buffer_name(partition_id: int) -> str:
+    """The buffer file of virtual board ``partition_id`` (see server.simulation)."""
+    return f"partition-{partition_id}.db"
+
+
+def buffer_path(context: Context) -> Path:
+    """The board's buffer: ``buffer-path`` on a board, a prepared file in simulation.
+
+    Flower's simulation engine gives a virtual board ``partition-id`` and no ``buffer-path``;
+    it then uses ``partition-{id}.db`` in the folder named by the run config key
+    ``sim-buffer-dir`` (or the environment variable ``SLEEPFED_SIM_BUFFER_DIR``, which the
+    simulation's Python API can pass where a run config cannot), prepared beforehand by
+    ``server.simulation.prepare_buffers``. The ClientApp is otherwise the same.
+    """
+    node = context.node_config
+    if "buffer-path" in node:
+        return Path(str(node["buffer-path"]))
+    if "partition-id" not in node:
+        raise ValueError("node config has neither buffer-path nor partition-id")
+    folder = str(context.run_config.get(SIM_BUFFER_DIR_KEY, "")) or os.environ.get(
+        SIM_BUFFER_DIR_ENV, ""
+    )
+    if not folder:
+        raise ValueError(
+            f"simulated board (partition-id {node['partition-id']}) but no run config "
+            f"{SIM_BUFFER_DIR_KEY} nor {SIM_BUFFER_DIR_ENV}"
+        )
+    path = Path(folder) / simulation_buffer_name(int(node["partition-id"]))
+    if not path.exists():
+        raise ValueError(f"simulated board: no prepared buffer at {path}")
+    return path
+
+
 def _open_buffer(context: Context) -> Buffer:
-    return Buffer(str(context.node_config["buffer-path"]))
+    return Buffer(buffer_path(context))
 
 
 @app.train()
