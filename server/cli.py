@@ -8,11 +8,17 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from server.config import ConfigError, ServerConfig, load_config
 from server.history import History, RoundRecord
+from server.privacy import describe_round
+
+if TYPE_CHECKING:
+    from agent.metrics import MetricsServer
 
 EXIT_CONFIG = 2
 log = logging.getLogger("sleepfed.server")
@@ -31,6 +37,7 @@ def format_round(record: RoundRecord) -> str:
         f"nodes train {record.train_nodes} eval {record.eval_nodes}  "
         f"train-loss {t.get('train-loss', float('nan')):.3f}  "
         f"board-eval acc {e.get('eval-accuracy', float('nan')):.3f}  {held_out}"
+        + describe_round(record.privacy, record.rejected)
         + ("  [rolled back]" if record.rolled_back else "")
     )
 
@@ -74,6 +81,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     superlink = SuperLink(config)
     superlink.start()
+    metrics = _start_metrics(config, superlink.alive)
     if config.node_auth:
         from server.boards import Registry
 
@@ -103,8 +111,42 @@ def _cmd_run(args: argparse.Namespace) -> int:
             if stop.wait(max(config.run_interval_seconds, 5.0)):
                 break
     finally:
+        if metrics is not None:
+            metrics.stop()
         superlink.stop()
     return code
+
+
+def _start_metrics(config: ServerConfig, alive: Callable[[], bool]) -> MetricsServer | None:
+    """The Prometheus endpoint (server.metrics), if ``[metrics] port`` is set."""
+    if not config.metrics_port:
+        return None
+    from agent.metrics import start_metrics
+    from server.metrics import ServerCollector
+
+    return start_metrics(config.metrics_host, config.metrics_port, [ServerCollector(config, alive)])
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from server.status import as_json, collect, exit_code, render
+
+    config = load_config(args.config)
+    status = collect(config)
+    print(as_json(status) if args.json else render(status))
+    return exit_code(status)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from server.report import ReportError, write_report
+
+    config = load_config(args.config)
+    try:
+        rounds = write_report(config, Path(args.out))
+    except ReportError as error:
+        print(f"sleepfed-server report: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out}: {rounds} rounds")
+    return 0
 
 
 def _cmd_history(args: argparse.Namespace) -> int:
@@ -126,6 +168,8 @@ def _cmd_history(args: argparse.Namespace) -> int:
                             "eval_metrics": r.eval_metrics,
                             "server_metrics": r.server_metrics,
                             "rolled_back": r.rolled_back,
+                            "rejected": r.rejected,
+                            "privacy": r.privacy,
                         }
                         for r in rounds
                     ],
@@ -228,6 +272,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", required=True)
     run.add_argument("--once", action="store_true", help="exit after one run")
     run.add_argument("--insecure", action="store_true", help="no TLS (prints a warning)")
+    status = sub.add_parser(
+        "status",
+        help="SuperLink, last run, rounds, boards; exit 0 healthy, 1 SuperLink down, "
+        "2 config error, 3 last run failed or interrupted",
+    )
+    status.add_argument("--config", required=True)
+    status.add_argument("--json", action="store_true")
+    report = sub.add_parser("report", help="an HTML page with plots of every round")
+    report.add_argument("--config", required=True)
+    report.add_argument("--out", required=True, help="the HTML file to write")
     history = sub.add_parser("history", help="every round's metrics")
     history.add_argument("--config", required=True)
     history.add_argument("--json", action="store_true")
@@ -262,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     handlers = {
         "run": _cmd_run,
+        "status": _cmd_status,
+        "report": _cmd_report,
         "history": _cmd_history,
         "rollback": _cmd_rollback,
         "boards": _cmd_boards,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.config import ConfigError, get_field
+from agent.config import ConfigError, get_field, parse_metrics
 
 __all__ = ["ConfigError", "ServerConfig", "load_config", "parse_config"]
 
@@ -31,6 +31,8 @@ class ServerConfig:
     run_interval_seconds: float
     eval_data: Path | None
     eval_subjects: list[str]
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0  # Prometheus endpoint of `sleepfed-server run`; 0 = off
 
     @property
     def history_path(self) -> Path:
@@ -76,6 +78,7 @@ def parse_config(data: dict[str, Any], base: Path) -> ServerConfig:
     subjects = get_field(evaluation, "subjects", list, "evaluation", [])
     if not all(isinstance(s, str) for s in subjects):
         raise ConfigError("evaluation.subjects: expected a list of strings")
+    metrics = parse_metrics(data)
     return ServerConfig(
         state_dir=path_of(get_field(server, "state_dir", str, "server")),
         host=get_field(server, "host", str, "server", "127.0.0.1"),
@@ -95,6 +98,8 @@ def parse_config(data: dict[str, Any], base: Path) -> ServerConfig:
         * get_field(fed, "run_interval_minutes", float, "federation", 0.0),
         eval_data=path_of(data_dir) if data_dir else None,
         eval_subjects=subjects,
+        metrics_host=metrics[0],
+        metrics_port=metrics[1],
     )
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import psutil
 import pytest
 from federation_helpers import free_port
 from helpers import run_agent, wait_connected, wait_for, write_agent_config
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_scrape import scrape, try_scrape
 
 from agent.counter_classes import FAILURE_CLASSES, REJECTION_CLASSES
 from agent.protocol import Kind, Reading, format_reading
@@ -22,18 +21,6 @@ from agent.replay import PtyLink
 
 T0 = 1_764_000_000.0
 Start = Callable[[Path], subprocess.Popen[bytes]]
-
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """One real GET of /metrics: ``{(sample name, sorted labels): value}``."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        assert response.status == 200
-        text = response.read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def status(config: Path, *extra: str) -> tuple[int, str]:
@@ -56,7 +43,7 @@ def test_status_and_metrics_follow_ingest(tmp_path: Path, agent_procs: Start) ->
 
         proc = agent_procs(config)
         wait_connected(config, between=link.wait, proc=proc)
-        before = wait_for(lambda: _try_scrape(port), 15, 0.2, "the metrics endpoint")
+        before = wait_for(lambda: try_scrape(port), 15, 0.2, "the metrics endpoint")
         listening = [
             c.laddr
             for c in psutil.Process(proc.pid).net_connections(kind="tcp")
@@ -86,13 +73,11 @@ def test_status_and_metrics_follow_ingest(tmp_path: Path, agent_procs: Start) ->
         link.write(b"".join(format_reading(r) for r in readings) + b"".join(bad), timeout=10)
         wait_for(
             lambda: (
-                _try_scrape(port).get(
+                try_scrape(port).get(
                     ("sleepfed_agent_readings_rejected_total", (("reason", "version"),))
                 )
                 == 1
-                and _try_scrape(port)[
-                    ("sleepfed_agent_readings_ingested_total", (("kind", "mov"),))
-                ]
+                and try_scrape(port)[("sleepfed_agent_readings_ingested_total", (("kind", "mov"),))]
                 == 60
             ),
             15,
@@ -146,10 +131,3 @@ def test_status_exit_2_on_bad_metrics_config(tmp_path: Path) -> None:
     )
     code, text = status(config)
     assert code == 2 and "metrics.port" in text
-
-
-def _try_scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    try:
-        return scrape(port)
-    except OSError:
-        return {}
