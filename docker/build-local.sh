@@ -151,6 +151,28 @@ base_image() {  # ARCH: sleepfed-base:bookworm-ARCH, skipped when it exists
     # FROM scratch + ADD with --platform: "docker import --platform" is ignored by engine 20.10
     step "import base $arch" $DOCKER build --platform "$(platform_of "$arch")" -t "$tag" "$ctx"
     rm -f "$ctx/rootfs.tar"
+    $DOCKER image rm "sleepfed-runtime:bookworm-$arch" >/dev/null 2>&1 || true  # made anew below
+}
+runtime_build() {  # ARCH: the build itself, its log in $STATE/logs
+    local arch=$1 ctx=$STATE/rootfs/ctx-runtime
+    mkdir -p "$ctx"
+    $DOCKER build --network host --platform "$(platform_of "$arch")" \
+        -f "$REPO/docker/runtime-base.Dockerfile" \
+        --build-arg BASE_IMAGE="sleepfed-base:bookworm-$arch" \
+        -t "sleepfed-runtime:bookworm-$arch" "$ctx" \
+        >"$STATE/logs/runtime-base-$arch.log" 2>&1 || {
+        tail -n 30 "$STATE/logs/runtime-base-$arch.log" >&2
+        echo "build-local.sh: sleepfed-runtime:bookworm-$arch failed" >&2
+        exit 1
+    }
+}
+runtime_image() {  # ARCH: sleepfed-runtime:bookworm-ARCH (the final stages' trimmed base)
+    if $DOCKER image inspect "sleepfed-runtime:bookworm-$1" >/dev/null 2>&1; then
+        log "sleepfed-runtime:bookworm-$1 exists, skipped"
+        printf '%-44s cached\n' "runtime base $1" | tee -a "$SUMMARY"
+        return
+    fi
+    step "runtime base $1" runtime_build "$1"
 }
 
 # ------------------------------------------------------------------ project images
@@ -160,6 +182,7 @@ docker_build() {  # COMPONENT ARCH: the build itself, its full log in $STATE/log
     $DOCKER build --network host --platform "$(platform_of "$arch")" \
         -f "$REPO/docker/$component.Dockerfile" \
         --build-arg BASE_IMAGE="sleepfed-base:bookworm-$arch" \
+        --build-arg RUNTIME_IMAGE="sleepfed-runtime:bookworm-$arch" \
         --build-arg REVISION="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
         "${secret[@]}" --progress plain -t "sleepfed-$component:$arch" "$REPO" \
         >"$STATE/logs/build-$component-$arch.log" 2>&1 || {
@@ -179,6 +202,7 @@ step "dockerd" start_daemon
 collect_ca
 for arch in ${ARCHES//,/ }; do
     base_image "$arch"
+    runtime_image "$arch"
 done
 if [ "$BUILD" = 1 ]; then
     for arch in ${ARCHES//,/ }; do

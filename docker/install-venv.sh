@@ -11,6 +11,7 @@
 set -eu
 src=$1
 venv=$2
+component=${3:-server}
 
 scientific=${DEBIAN_SCIENTIFIC:-auto}
 if [ "$scientific" = auto ]; then
@@ -71,10 +72,30 @@ else
     "$venv/bin/pip" install "$src"
 fi
 
-# Smaller image: no test suites of the dependencies, no pip/setuptools in the shipped venv.
+# Smaller image. Neither side ever installs an app's dependencies at run time (Flower's
+# runtime dependency install is off, and the apps are the ones installed here), so uv, which
+# flwr requires only for that, is removed: 37 MB, and a board cannot pip-install what a
+# server's app asks for. A board's SuperNode serves its local runtime API with uvicorn's
+# pure-Python fallbacks (asyncio loop, h11), so the agent image also drops uvloop, httptools,
+# watchfiles and websockets (uvicorn[standard]'s speed-ups, ~17 MB).
+drop="uv"
+if [ "$component" = agent ]; then drop="$drop uvloop httptools watchfiles websockets"; fi
+# shellcheck disable=SC2086
+"$venv/bin/python" -m pip uninstall -y $drop >/dev/null 2>&1 || true
+# No test suites of the dependencies, no pip/setuptools in the shipped venv.
 find "$venv" -depth -type d \( -name tests -o -name __pycache__ \) -path '*/site-packages/*' \
     -exec rm -rf {} + 2>/dev/null || true
 "$venv/bin/python" -m pip uninstall -y pip setuptools wheel >/dev/null 2>&1 || true
+# Debug symbols stripped from the compiled extensions and their bundled libraries (numpy.libs,
+# scipy.libs …): 33 MB less on amd64; --strip-unneeded keeps every symbol they link by.
+if ! command -v strip >/dev/null; then
+    apt-get update && apt-get install -y --no-install-recommends binutils
+fi
+find "$venv" -type f \( -name '*.so' -o -name '*.so.*' \) -exec strip --strip-unneeded {} +
+# Bytecode compiled once here (the image is read-only to its user): every message a board's
+# SuperNode receives starts a ClientApp process that imports flwr, numpy and scikit-learn;
+# without .pyc files that import took 51 s under QEMU arm64 and 10.7 s on amd64.
+"$venv/bin/python" -m compileall -q -j 0 --invalidation-mode unchecked-hash "$venv/lib" >/dev/null
 "$venv/bin/python" -c "import agent.cli, server.cli, numpy, sklearn; print('install-venv: imports ok, numpy', numpy.__version__, 'sklearn', sklearn.__version__)"
 if [ -n "$bundle" ]; then rm -f "$bundle"; fi
-if [ "$scientific" = yes ]; then rm -rf /var/lib/apt/lists/*; fi
+rm -rf /var/lib/apt/lists/*

@@ -9,6 +9,10 @@
 # registry, and the engine's built-in frontend (20.10+) supports RUN --mount=type=secret.
 
 ARG BASE_IMAGE=python:3.11-slim-bookworm
+# The final stage's base: by default the same image (the venv needs the same Python at the
+# same path). docker/build-local.sh passes a trimmed copy of its Debian base (no pip, docs or
+# locales; docker/runtime-base.Dockerfile), as python:3.11-slim is trimmed.
+ARG RUNTIME_IMAGE=${BASE_IMAGE}
 
 # ---------------------------------------------------------------- build stage
 FROM ${BASE_IMAGE} AS build
@@ -27,10 +31,10 @@ COPY server /src/server
 # build_ca (optional): extra CA certificates for a TLS-intercepting proxy, used by pip in
 # this stage only; a secret is never written to a layer.
 RUN --mount=type=secret,id=build_ca \
-    sh /tmp/install-venv.sh /src /opt/sleepfed/venv
+    sh /tmp/install-venv.sh /src /opt/sleepfed/venv server
 
 # ---------------------------------------------------------------- final stage
-FROM ${BASE_IMAGE}
+FROM ${RUNTIME_IMAGE}
 ARG TARGETARCH
 ARG TARGETVARIANT
 ARG DEBIAN_SCIENTIFIC=auto

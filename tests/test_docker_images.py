@@ -192,6 +192,17 @@ supernode_port = {free_port()}
         assert record["train_nodes"] == 1 and record["eval_nodes"] == 1
         assert 0.0 < record["train_metrics"]["train-loss"] < 0.7
         assert 0.6 <= record["server_metrics"]["auc"] <= 1.0
+        # A board cannot install what a server's app asks for: no uv, no pip in its image
+        # (nor uvicorn's compiled speed-ups, dropped for size); its modules are precompiled.
+        absent = docker(
+            "run", "--rm", "--network", "none", "--platform", "linux/arm64",
+            "--entrypoint", "python", "sleepfed-agent:arm64", "-c",
+            "import importlib.util as u, pathlib, sklearn;"
+            "print([m for m in ('uv', 'pip', 'uvloop', 'httptools') if u.find_spec(m)]);"
+            "print(len(list(pathlib.Path(sklearn.__file__).parent.rglob('*.pyc'))) > 100)",
+            timeout=600,
+        )  # fmt: skip
+        assert absent.stdout.split() == ["[]", "True"], absent.stdout + absent.stderr
         arch = docker("image", "inspect", "-f", "{{.Architecture}}", "sleepfed-agent:arm64")
         assert arch.stdout.strip() == "arm64"
         assert (
