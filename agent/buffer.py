@@ -12,6 +12,7 @@ transaction committed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -24,6 +25,12 @@ from pathlib import Path
 from agent.protocol import Kind, Reading
 
 SYNCHRONOUS_MODES = ("full", "normal", "extra")
+# A small WAL, checkpointed often and truncated after, leaves room on a small disk.
+WAL_AUTOCHECKPOINT_PAGES = 256
+WAL_SIZE_LIMIT_BYTES = 1 << 20
+# Held beside the buffer (``<buffer>.reserve``) and given up when the disk is full: deleting
+# rows writes to the WAL too, so evicting needs some room even on a full disk.
+RESERVE_BYTES = 1 << 20
 
 # Each entry migrates the schema from version i to i + 1 (PRAGMA user_version).
 MIGRATIONS: list[str] = [
@@ -151,6 +158,8 @@ class Buffer:
             if mode.lower() != "wal":
                 raise BufferError(f"{self.path}: could not switch to WAL (got {mode})")
             self.conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+            self.conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
+            self.conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}")
             self._migrate()
         version = self.schema_version()
         if version != SCHEMA_VERSION:
@@ -264,8 +273,68 @@ class Buffer:
                 evicted += cursor.rowcount
                 self._bump(conn, {"evicted_readings": cursor.rowcount})
         if evicted:
-            self.conn.execute("PRAGMA incremental_vacuum")
+            # executescript steps the pragma to its end (execute() frees one page per step)
+            self.conn.executescript("PRAGMA incremental_vacuum;")
         return evicted
+
+    # -- a full disk ----------------------------------------------------------------------
+    @property
+    def reserve_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".reserve")
+
+    def free_bytes(self) -> int:
+        """Bytes free for us on the buffer's filesystem."""
+        stat = os.statvfs(self.path.parent)
+        return stat.f_bavail * stat.f_frsize
+
+    def keep_reserve(self, size: int = RESERVE_BYTES) -> bool:
+        """Hold ``size`` bytes of the disk in ``<buffer>.reserve``; False if there is no
+        room for it (it is then retried later)."""
+        path = self.reserve_path
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_size >= size:
+                return True
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, size)
+            finally:
+                os.close(fd)
+        except OSError:
+            self.release_reserve()  # never hold half a reserve
+            return False
+        return True
+
+    def release_reserve(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.reserve_path.unlink()
+
+    def make_room(self, min_free_bytes: int, chunk_rows: int = 5000) -> int:
+        """Evict the oldest raw readings until the filesystem has ``min_free_bytes`` free
+        or no raw reading is left (labels, windows, models and predictions stay). Returns
+        the rows evicted; raises sqlite3.Error if even evicting cannot write."""
+        evicted = 0
+        self.shrink()
+        while self.free_bytes() < min_free_bytes:
+            with self.transaction() as conn:
+                cursor = conn.execute(
+                    "DELETE FROM readings WHERE id IN "
+                    "(SELECT id FROM readings ORDER BY id LIMIT ?)",
+                    (chunk_rows,),
+                )
+                if cursor.rowcount > 0:
+                    self._bump(conn, {"evicted_readings": cursor.rowcount})
+            if cursor.rowcount <= 0:
+                break
+            evicted += cursor.rowcount
+            self.shrink()
+        return evicted
+
+    def shrink(self) -> None:
+        """Give free pages back to the filesystem: move them to the end of the file, copy
+        the WAL into the file and truncate both (a reader may delay the truncation)."""
+        self.conn.executescript("PRAGMA incremental_vacuum;")
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     # -- queries --------------------------------------------------------------------------
     def readings_between(self, start: float, end: float) -> list[tuple[float, int, float]]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from agent.buffer import SYNCHRONOUS_MODES
@@ -16,6 +18,120 @@ from agent.sources.ble_source import BleDeviceConfig
 
 class ConfigError(ValueError):
     """A configuration file that cannot be used; the message names the field."""
+
+
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few KB; anything near this is not one
+T = TypeVar("T")
+
+
+class _Table(dict[str, Any]):
+    """A TOML table that remembers which keys the parser asked for (see parse_strictly)."""
+
+    def __init__(self, data: dict[str, Any], where: str) -> None:
+        super().__init__(data)
+        self.where = where
+        self.asked: set[str] = set()
+
+    def __contains__(self, key: object) -> bool:
+        self.asked.add(str(key))
+        return super().__contains__(key)
+
+    def __getitem__(self, key: str) -> Any:
+        self.asked.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.asked.add(key)
+        return super().get(key, default)
+
+    def __iter__(self) -> Iterator[str]:  # a parser that walks the table reads every key
+        self.asked.update(super().keys())
+        return super().__iter__()
+
+    def items(self) -> Any:
+        self.asked.update(super().keys())
+        return super().items()
+
+
+def _track(value: Any, where: str, tables: list[_Table]) -> Any:
+    if isinstance(value, dict):
+        table = _Table(
+            {k: _track(v, f"{where}.{k}" if where else k, tables) for k, v in value.items()}, where
+        )
+        tables.append(table)
+        return table
+    if isinstance(value, list):
+        return [_track(v, f"{where}[{i}]", tables) for i, v in enumerate(value)]
+    return value
+
+
+def parse_strictly(data: dict[str, Any], parse: Callable[[dict[str, Any]], T]) -> T:
+    """``parse(data)``, then refuse any key the parser never asked for (a typo, or a key
+    from another version): silently ignoring it would run with a setting nobody chose."""
+    tables: list[_Table] = []
+    try:
+        result = parse(_track(data, "", tables))
+    except ConfigError as error:  # a misspelt table shows up as a missing one: say both
+        unknown = _unknown_keys(tables)
+        if unknown:
+            raise ConfigError(f"{error} (unknown: {', '.join(unknown)})") from None
+        raise
+    unknown = _unknown_keys(tables)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown key")
+    return result
+
+
+def _unknown_keys(tables: list[_Table]) -> list[str]:
+    """Dotted names of the keys nobody asked for, outer tables first."""
+    found = []
+    for table in sorted(tables, key=lambda t: (t.where.count(".") + t.where.count("["), t.where)):
+        for key in sorted(dict.keys(table) - table.asked):
+            found.append(f"{table.where}.{key}" if table.where else key)
+    return found
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """A config file's TOML, or a ConfigError saying why it is not usable."""
+    try:
+        with path.open("rb") as file:
+            raw = file.read(MAX_CONFIG_BYTES + 1)
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes, not a config file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML ({error})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML (nested too deeply)") from None
+
+
+def checked_path(text: str, name: str, base: Path) -> Path:
+    """A path from the config: absolute as given, or relative to the config's folder, which
+    it must not leave (``..``); no NUL bytes."""
+    if not text or "\0" in text:
+        raise ConfigError(f"{name}: not a usable path: {text[:80]!r}")
+    path = Path(text)
+    if path.is_absolute():
+        return path
+    if ".." in path.parts:
+        raise ConfigError(
+            f"{name}: a relative path must stay inside the config's folder, got {text[:80]!r}"
+            " (give an absolute path instead)"
+        )
+    return base / path
+
+
+def bounded(value: float, name: str, low: float, high: float) -> float:
+    if not low <= value <= high:
+        raise ConfigError(f"{name}: must be within {low:g}..{high:g}, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -78,6 +194,8 @@ class AgentConfig:
     sources: list[SourceConfig] = field(default_factory=list)
     federation: FederationConfig | None = None
     state_dir: Path = Path(".")
+    min_free_bytes: int = 16 << 20
+    unwritable_exit_seconds: float = 60.0
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 0  # Prometheus endpoint; 0 = off
 
@@ -92,6 +210,8 @@ def get_field(
     value = table[key]
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}.{key}: must be a finite number, got {value!r}")
     kinds = kind if isinstance(kind, tuple) else (kind,)
     # bool is an int subclass: `max_mb = true` must not pass as an (int, float) field.
     if not isinstance(value, kind) or (isinstance(value, bool) and bool not in kinds):
@@ -123,7 +243,7 @@ def _serial_source(src: dict[str, Any], where: str, index: int) -> SerialSourceC
         name=get_field(src, "name", str, where, f"serial{index}"),
         port=get_field(src, "port", str, where),
         baudrate=int(
-            _positive(get_field(src, "baudrate", int, where, 115200), f"{where}.baudrate")
+            bounded(get_field(src, "baudrate", int, where, 115200), f"{where}.baudrate", 1, 1e8)
         ),
         send_acks=get_field(src, "send_acks", bool, where, True),
     )
@@ -166,9 +286,8 @@ def _ble_source(src: dict[str, Any], where: str, index: int) -> BleSourceConfig:
 
 
 def parse_config(data: dict[str, Any], base_dir: Path) -> AgentConfig:
-    def path_of(text: str) -> Path:
-        p = Path(text)
-        return p if p.is_absolute() else base_dir / p
+    def path_of(text: str, name: str) -> Path:
+        return checked_path(text, name, base_dir)
 
     board = get_field(data, "board", dict, "config", {})
     board_id = get_field(board, "id", str, "board", "board")
@@ -187,6 +306,16 @@ def parse_config(data: dict[str, Any], base_dir: Path) -> AgentConfig:
     max_mb = get_field(buffer, "max_mb", (int, float), "buffer", 0)
     if max_mb < 0:
         raise ConfigError(f"buffer.max_mb: must be >= 0, got {max_mb}")
+    bounded(max_mb, "buffer.max_mb", 0, 10_000_000)  # 10 TB
+    min_free_mb = bounded(
+        get_field(buffer, "min_free_mb", float, "buffer", 16.0), "buffer.min_free_mb", 1, 100_000
+    )
+    unwritable_exit_seconds = bounded(
+        get_field(buffer, "unwritable_exit_seconds", float, "buffer", 60.0),
+        "buffer.unwritable_exit_seconds",
+        1,
+        86_400,
+    )
 
     sources: list[SourceConfig] = []
     for i, src in enumerate(get_field(data, "sources", list, "config", [])):
@@ -224,7 +353,7 @@ def parse_config(data: dict[str, Any], base_dir: Path) -> AgentConfig:
             raise ConfigError(f"federation.server: expected HOST:PORT, got {server!r}")
         federation = FederationConfig(
             server=server,
-            root_certificates=path_of(root) if root else None,
+            root_certificates=path_of(root, "federation.root_certificates") if root else None,
             insecure=insecure,
             window=window,
             min_new_labelled_windows=get_field(
@@ -242,7 +371,14 @@ def parse_config(data: dict[str, Any], base_dir: Path) -> AgentConfig:
                 get_field(fed, "session_idle_seconds", float, "federation", 1800.0),
                 "federation.session_idle_seconds",
             ),
-            supernode_port=get_field(fed, "supernode_port", int, "federation", 9094),
+            supernode_port=int(
+                bounded(
+                    get_field(fed, "supernode_port", int, "federation", 9094),
+                    "federation.supernode_port",
+                    1,
+                    65535,
+                )
+            ),
             activation_patience_seconds=_positive(
                 get_field(fed, "activation_patience_seconds", float, "federation", 75.0),
                 "federation.activation_patience_seconds",
@@ -253,14 +389,14 @@ def parse_config(data: dict[str, Any], base_dir: Path) -> AgentConfig:
                 "federation.refused_retry_minutes",
             ),
             auth_private_key=(
-                path_of(key)
+                path_of(key, "federation.auth_private_key")
                 if (key := get_field(fed, "auth_private_key", str, "federation", ""))
                 else None
             ),
         )
 
     nights = get_field(data, "nights", dict, "config", {})
-    buffer_path = path_of(get_field(buffer, "path", str, "buffer"))
+    buffer_path = path_of(get_field(buffer, "path", str, "buffer"), "buffer.path")
     metrics_host, metrics_port = parse_metrics(data)
     return AgentConfig(
         board_id=board_id,
@@ -270,17 +406,35 @@ def parse_config(data: dict[str, Any], base_dir: Path) -> AgentConfig:
         max_bytes=int(max_mb * 1024 * 1024) or None,
         batch_max_readings=int(
             _positive(
-                get_field(buffer, "batch_max_readings", int, "buffer", 2000),
+                bounded(
+                    get_field(buffer, "batch_max_readings", int, "buffer", 2000),
+                    "buffer.batch_max_readings",
+                    1,
+                    1_000_000,
+                ),
                 "buffer.batch_max_readings",
             )
         ),
         batch_max_seconds=_positive(
-            get_field(buffer, "batch_max_seconds", float, "buffer", 0.2), "buffer.batch_max_seconds"
+            bounded(
+                get_field(buffer, "batch_max_seconds", float, "buffer", 0.2),
+                "buffer.batch_max_seconds",
+                0,
+                60,
+            ),
+            "buffer.batch_max_seconds",
         ),
-        night_settle_seconds=get_field(nights, "settle_seconds", float, "nights", 300.0),
+        night_settle_seconds=bounded(
+            get_field(nights, "settle_seconds", float, "nights", 300.0),
+            "nights.settle_seconds",
+            0,
+            7 * 86_400,
+        ),
         sources=sources,
         federation=federation,
         state_dir=buffer_path.parent,
+        min_free_bytes=int(min_free_mb * 1024 * 1024),
+        unwritable_exit_seconds=unwritable_exit_seconds,
         metrics_host=metrics_host,
         metrics_port=metrics_port,
     )
@@ -288,14 +442,5 @@ def parse_config(data: dict[str, Any], base_dir: Path) -> AgentConfig:
 
 def load_config(path: str | Path) -> AgentConfig:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: not valid TOML ({error})") from None
-    return parse_config(data, path.parent.resolve())
+    base = path.parent.resolve()
+    return parse_strictly(read_toml(path), lambda data: parse_config(data, base))

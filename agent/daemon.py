@@ -21,7 +21,7 @@ from datetime import tzinfo
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from agent.buffer import Buffer
+from agent.buffer import RESERVE_BYTES, Buffer
 from agent.config import AgentConfig, SerialSourceConfig, SourceConfig
 from agent.nights import NightTracker, extract_night, predict_nights
 from agent.notify import Notifier
@@ -39,9 +39,14 @@ QUEUE_LIMIT = 256
 HOUSEKEEPING_SECONDS = 1.0
 CAP_CHECK_SECONDS = 30.0
 REJECTION_LOGS_PER_MINUTE = 5
-WRITE_FAILURE_EXIT_SECONDS = 60.0
 EXIT_BUFFER_UNWRITABLE = 3
 ACCEPTED_COUNTER = {kind: f"accepted_{kind.name.lower()}" for kind in Kind}
+_DISK_FULL = {"ERROR_CLASS": "disk_full"}
+
+
+def is_disk_full(error: sqlite3.Error) -> bool:
+    """SQLITE_FULL (or the OS's ENOSPC under another name)."""
+    return getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(error)
 
 
 class RejectionLog:
@@ -116,14 +121,20 @@ class Daemon:
             synchronous=self.config.synchronous,
             max_bytes=self.config.max_bytes,
         )
-        self.tracker.discover(self.buffer)
-        self.buffer.set_state(
-            daemon_pid=os.getpid(),
-            daemon_started_at=time.time(),
-            health="starting",
-            # not the previous run's value: status must not report "1/1" before we connect
-            sources_connected=f"0/{len(self.sources)}",
-        )
+        try:
+            self._make_room(emergency=False)
+            self.tracker.discover(self.buffer)
+            self.buffer.set_state(
+                daemon_pid=os.getpid(),
+                daemon_started_at=time.time(),
+                health="starting",
+                # not the previous run's value: status must not report "1/1" before we connect
+                sources_connected=f"0/{len(self.sources)}",
+            )
+        except sqlite3.Error as error:  # a disk so full that not even evicting helped
+            log.critical("buffer unwritable at start (%s): exiting", error, extra=_DISK_FULL)
+            self.buffer.close()
+            return EXIT_BUFFER_UNWRITABLE
         threads = [
             threading.Thread(
                 target=s.run, args=(self._emit, self.stop), name=f"source-{s.name}", daemon=True
@@ -220,32 +231,72 @@ class Daemon:
                 except sqlite3.Error as error:
                     failing_since = failing_since or time.monotonic()
                     self.write_failing = True
+                    full = is_disk_full(error)
+                    # counted with the batch, once it commits
+                    counters["buffer_disk_full" if full else "buffer_write_failed"] += 1
                     log.error(
                         "buffer write failed (%s); %d readings held, not acknowledged",
                         error,
                         len(batch),
+                        extra=_DISK_FULL if full else {"ERROR_CLASS": "buffer_write_failed"},
                     )
-                    if time.monotonic() - failing_since > WRITE_FAILURE_EXIT_SECONDS:
-                        log.critical(
-                            "buffer unwritable for %.0fs: exiting", WRITE_FAILURE_EXIT_SECONDS
-                        )
+                    give_up = self.config.unwritable_exit_seconds
+                    if time.monotonic() - failing_since > give_up:
+                        log.critical("buffer unwritable for %.0fs: exiting", give_up)
                         return EXIT_BUFFER_UNWRITABLE
-                    self.stop.wait(1.0)
+                    if not (full and self._make_room(emergency=True)):
+                        self.stop.wait(1.0)
             if stopping:
                 return 0
             now = time.monotonic()
-            if now - last_housekeeping >= HOUSEKEEPING_SECONDS:
-                last_housekeeping = now
-                self._housekeeping()
-            if now - last_cap_check >= CAP_CHECK_SECONDS:
-                last_cap_check = now
-                evicted = self.buffer.enforce_cap()
-                if evicted:
-                    log.warning("buffer over cap: evicted %d oldest raw readings", evicted)
+            try:
+                if now - last_housekeeping >= HOUSEKEEPING_SECONDS:
+                    last_housekeeping = now
+                    self._make_room(emergency=False)
+                    self._housekeeping()
+                if now - last_cap_check >= CAP_CHECK_SECONDS:
+                    last_cap_check = now
+                    evicted = self.buffer.enforce_cap()
+                    if evicted:
+                        log.warning("buffer over cap: evicted %d oldest raw readings", evicted)
+            except sqlite3.Error as error:  # readings keep their own retry; this waits a turn
+                log.error("housekeeping could not write the buffer: %s", error, extra=_DISK_FULL)
             # Healthy = this loop iterates and the last buffer write worked: only then ping.
             if ping_every is not None and failing_since is None and now - last_ping >= ping_every:
                 last_ping = now
                 self.notifier.watchdog()
+
+    def _make_room(self, emergency: bool) -> bool:
+        """Keep ``buffer.min_free_mb`` free on the buffer's disk by evicting the oldest raw
+        readings. ``emergency`` (a write failed: disk full) first gives up the reserve file
+        so that evicting itself can write. Returns whether it evicted anything."""
+        assert self.buffer is not None
+        free = self.buffer.free_bytes()
+        if not emergency and free >= self.config.min_free_bytes:
+            if not self.buffer.reserve_path.exists() and free >= 2 * RESERVE_BYTES:
+                self.buffer.keep_reserve()
+            return False
+        if emergency:
+            self.buffer.release_reserve()
+        # room for the reserve too, when it has to be made again
+        target = self.config.min_free_bytes
+        if not self.buffer.reserve_path.exists():
+            target += RESERVE_BYTES
+        try:
+            evicted = self.buffer.make_room(target)
+        except sqlite3.Error as error:
+            log.error("disk full: could not evict (%s)", error, extra=_DISK_FULL)
+            return False
+        if evicted:
+            log.warning(
+                "disk low: evicted %d oldest raw readings, %.1f MB free now",
+                evicted,
+                self.buffer.free_bytes() / 1e6,
+                extra=_DISK_FULL,
+            )
+        if not self.buffer.keep_reserve():
+            log.warning("disk full: no room for the buffer's reserve file", extra=_DISK_FULL)
+        return evicted > 0
 
     def _take(
         self,

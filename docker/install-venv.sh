@@ -69,7 +69,10 @@ PY
 else
     python3 -m venv "$venv"
     "$venv/bin/pip" install --upgrade pip
-    "$venv/bin/pip" install "$src"
+    # the server also draws `sleepfed-server report`'s plots (matplotlib); boards do not
+    extras=""
+    if [ "$component" = server ]; then extras="[report]"; fi
+    "$venv/bin/pip" install "$src$extras"
 fi
 
 # Smaller image. Neither side ever installs an app's dependencies at run time (Flower's

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,9 +43,10 @@ class ServerConfig:
 
 
 def parse_config(data: dict[str, Any], base: Path) -> ServerConfig:
-    def path_of(text: str) -> Path:
-        p = Path(text)
-        return p if p.is_absolute() else (base / p).resolve()
+    from agent.config import checked_path
+
+    def path_of(text: str, name: str) -> Path:
+        return checked_path(text, name, base).resolve()
 
     server = get_field(data, "server", dict, "config")
     fed = get_field(data, "federation", dict, "config", {})
@@ -56,7 +56,11 @@ def parse_config(data: dict[str, Any], base: Path) -> ServerConfig:
     if node_auth and insecure:
         raise ConfigError("server.node_auth: needs TLS (server.insecure = false)")
     tls = {
-        key: (path_of(get_field(server, key, str, "server")) if not insecure else None)
+        key: (
+            path_of(get_field(server, key, str, "server"), f"server.{key}")
+            if not insecure
+            else None
+        )
         for key in ("certfile", "keyfile", "ca_certfile")
     }
     rounds = get_field(fed, "rounds", int, "federation", 5)
@@ -80,7 +84,7 @@ def parse_config(data: dict[str, Any], base: Path) -> ServerConfig:
         raise ConfigError("evaluation.subjects: expected a list of strings")
     metrics = parse_metrics(data)
     return ServerConfig(
-        state_dir=path_of(get_field(server, "state_dir", str, "server")),
+        state_dir=path_of(get_field(server, "state_dir", str, "server"), "server.state_dir"),
         host=get_field(server, "host", str, "server", "127.0.0.1"),
         port=port,
         insecure=insecure,
@@ -96,7 +100,7 @@ def parse_config(data: dict[str, Any], base: Path) -> ServerConfig:
         round_timeout_seconds=get_field(fed, "round_timeout_seconds", float, "federation", 600.0),
         run_interval_seconds=60.0
         * get_field(fed, "run_interval_minutes", float, "federation", 0.0),
-        eval_data=path_of(data_dir) if data_dir else None,
+        eval_data=path_of(data_dir, "evaluation.data") if data_dir else None,
         eval_subjects=subjects,
         metrics_host=metrics[0],
         metrics_port=metrics[1],
@@ -104,11 +108,8 @@ def parse_config(data: dict[str, Any], base: Path) -> ServerConfig:
 
 
 def load_config(path: str | Path) -> ServerConfig:
+    from agent.config import parse_strictly, read_toml
+
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path}: not valid TOML ({error})") from None
-    return parse_config(data, path.parent.resolve())
+    base = path.parent.resolve()
+    return parse_strictly(read_toml(path), lambda data: parse_config(data, base))
