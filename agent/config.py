@@ -179,6 +179,8 @@ class FederationConfig:
     auth_private_key: Path | None = None
     refused_retry_seconds: float = 3600.0
     activation_patience_seconds: float = 75.0
+    server_check_seconds: float = 30.0
+    server_lost_seconds: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -382,6 +384,14 @@ def parse_config(data: dict[str, Any], base_dir: Path) -> AgentConfig:
             activation_patience_seconds=_positive(
                 get_field(fed, "activation_patience_seconds", float, "federation", 75.0),
                 "federation.activation_patience_seconds",
+            ),
+            server_check_seconds=_positive(
+                get_field(fed, "server_check_seconds", float, "federation", 30.0),
+                "federation.server_check_seconds",
+            ),
+            server_lost_seconds=_positive(
+                get_field(fed, "server_lost_seconds", float, "federation", 120.0),
+                "federation.server_lost_seconds",
             ),
             refused_retry_seconds=60.0
             * _positive(

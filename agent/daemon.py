@@ -426,7 +426,8 @@ class Daemon:
                         "at": time.time(),
                         "sleep": sleep,
                         "error": why[:200],
-                    }
+                    },
+                    session_attempts=list(session.attempt_times),
                 )
             finally:
                 writer.close()

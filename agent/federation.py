@@ -225,8 +225,9 @@ class Session:
                 env=flower_environment(flwr_home),
                 start_new_session=True,
             )
-        started_at = time.time()
+        started_at = last_check = time.time()
         finished_at: float | None = None
+        lost_since: float | None = None
         try:
             while True:
                 code = self.process.poll()
@@ -257,9 +258,34 @@ class Session:
                     return "window_end"
                 if now - started_at > self.config.session_idle_seconds:
                     return "idle"
+                # After the final round the server may leave: only watch it until then.
+                if finished_at is None and now - last_check >= self.config.server_check_seconds:
+                    last_check = now
+                    lost_since = self._check_server(lost_since)
                 self.stop.wait(0.5)
         finally:
             self.terminate()
+
+    def _check_server(self, lost_since: float | None) -> float | None:
+        """Probe the server while the node runs. Flower's own node retries a lost server
+        forever (and can wedge), so once the server has been unreachable for
+        ``server_lost_seconds`` the node is stopped and the session backs off (tenacity)
+        like any other transient error. Returns when the server was first missed, or None."""
+        try:
+            probe_server(self.config)
+        except TransientError as error:
+            now = time.time()
+            if lost_since is None:
+                log.warning("federation: server unreachable while the node runs (%s)", error)
+                return now
+            if now - lost_since >= self.config.server_lost_seconds:
+                raise TransientError(
+                    f"server lost for {now - lost_since:.0f}s ({error}); node stopped"
+                ) from None
+            return lost_since
+        if lost_since is not None:
+            log.info("federation: server reachable again after %.0fs", time.time() - lost_since)
+        return None
 
     def terminate(self) -> None:
         process, self.process = self.process, None
