@@ -144,6 +144,21 @@ class History:
         )
         return cursor.rowcount
 
+    def interrupt_unfinished_runs(self) -> int | None:
+        """Mark runs still 'running' (the server was killed mid-run) as 'interrupted';
+        returns the global round the latest of them planned to end at, or None."""
+        rows = self.conn.execute(
+            "SELECT start_round + planned_rounds FROM runs WHERE status = 'running' "
+            "ORDER BY started_at"
+        ).fetchall()
+        if not rows:
+            return None
+        self.conn.execute(
+            "UPDATE runs SET status = 'interrupted', finished_at = ? WHERE status = 'running'",
+            (time.time(),),
+        )
+        return int(rows[-1][0])
+
     def start_run(self, run_id: str, start_round: int, planned_rounds: int) -> None:
         self.conn.execute(
             "INSERT OR REPLACE INTO runs VALUES (?, ?, NULL, 'running', ?, ?)",

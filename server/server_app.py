@@ -7,7 +7,8 @@ on which each round's global model is scored on the server: windows of people wh
 was never used for training.
 
 A run resumes from the last active round in the history: its model is the initial model
-and its rounds are numbered on from there.
+and its rounds are numbered on from there. A run that never finished (the server was killed
+mid-run) is marked interrupted, and the next run does only its remaining rounds.
 """
 
 from __future__ import annotations
@@ -87,8 +88,15 @@ def main(grid: Grid, context: Context) -> None:
     run_id = str(context.run_id)
     history = History(str(cfg["history-path"]))
     num_rounds = int(cfg["num-rounds"])
+    interrupted_end = history.interrupt_unfinished_runs()
     last = history.last_round()
     start_round = last.global_round if last else 0
+    if interrupted_end is not None and interrupted_end > start_round:
+        # The server was killed mid-run: this run finishes that one's remaining rounds.
+        num_rounds = interrupted_end - start_round
+        log.warning(
+            "resuming an interrupted run after round %d: %d rounds left", start_round, num_rounds
+        )
     initial = model.arrays_from_bytes(last.arrays) if last else model.initial_arrays()
     history.start_run(run_id, start_round, num_rounds)
     held_out = _held_out_set(str(cfg.get("eval-data", "")), str(cfg.get("eval-subjects", "")))
