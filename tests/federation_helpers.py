@@ -49,12 +49,14 @@ def write_server_config(
     walch_dir: Path,
     held_out: list[str],
     round_timeout: float = 120.0,
+    host: str = "127.0.0.1",
 ) -> Path:
     path = root / "server" / "server.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         f"""[server]
 state_dir = "{root / "server" / "state"}"
+host = "{host}"
 port = {port}
 certfile = "{certs["cert"]}"
 keyfile = "{certs["key"]}"
@@ -84,8 +86,11 @@ def write_board(
     subject: str | None,
     window: str = "always",
     retry_max: float = 4.0,
+    server_host: str = "127.0.0.1",
+    federation_extra: str = "",
 ) -> Path:
-    """A board whose buffer already holds one extracted Walch night (no sensor source)."""
+    """A board whose buffer already holds one extracted Walch night (no sensor source);
+    ``federation_extra``: more [federation] lines."""
     board = root / name
     board.mkdir(parents=True, exist_ok=True)
     buffer_path = board / "buffer.db"
@@ -115,7 +120,7 @@ id = "{name}"
 path = "{buffer_path}"
 
 [federation]
-server = "127.0.0.1:{server_port}"
+server = "{server_host}:{server_port}"
 root_certificates = "{ca}"
 window = "{window}"
 min_new_labelled_windows = 1
@@ -125,7 +130,7 @@ session_idle_seconds = 300
 refused_retry_minutes = 0.1
 activation_patience_seconds = 8
 supernode_port = {free_port()}
-"""
+{federation_extra}"""
     )
     return config
 
