@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from datetime import datetime
 from typing import Any
 
+from agent import clock
 from agent.buffer import Buffer
 from agent.config import AgentConfig
 from agent.counter_classes import failure_classes, rejection_classes
@@ -15,7 +15,12 @@ from agent.counter_classes import failure_classes, rejection_classes
 # Exit codes of ``sleepfed-agent status`` (2 is a configuration error, as everywhere).
 EXIT_HEALTHY = 0
 EXIT_NOT_RUNNING = 1  # no daemon (or no buffer yet): nothing is being collected
-EXIT_DEGRADED = 3  # the daemon runs but a source is down or the server refused the board
+EXIT_DEGRADED = 3  # the daemon runs but a source is down or the last session failed
+SESSION_PROBLEMS = {
+    "refused": "the server refused this board (key not registered or revoked, or wrong CA)",
+    "gave_up": "the server stayed unreachable until the window's end",
+    "error": "the session crashed (see the agent's log)",
+}
 
 
 def _pid_alive(pid: int) -> bool:
@@ -47,7 +52,7 @@ def collect(config: AgentConfig) -> dict[str, Any]:
         buffer.close()
     pid = int(state.get("daemon_pid", 0) or 0)
     heartbeat = float(state.get("heartbeat_at", 0) or 0)
-    running = _pid_alive(pid) and time.time() - heartbeat < 30
+    running = _pid_alive(pid) and clock.now() - heartbeat < 30
     prediction = predictions.get(last_night) if last_night else None
     fed = config.federation
     health, problems = _health(running, state)
@@ -126,10 +131,9 @@ def _health(running: bool, state: dict[str, object]) -> tuple[str, list[str]]:
         problems.append(
             f"daemon health {state.get('health')}: sources {state.get('sources_connected')}"
         )
-    if state.get("last_session_outcome") == "refused":
-        problems.append(
-            "the server refused this board (key not registered or revoked, or wrong CA)"
-        )
+    outcome = state.get("last_session_outcome")
+    if outcome in SESSION_PROBLEMS:
+        problems.append(f"last participation session {outcome}: {SESSION_PROBLEMS[outcome]}")
     return ("degraded" if problems else "ok"), problems
 
 

@@ -53,8 +53,8 @@ def _png(draw: Callable[[Axes], None]) -> bytes:
 
     fig, ax = plt.subplots(figsize=FIGURE_INCHES, dpi=FIGURE_DPI)
     try:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds: whole numbers
         draw(ax)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
         fig.tight_layout()
         out = io.BytesIO()
