@@ -23,8 +23,9 @@ from flwr.clientapp import ClientApp
 
 from agent import model
 from agent.buffer import Buffer
+from agent.privacy_mods import CLIENT_MODS
 
-app = ClientApp()
+app = ClientApp(mods=CLIENT_MODS)  # secure aggregation and DP clipping, when asked for
 
 HELD_OUT_SHARE_PERCENT = 20
 

@@ -29,6 +29,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from agent.code_guard import guarded_environment
 from agent.config import FederationConfig
 from agent.flower_process import flower_bin, flower_environment, stop_process_group
 
@@ -222,7 +223,7 @@ class Session:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env=flower_environment(flwr_home),
+                env=guarded_environment(flower_environment(flwr_home), self.state_dir),
                 start_new_session=True,
             )
         started_at = last_check = time.time()

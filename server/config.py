@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agent.config import ConfigError, get_field, parse_metrics
+from server.privacy import PrivacySettings, parse_privacy
+from server.update_validation import ValidationRules, parse_validation
 
 __all__ = ["ConfigError", "ServerConfig", "load_config", "parse_config"]
 
@@ -30,6 +32,8 @@ class ServerConfig:
     run_interval_seconds: float
     eval_data: Path | None
     eval_subjects: list[str]
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
+    validation: ValidationRules = field(default_factory=ValidationRules)
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 0  # Prometheus endpoint of `sleepfed-server run`; 0 = off
 
@@ -102,6 +106,8 @@ def parse_config(data: dict[str, Any], base: Path) -> ServerConfig:
         * get_field(fed, "run_interval_minutes", float, "federation", 0.0),
         eval_data=path_of(data_dir, "evaluation.data") if data_dir else None,
         eval_subjects=subjects,
+        privacy=parse_privacy(data, rounds),
+        validation=parse_validation(data),
         metrics_host=metrics[0],
         metrics_port=metrics[1],
     )

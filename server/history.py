@@ -10,7 +10,7 @@ import json
 import os
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 SCHEMA = """
@@ -38,6 +38,11 @@ CREATE TABLE IF NOT EXISTS runs (
     planned_rounds INTEGER NOT NULL
 );
 """
+# (name, type) of columns added since; History._migrate adds them to older files.
+ADDED_ROUND_COLUMNS = (
+    ("rejected", "TEXT NOT NULL DEFAULT '[]'"),
+    ("privacy", "TEXT NOT NULL DEFAULT '{}'"),
+)
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,11 @@ class RoundRecord:
     eval_nodes: int
     created_at: float
     rolled_back: bool
+    # Updates rejected before aggregation: [{"node": id, "reason": ..., "detail": ...}]
+    rejected: list[dict[str, object]] = field(default_factory=list)
+    # Differential privacy of this round's model: noise multiplier, clipping norm, and the
+    # cumulative epsilon at delta spent by every DP round so far (see server.privacy).
+    privacy: dict[str, float] = field(default_factory=dict)
 
 
 class History:
@@ -65,6 +75,14 @@ class History:
         self.conn.execute("PRAGMA journal_mode = WAL")
         self.conn.execute("PRAGMA synchronous = FULL")
         self.conn.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Columns added after the first release: older history files get them, empty."""
+        have = {row[1] for row in self.conn.execute("PRAGMA table_info(rounds)")}
+        for name, sql_type in ADDED_ROUND_COLUMNS:
+            if name not in have:
+                self.conn.execute(f"ALTER TABLE rounds ADD COLUMN {name} {sql_type}")
 
     def close(self) -> None:
         self.conn.close()
@@ -85,11 +103,13 @@ class History:
         server_metrics: dict[str, float],
         train_nodes: int,
         eval_nodes: int,
+        rejected: list[dict[str, object]] | None = None,
+        privacy: dict[str, float] | None = None,
     ) -> None:
         self.conn.execute(
             "INSERT INTO rounds (global_round, run_id, server_round, arrays, train_metrics, "
-            "eval_metrics, server_metrics, train_nodes, eval_nodes, created_at) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?)",
+            "eval_metrics, server_metrics, train_nodes, eval_nodes, created_at, rejected, "
+            "privacy) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 global_round,
                 run_id,
@@ -101,13 +121,16 @@ class History:
                 train_nodes,
                 eval_nodes,
                 time.time(),
+                json.dumps(rejected or []),
+                json.dumps(privacy or {}),
             ),
         )
 
     def rounds(self, include_rolled_back: bool = True) -> list[RoundRecord]:
         sql = (
             "SELECT global_round, run_id, server_round, arrays, train_metrics, eval_metrics, "
-            "server_metrics, train_nodes, eval_nodes, created_at, rolled_back FROM rounds"
+            "server_metrics, train_nodes, eval_nodes, created_at, rolled_back, rejected, "
+            "privacy FROM rounds"
         )
         if not include_rolled_back:
             sql += " WHERE rolled_back = 0"
@@ -125,6 +148,8 @@ class History:
                 r[8],
                 r[9],
                 bool(r[10]),
+                json.loads(r[11]),
+                json.loads(r[12]),
             )
             for r in self.conn.execute(sql)
         ]

@@ -24,16 +24,32 @@ from flwr.serverapp.strategy import FedAvg
 from agent import model
 from agent.features import walch_dataset
 from server.history import History
+from server.privacy import round_privacy, settings_from_run_config, wrap_strategy
+from server.secure_aggregation import RecordingSecAggFedAvg, run_secure_rounds
+from server.update_validation import (
+    UNIFORM_WEIGHT_KEY,
+    UpdateScreening,
+    ValidationRules,
+)
 
 log = logging.getLogger("sleepfed.server")
 app = ServerApp()
 
 
-class RecordingFedAvg(FedAvg):
-    """FedAvg that remembers each round's aggregated client metrics and reply counts."""
+class RecordingFedAvg(UpdateScreening, FedAvg):
+    """FedAvg that screens the boards' updates (server.update_validation) and remembers each
+    round's aggregated client metrics, reply counts and rejections."""
 
-    def __init__(self, **kwargs: object) -> None:
+    def __init__(
+        self,
+        rules: ValidationRules | None = None,
+        uniform_weights: bool = False,
+        **kwargs: object,
+    ) -> None:
+        if uniform_weights:
+            kwargs["weighted_by_key"] = UNIFORM_WEIGHT_KEY
         super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.init_screening(rules or ValidationRules(), uniform_weights)
         self.train_metrics: dict[int, dict[str, float]] = {}
         self.eval_metrics: dict[int, dict[str, float]] = {}
         self.train_nodes: dict[int, int] = {}
@@ -42,11 +58,17 @@ class RecordingFedAvg(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
+        replies = self.screen(server_round, list(replies))
         self.train_nodes[server_round] = sum(1 for r in replies if not r.has_error())
         arrays, metrics = super().aggregate_train(server_round, replies)
         self.train_metrics[server_round] = dict(metrics or {})
         return arrays, metrics
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self.screening_arrays = arrays.to_numpy_ndarrays()
+        return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
@@ -101,7 +123,13 @@ def main(grid: Grid, context: Context) -> None:
     history.start_run(run_id, start_round, num_rounds)
     held_out = _held_out_set(str(cfg.get("eval-data", "")), str(cfg.get("eval-subjects", "")))
     min_nodes = int(cfg["min-nodes"])
+    privacy = settings_from_run_config(cfg)
     strategy = RecordingFedAvg(
+        rules=ValidationRules(
+            mad_k=float(cfg.get("validation-mad-k", 3.5)),
+            max_update_norm=float(cfg.get("validation-max-update-norm", 0.0)),
+        ),
+        uniform_weights=privacy.dp,
         fraction_train=float(cfg["fraction-train"]),
         fraction_evaluate=float(cfg["fraction-evaluate"]),
         min_train_nodes=min_nodes,
@@ -109,27 +137,63 @@ def main(grid: Grid, context: Context) -> None:
         min_available_nodes=min_nodes,
     )
 
-    def evaluate_and_persist(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        if server_round == 0:
-            return None
-        ndarrays = arrays.to_numpy_ndarrays()
+    def persist(
+        source: RecordingFedAvg | RecordingSecAggFedAvg, server_round: int, ndarrays: model.Arrays
+    ) -> dict[str, float]:
         scores = held_out_scores(ndarrays, *held_out) if held_out else {}
         global_round = start_round + server_round
+        rejected = getattr(source, "rejections", {}).get(server_round, [])
+        earlier = [r.privacy for r in history.rounds()]
         history.add_round(
             global_round=global_round,
             run_id=run_id,
             server_round=server_round,
             arrays=model.arrays_to_bytes(ndarrays),
-            train_metrics=strategy.train_metrics.get(server_round, {}),
-            eval_metrics=strategy.eval_metrics.get(server_round, {}),
+            train_metrics=source.train_metrics.get(server_round, {}),
+            eval_metrics=source.eval_metrics.get(server_round, {}),
             server_metrics=scores,
-            train_nodes=strategy.train_nodes.get(server_round, 0),
-            eval_nodes=strategy.eval_nodes.get(server_round, 0),
+            train_nodes=source.train_nodes.get(server_round, 0),
+            eval_nodes=source.eval_nodes.get(server_round, 0),
+            rejected=[r.as_dict() for r in rejected],
+            privacy=round_privacy(earlier, privacy),
         )
+        return scores
+
+    def evaluate_and_persist(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if server_round == 0:
+            return None
+        scores = persist(strategy, server_round, arrays.to_numpy_ndarrays())
         return MetricRecord({k: v for k, v in scores.items() if np.isfinite(v)})
 
+    def evaluate_config(server_round: int) -> dict[str, int]:
+        return {
+            "server-round": server_round,
+            "global-round-offset": start_round,
+            "final-global-round": start_round + num_rounds,
+        }
+
     try:
-        strategy.start(
+        if privacy.secure_aggregation:
+            run_secure_rounds(
+                grid,
+                context,
+                settings=privacy,
+                initial=initial,
+                num_rounds=num_rounds,
+                min_nodes=min_nodes,
+                fraction_train=float(cfg["fraction-train"]),
+                fraction_evaluate=float(cfg["fraction-evaluate"]),
+                train_config=lambda rnd: {
+                    "server-round": rnd,
+                    "local-iterations": int(cfg["local-iterations"]),
+                },
+                evaluate_config=evaluate_config,
+                on_round_done=persist,
+            )
+            history.finish_run(run_id, "finished")
+            history.close()
+            return
+        wrap_strategy(strategy, privacy, min_nodes).start(
             grid=grid,
             initial_arrays=ArrayRecord(initial),
             num_rounds=num_rounds,

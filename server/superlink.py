@@ -12,6 +12,7 @@ from pathlib import Path
 
 from agent.flower_process import flower_bin, flower_environment, stop_process_group
 from server.config import ServerConfig
+from server.privacy import run_config_entries
 
 log = logging.getLogger("sleepfed.server")
 
@@ -130,6 +131,9 @@ def submit_run(config: ServerConfig) -> str:
         "history-path": str(config.history_path),
         "eval-data": str(config.eval_data or ""),
         "eval-subjects": " ".join(config.eval_subjects),
+        "validation-mad-k": config.validation.mad_k,
+        "validation-max-update-norm": config.validation.max_update_norm,
+        **run_config_entries(config.privacy),
     }
     run_config = config.state_dir / "run-config.toml"
     run_config.write_text(

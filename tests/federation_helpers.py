@@ -135,20 +135,25 @@ supernode_port = {free_port()}
     return config
 
 
-def start(command: list[str], log: Path) -> subprocess.Popen[bytes]:
+def start(
+    command: list[str], log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     handle = log.open("wb")
     return subprocess.Popen(
         command,
         stdout=handle,
         stderr=subprocess.STDOUT,
         start_new_session=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
 
 
-def start_agent(config: Path) -> subprocess.Popen[bytes]:
+def start_agent(config: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """``env``: more environment for the daemon (and so its SuperNode and ClientApps)."""
     return start(
-        [PYTHON, "-m", "agent.cli", "run", "--config", str(config)], config.parent / "agent.log"
+        [PYTHON, "-m", "agent.cli", "run", "--config", str(config)],
+        config.parent / "agent.log",
+        env,
     )
 
 

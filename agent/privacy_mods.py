@@ -1,0 +1,103 @@
+"""Flower mods around the board's ClientApp: secure aggregation and DP clipping.
+
+They do nothing unless the server asks for them, so one ClientApp serves every server
+configuration:
+
+* ``secure_aggregation_mod``: Flower's ``secaggplus_mod`` for a train message that carries
+  the SecAgg+ protocol's records (``SecAggPlusWorkflow`` on the server); the board's update
+  then leaves it only masked, and the server learns nothing but the sum.
+* ``legacy_records_mod``: ``SecAggPlusWorkflow`` is a legacy-API workflow whose messages
+  carry ``fitins.*``/``evaluateins.*`` records and expect ``fitres.*``/``evaluateres.*``
+  ones back; this mod translates them to and from the Message API records the ClientApp
+  speaks (``arrays``, ``config``, ``metrics``).
+* ``dp_clipping_mod``: Flower's ``fixedclipping_mod`` (clip the update to the norm the
+  server's ``DifferentialPrivacyClientSideFixedClipping`` sends) for a train message that
+  carries a clipping norm.
+"""
+
+from __future__ import annotations
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app.message_type import MessageType
+from flwr.client.mod import secaggplus_mod
+from flwr.clientapp.mod import fixedclipping_mod
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
+
+LEGACY_NUM_EXAMPLES_KEY = "num-examples"
+
+
+def secure_aggregation_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
+    if (
+        msg.metadata.message_type == MessageType.TRAIN
+        and RECORD_KEY_CONFIGS in msg.content.config_records
+    ):
+        return secaggplus_mod(msg, ctxt, call_next)
+    return call_next(msg, ctxt)
+
+
+def dp_clipping_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
+    if msg.metadata.message_type == MessageType.TRAIN and any(
+        KEY_CLIPPING_NORM in record for record in msg.content.config_records.values()
+    ):
+        return fixedclipping_mod(msg, ctxt, call_next)
+    return call_next(msg, ctxt)
+
+
+def _status() -> ConfigRecord:
+    return ConfigRecord({"code": 0, "message": "Success"})
+
+
+def _split_metrics(reply: Message) -> tuple[MetricRecord, float]:
+    metrics = next(iter(reply.content.metric_records.values()), MetricRecord())
+    return metrics, float(metrics.get(LEGACY_NUM_EXAMPLES_KEY, 0))
+
+
+def legacy_records_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
+    records = msg.content
+    for kind in ("fitins", "evaluateins"):
+        if f"{kind}.parameters" in records.array_records:
+            break
+    else:
+        return call_next(msg, ctxt)
+    original = msg.content
+    msg.content = RecordDict(
+        {
+            "arrays": records.array_records[f"{kind}.parameters"],
+            "config": records.config_records.get(f"{kind}.config", ConfigRecord()),
+        }
+    )
+    try:
+        reply = call_next(msg, ctxt)
+    finally:
+        msg.content = original
+    if reply.has_error():
+        return reply
+    metrics, num_examples = _split_metrics(reply)
+    scalars = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+    if kind == "fitins":
+        arrays = next(iter(reply.content.array_records.values()), ArrayRecord())
+        reply.content = RecordDict(
+            {
+                "fitres.parameters": arrays,
+                "fitres.num_examples": MetricRecord({"num_examples": int(num_examples)}),
+                "fitres.metrics": ConfigRecord(scalars),  # type: ignore[arg-type]
+                "fitres.status": _status(),
+            }
+        )
+    else:
+        loss = float(metrics.get("eval-loss", 0.0))  # type: ignore[arg-type]
+        reply.content = RecordDict(
+            {
+                "evaluateres.loss": MetricRecord({"loss": loss}),
+                "evaluateres.num_examples": MetricRecord({"num_examples": int(num_examples)}),
+                "evaluateres.metrics": ConfigRecord(scalars),  # type: ignore[arg-type]
+                "evaluateres.status": _status(),
+            }
+        )
+    return reply
+
+
+# Outermost first: secure aggregation masks what the translated, clipped update becomes.
+CLIENT_MODS = [secure_aggregation_mod, legacy_records_mod, dp_clipping_mod]
