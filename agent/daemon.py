@@ -21,11 +21,13 @@ from datetime import tzinfo
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from agent import clock
 from agent.buffer import RESERVE_BYTES, Buffer
 from agent.config import AgentConfig, SerialSourceConfig, SourceConfig
 from agent.nights import NightTracker, extract_night, predict_nights
 from agent.notify import Notifier
 from agent.protocol import Kind, Reading
+from agent.schedule import still_waiting
 from agent.sources import Item, Rejection, Source, SourceEvent
 from agent.sources.serial_source import SerialSource
 
@@ -126,7 +128,7 @@ class Daemon:
             self.tracker.discover(self.buffer)
             self.buffer.set_state(
                 daemon_pid=os.getpid(),
-                daemon_started_at=time.time(),
+                daemon_started_at=clock.now(),
                 health="starting",
                 # not the previous run's value: status must not report "1/1" before we connect
                 sources_connected=f"0/{len(self.sources)}",
@@ -352,7 +354,7 @@ class Daemon:
         health = "ok" if connected == len(self.sources) else "degraded"
         self.buffer.set_state(
             health=health,
-            heartbeat_at=time.time(),
+            heartbeat_at=clock.now(),
             sources_connected=f"{connected}/{len(self.sources)}",
             session_running=self.session_thread is not None,
         )
@@ -389,7 +391,7 @@ class Daemon:
             if self.session_thread.is_alive():
                 return
             self.session_thread = None
-        now = time.time()
+        now = clock.now()
         window = fed.window.current(now, self.config.timezone)
         state = self.buffer.state()
         if window is None:
@@ -398,7 +400,8 @@ class Daemon:
         start, end = window
         if state.get("closed_window_start") == start:
             return  # the server stayed unreachable until this window's end
-        if float(state.get("refused_until", 0) or 0) > now:  # type: ignore[arg-type]
+        refused_until = float(state.get("refused_until", 0) or 0)  # type: ignore[arg-type]
+        if still_waiting(refused_until, now, fed.refused_retry_seconds):
             return  # refused (key not registered, revoked, wrong CA): wait before asking again
         labelled = self.buffer.labelled_window_count()
         since = int(state.get("labelled_at_last_session", 0))  # type: ignore[arg-type]
@@ -473,7 +476,7 @@ class Daemon:
                 values["closed_window_start"] = window_start
             if outcome == "refused":
                 assert self.config.federation is not None
-                values["refused_until"] = time.time() + self.config.federation.refused_retry_seconds
+                values["refused_until"] = clock.now() + self.config.federation.refused_retry_seconds
             writer.set_state(**values)
             writer.bump_counters({f"sessions_{outcome}": 1})
         finally:

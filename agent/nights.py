@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from datetime import date, timedelta
 from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from agent import model
+from agent import clock, model
 from agent.buffer import Buffer
 from agent.features import (
     EPOCH_SECONDS,
@@ -28,19 +29,29 @@ log = logging.getLogger("sleepfed.nights")
 class NightTracker:
     """Knows which nights have new readings and when each is finished.
 
-    A night is finished when its end (noon, local time) has passed and no reading for it
-    has been committed for ``settle_seconds`` of wall time. Late readings make it dirty
-    again, and it is extracted anew.
+    A night is finished when its end (noon, local time) has passed on the board's wall
+    clock and no reading for it has been committed for ``settle_seconds``, measured on the
+    monotonic clock: a wall clock stepped back by hours does not hold a night back for
+    hours once its end has passed, and one stepped forward does not skip the settling. Late
+    readings make a night dirty again, and it is extracted anew (its windows replaced).
     """
 
-    def __init__(self, tz: ZoneInfo, settle_seconds: float) -> None:
+    def __init__(
+        self,
+        tz: ZoneInfo,
+        settle_seconds: float,
+        wall: Callable[[], float] = clock.now,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.tz = tz
         self.settle_seconds = settle_seconds
-        self.last_commit: dict[str, float] = {}
+        self.wall = wall
+        self.monotonic = monotonic
+        self.last_commit: dict[str, float] = {}  # night -> monotonic time of its last commit
 
-    def saw(self, first: float, last: float, now: float | None = None) -> None:
+    def saw(self, first: float, last: float) -> None:
         """Readings with timestamps from ``first`` to ``last`` were just committed."""
-        now = time.time() if now is None else now
+        now = self.monotonic()
         night, final = night_of(first, self.tz), night_of(last, self.tz)
         while True:
             self.last_commit[night] = now
@@ -48,9 +59,9 @@ class NightTracker:
                 break
             night = (date.fromisoformat(night) + timedelta(days=1)).isoformat()
 
-    def discover(self, buffer: Buffer, now: float | None = None) -> None:
+    def discover(self, buffer: Buffer) -> None:
         """After a restart: every night with readings but no extraction is pending."""
-        now = time.time() if now is None else now
+        now = self.monotonic()
         span = buffer.reading_time_span()
         if span is None:
             return
@@ -64,12 +75,12 @@ class NightTracker:
             ts += 86400
         self.last_commit.pop(night_of(last + 86400, self.tz), None)
 
-    def due(self, now: float | None = None) -> list[str]:
-        now = time.time() if now is None else now
+    def due(self) -> list[str]:
+        wall, now = self.wall(), self.monotonic()
         ready = []
         for night, seen in self.last_commit.items():
             _, end = night_bounds(night, self.tz)
-            if now >= end and now - seen >= self.settle_seconds:
+            if wall >= end and now - seen >= self.settle_seconds:
                 ready.append(night)
         return sorted(ready)
 

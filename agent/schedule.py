@@ -25,6 +25,13 @@ def night_bounds(night: str, tz: ZoneInfo) -> tuple[float, float]:
     return start.timestamp(), end.timestamp()
 
 
+def still_waiting(until: float, now: float, longest: float) -> bool:
+    """Whether a wait that was to end at ``until`` (wall clock) goes on at ``now``: not if
+    ``until`` has passed, nor if it lies more than ``longest`` (the whole wait) ahead, which
+    only a clock stepped back since can explain."""
+    return now < until <= now + longest
+
+
 _WINDOW = re.compile(r"^(\d{1,2}):(\d{2})(?::(\d{2}))?-(\d{1,2}):(\d{2})(?::(\d{2}))?$")
 
 
