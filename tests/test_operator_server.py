@@ -235,7 +235,7 @@ def test_metrics_and_status_during_a_real_federation(tmp_path: Path, walch_dir: 
             finally:
                 history.close()
 
-        wait_for(run_finished, 300, "the run to finish")
+        wait_for(run_finished, 540, "the run to finish")
         after = scrape(metrics_port)
         assert after[("sleepfed_server_rounds", ())] == 2
         assert after[("sleepfed_server_model_global_round", ())] == 2
