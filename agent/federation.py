@@ -12,6 +12,7 @@ configuration or authentication errors, and never past the window's end.
 
 from __future__ import annotations
 
+import copy
 import logging
 import socket
 import ssl
@@ -153,6 +154,8 @@ class Session:
         self.log_path = state_dir / "supernode.log"
         self.attempt_times: list[float] = []
         self.first_refusal: float | None = None
+        # Attempts before the one whose node lost its server: the backoff starts afresh there.
+        self.backoff_from = 0
 
     def run(self) -> str:
         """Returns how the session ended: finished, window_end, idle, shutdown, gave_up
@@ -165,19 +168,27 @@ class Session:
             error = state.outcome.exception() if state.outcome else None
             sleep = state.next_action.sleep if state.next_action else 0.0
             log.warning(
-                "federation attempt=%d failed (%s); retrying in %.1fs",
+                "federation attempt=%d failed (%s); retrying in %.1fs (backoff step %d)",
                 state.attempt_number,
                 error,
                 sleep,
+                state.attempt_number - self.backoff_from,
                 extra={"ERROR_CLASS": "transient"},
             )
             self.on_retry(state.attempt_number, sleep, str(error))
 
+        backoff = wait_random_exponential(
+            multiplier=self.config.retry_initial_seconds, max=self.config.retry_max_seconds
+        )
+
+        def wait(state: RetryCallState) -> float:
+            step = copy.copy(state)
+            step.attempt_number = state.attempt_number - self.backoff_from
+            return float(backoff(step))
+
         retrying = Retrying(
             retry=retry_if_exception_type(TransientError),
-            wait=wait_random_exponential(
-                multiplier=self.config.retry_initial_seconds, max=self.config.retry_max_seconds
-            ),
+            wait=wait,
             stop=stop_before_delay(budget),
             sleep=self._sleep,
             before_sleep=before_sleep,
@@ -280,6 +291,7 @@ class Session:
                 log.warning("federation: server unreachable while the node runs (%s)", error)
                 return now
             if now - lost_since >= self.config.server_lost_seconds:
+                self.backoff_from = len(self.attempt_times) - 1
                 raise TransientError(
                     f"server lost for {now - lost_since:.0f}s ({error}); node stopped"
                 ) from None
