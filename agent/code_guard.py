@@ -92,13 +92,13 @@ def guarded_environment(env: dict[str, str], state_dir: Path) -> dict[str, str]:
 
 
 def _refusing_installer(fab_file: bytes | Path, *args: object, **kwargs: object) -> Path:
-    from flwr.clientapp.client_app import LoadClientAppError
-
+    """Stands in for Flower's ``install_from_fab``: checks, installs nothing. The error's
+    text reaches the server in the error reply (Flower replaces a LoadClientAppError's)."""
     content = fab_file if isinstance(fab_file, bytes) else Path(fab_file).read_bytes()
     try:
         check_fab(content)
     except ForeignCodeError as error:
-        raise LoadClientAppError(f"sleepfed board refused the app bundle: {error}") from None
+        raise ForeignCodeError(f"sleepfed board refused the app bundle: {error}") from None
     return Path(os.devnull)
 
 

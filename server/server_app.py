@@ -73,7 +73,7 @@ class RecordingFedAvg(UpdateScreening, FedAvg):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        replies = list(replies)
+        replies = self.weigh_evaluations(list(replies))
         self.eval_nodes[server_round] = sum(1 for r in replies if not r.has_error())
         metrics = super().aggregate_evaluate(server_round, replies)
         self.eval_metrics[server_round] = dict(metrics or {})
