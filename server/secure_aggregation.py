@@ -71,9 +71,11 @@ class RecordingSecAggFedAvg(LegacyFedAvg):
         return parameters, metrics
 
     def configure_evaluate(self, server_round: int, parameters: Any, client_manager: Any) -> Any:
+        if server_round not in self.round_arrays:
+            return []  # the round's secure aggregation halted: nothing new to evaluate
         instructions = super().configure_evaluate(server_round, parameters, client_manager)
         finishers = {p.node_id for p in self._finishers}
-        return [(p, ins) for p, ins in instructions if p.node_id in finishers] or instructions
+        return [(p, ins) for p, ins in instructions if p.node_id in finishers]
 
     def aggregate_evaluate(self, server_round: int, results: Any, failures: Any) -> Any:
         self.eval_nodes[server_round] = len(results)
@@ -131,4 +133,9 @@ def run_secure_rounds(
         )
     )
     workflow(grid, legacy)
+    halted = [r for r in range(1, num_rounds + 1) if r not in strategy.round_arrays]
+    if halted:
+        # SecAggPlusWorkflow logs "Insufficient available nodes" and carries on without a
+        # model: too many boards dropped out (fewer than the threshold's shares survive).
+        raise RuntimeError(f"secure aggregation halted in round(s) {halted}: too many dropouts")
     return strategy

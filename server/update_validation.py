@@ -218,3 +218,15 @@ class UpdateScreening:
             else:
                 next(iter(reply.content.metric_records.values()))[UNIFORM_WEIGHT_KEY] = 1.0
         return accepted
+
+    def weigh_evaluations(self, replies: list[Message]) -> list[Message]:
+        """Evaluation replies weighted by their examples under ``UNIFORM_WEIGHT_KEY`` too
+        (the strategy averages evaluation metrics with the same weighting key)."""
+        if self.uniform_weights:
+            for reply in replies:
+                if not reply.has_error():
+                    for metrics in reply.content.metric_records.values():
+                        metrics[UNIFORM_WEIGHT_KEY] = float(
+                            metrics.get(self.screening_rules.weight_key, 1)
+                        )
+        return replies

@@ -49,7 +49,7 @@ def test_secagg_round_survives_a_dropout_and_equals_fedavg(tmp_path: Path, walch
     )
     append_to(
         server_config,
-        "[privacy]\nsecure_aggregation = true\nsecagg_timeout_seconds = 60\n",
+        "[privacy]\nsecure_aggregation = true\nsecagg_timeout_seconds = 120\n",
     )
     boards = [
         write_board(tmp_path, f"board{i}", port, certs["ca"], walch_dir=walch_dir, subject=s)
