@@ -89,16 +89,13 @@ if [ "$component" = agent ]; then drop="$drop uvloop httptools watchfiles websoc
 find "$venv" -depth -type d \( -name tests -o -name __pycache__ \) -path '*/site-packages/*' \
     -exec rm -rf {} + 2>/dev/null || true
 "$venv/bin/python" -m pip uninstall -y pip setuptools wheel >/dev/null 2>&1 || true
-# Debug symbols stripped from the compiled extensions and their bundled libraries (numpy.libs,
-# scipy.libs …): 33 MB less on amd64; --strip-unneeded keeps every symbol they link by.
-if ! command -v strip >/dev/null; then
-    apt-get update && apt-get install -y --no-install-recommends binutils
-fi
-find "$venv" -type f \( -name '*.so' -o -name '*.so.*' \) -exec strip --strip-unneeded {} +
+# Not stripped: `strip --strip-unneeded` on the wheels' bundled libraries (auditwheel-patched
+# with patchelf) breaks them; seen here: numpy's libscipy_openblas64_ "ELF load command
+# address/offset not page-aligned" (33 MB would have been saved on amd64).
 # Bytecode compiled once here (the image is read-only to its user): every message a board's
 # SuperNode receives starts a ClientApp process that imports flwr, numpy and scikit-learn;
 # without .pyc files that import took 51 s under QEMU arm64 and 10.7 s on amd64.
 "$venv/bin/python" -m compileall -q -j 0 --invalidation-mode unchecked-hash "$venv/lib" >/dev/null
 "$venv/bin/python" -c "import agent.cli, server.cli, numpy, sklearn; print('install-venv: imports ok, numpy', numpy.__version__, 'sklearn', sklearn.__version__)"
 if [ -n "$bundle" ]; then rm -f "$bundle"; fi
-rm -rf /var/lib/apt/lists/*
+if [ "$scientific" = yes ]; then rm -rf /var/lib/apt/lists/*; fi
