@@ -1,6 +1,8 @@
 """HEALTHCHECK of the sleepfed images: ask the agent or the server whether it is healthy.
 
-    sleepfed-healthcheck agent CONFIG   # `sleepfed-agent status --json`: exit 0 and daemon.running
+    sleepfed-healthcheck agent CONFIG   # `sleepfed-agent status --json`: daemon.running, exit 0
+                                        # (healthy) or 3 (degraded: e.g. the wearable is off —
+                                        # restarting the container would not bring it back)
     sleepfed-healthcheck server CONFIG  # a TCP connect to the SuperLink's configured host:port
 
 Exit 0 healthy, 1 unhealthy (Docker's convention). Runs with the image's venv python.
@@ -21,7 +23,7 @@ def agent(config: str) -> int:
         text=True,
         timeout=25,
     )
-    if result.returncode != 0:
+    if result.returncode not in (0, 3):
         print(f"status exited {result.returncode}: {result.stderr.strip()[-200:]}")
         return 1
     daemon = json.loads(result.stdout).get("daemon", {})
