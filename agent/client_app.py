@@ -21,7 +21,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from agent import model
+from agent import model, proximal
 from agent.buffer import Buffer
 from agent.privacy_mods import CLIENT_MODS
 
@@ -105,12 +105,17 @@ def train(msg: Message, context: Context) -> Message:
     config = msg.content["config"]
     server_round = int(config.get("server-round", 0))
     iterations = int(config.get("local-iterations", model.DEFAULT_LOCAL_ITERATIONS))
+    # FedProx (server.strategies) sends its proximal term's weight; see agent.proximal
+    mu = float(config.get("proximal-mu", 0.0))
     buffer = _open_buffer(context)
     try:
         features, labels, held_out = _labelled_windows(buffer)
         train_x, train_y = features[~held_out], labels[~held_out]
         started = time.perf_counter()
-        new_arrays = model.train(arrays, train_x, train_y, iterations=iterations)
+        if mu > 0:
+            new_arrays = proximal.fit(arrays, train_x, train_y, mu=mu, iterations=iterations)
+        else:
+            new_arrays = model.train(arrays, train_x, train_y, iterations=iterations)
         seconds = time.perf_counter() - started
         scores = _score(new_arrays, train_x, train_y)
         buffer.bump_counters({"rounds_trained": 1})

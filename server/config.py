@@ -8,6 +8,7 @@ from typing import Any
 
 from agent.config import ConfigError, get_field, parse_metrics
 from server.privacy import PrivacySettings, parse_privacy
+from server.strategies import StrategySettings, parse_strategy
 from server.update_validation import ValidationRules, parse_validation
 
 __all__ = ["ConfigError", "ServerConfig", "load_config", "parse_config"]
@@ -34,6 +35,7 @@ class ServerConfig:
     eval_subjects: list[str]
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
     validation: ValidationRules = field(default_factory=ValidationRules)
+    strategy: StrategySettings = field(default_factory=StrategySettings)
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 0  # Prometheus endpoint of `sleepfed-server run`; 0 = off
 
@@ -108,6 +110,7 @@ def parse_config(data: dict[str, Any], base: Path) -> ServerConfig:
         eval_subjects=subjects,
         privacy=parse_privacy(data, rounds),
         validation=parse_validation(data),
+        strategy=parse_strategy(fed),
         metrics_host=metrics[0],
         metrics_port=metrics[1],
     )

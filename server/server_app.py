@@ -26,6 +26,8 @@ from agent.features import walch_dataset
 from server.history import History
 from server.privacy import round_privacy, settings_from_run_config, wrap_strategy
 from server.secure_aggregation import RecordingSecAggFedAvg, run_secure_rounds
+from server.strategies import build_strategy
+from server.strategies import settings_from_run_config as strategy_settings_from_run_config
 from server.update_validation import (
     UNIFORM_WEIGHT_KEY,
     UpdateScreening,
@@ -124,7 +126,10 @@ def main(grid: Grid, context: Context) -> None:
     held_out = _held_out_set(str(cfg.get("eval-data", "")), str(cfg.get("eval-subjects", "")))
     min_nodes = int(cfg["min-nodes"])
     privacy = settings_from_run_config(cfg)
-    strategy = RecordingFedAvg(
+    # the configured strategy (server.strategies), behind the recording and screening class
+    strategy = build_strategy(
+        strategy_settings_from_run_config(cfg),
+        RecordingFedAvg,
         rules=ValidationRules(
             mad_k=float(cfg.get("validation-mad-k", 3.5)),
             max_update_norm=float(cfg.get("validation-max-update-norm", 0.0)),

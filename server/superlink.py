@@ -13,6 +13,7 @@ from pathlib import Path
 from agent.flower_process import flower_bin, flower_environment, stop_process_group
 from server.config import ServerConfig
 from server.privacy import run_config_entries
+from server.strategies import run_config_entries as strategy_run_config
 
 log = logging.getLogger("sleepfed.server")
 
@@ -134,6 +135,7 @@ def submit_run(config: ServerConfig) -> str:
         "validation-mad-k": config.validation.mad_k,
         "validation-max-update-norm": config.validation.max_update_norm,
         **run_config_entries(config.privacy),
+        **strategy_run_config(config.strategy),
     }
     run_config = config.state_dir / "run-config.toml"
     run_config.write_text(
