@@ -264,6 +264,32 @@ def _cmd_certs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from server.evaluate import EvaluationError, EvaluationSettings, evaluate, format_table
+    from server.strategies import StrategySettings
+
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        logging.getLogger("flwr").setLevel(logging.ERROR)  # one INFO line per round otherwise
+    subjects = [s for s in (args.subjects or "").replace(",", " ").split() if s] or None
+    try:
+        settings = EvaluationSettings(
+            folds=args.folds,
+            rounds=args.rounds,
+            local_iterations=args.local_iterations,
+            strategy=StrategySettings(name=args.strategy),
+            seed=args.seed,
+            engine=args.engine,
+        )
+        result = evaluate(Path(args.data), settings, subjects)
+    except EvaluationError as error:
+        print(f"sleepfed-server evaluate: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(json.dumps(result) if args.json else format_table(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sleepfed-server", description=__doc__)
     parser.add_argument("--log-level", default="INFO")
@@ -303,6 +329,29 @@ def build_parser() -> argparse.ArgumentParser:
     certs = sub.add_parser("certs", help="make a CA and a server certificate (demo, tests)")
     certs.add_argument("--out", required=True)
     certs.add_argument("--host", action="append", default=None, help="SAN host (repeatable)")
+    evaluation = sub.add_parser(
+        "evaluate",
+        help="federated vs centralised vs local-only on a Walch-format folder "
+        "(leave-subjects-out folds, one board per subject)",
+    )
+    evaluation.add_argument("--data", required=True, help="folder in the Walch 2019 format")
+    evaluation.add_argument("--json", action="store_true", help="one JSON object")
+    evaluation.add_argument("--folds", type=int, default=5)
+    evaluation.add_argument("--rounds", type=int, default=20)
+    evaluation.add_argument(
+        "--local-iterations", type=int, default=1, help="L-BFGS steps per board per round"
+    )
+    evaluation.add_argument(
+        "--strategy", default="fedavg", help="fedavg, fedprox, fedmedian, fedtrimmedavg, krum"
+    )
+    evaluation.add_argument("--subjects", help="only these subject ids (comma-separated)")
+    evaluation.add_argument("--seed", type=int, default=0, help="how subjects fall into folds")
+    evaluation.add_argument(
+        "--engine",
+        choices=("inprocess", "ray"),
+        default="inprocess",
+        help="run the ClientApp in this process, or with Flower's simulation engine (Ray)",
+    )
     return parser
 
 
@@ -322,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         "rollback": _cmd_rollback,
         "boards": _cmd_boards,
         "certs": _cmd_certs,
+        "evaluate": _cmd_evaluate,
     }
     try:
         return handlers[args.command](args)

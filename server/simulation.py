@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 from uuid import uuid4
 
 import numpy as np
@@ -166,12 +167,15 @@ def run_federated(
     train_config: dict[str, object] | None = None,
     engine: str = "inprocess",
     client_app: ClientApp | None = None,
+    run_config: dict[str, Any] | None = None,
     on_round: RoundCallback | None = None,
 ) -> list[model.Arrays]:
     """Run ``strategy`` for ``rounds`` over ``num_boards`` prepared buffers.
 
     Returns the global model after each round (index 0 = after round 1). ``on_round`` is
     called with each round's number and global model (e.g. to score it on held-out people).
+    ``run_config`` adds entries to the ClientApp's run config (in-process engine only: the
+    simulation engine's Python API carries none).
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
@@ -197,10 +201,12 @@ def run_federated(
             evaluate_fn=evaluate_fn,
         )
 
-    run_config = {board_app.SIM_BUFFER_DIR_KEY: str(buffers_dir)}
     if engine == "inprocess":
-        start(InProcessGrid(client_app, num_boards, run_config))
+        config = {**(run_config or {}), board_app.SIM_BUFFER_DIR_KEY: str(buffers_dir)}
+        start(InProcessGrid(client_app, num_boards, config))
     else:
+        if run_config:
+            raise ValueError("engine 'ray' takes no run_config (Flower's Python API has none)")
         _run_ray(start, client_app, num_boards, str(buffers_dir))
     if len(per_round) != rounds:
         raise RuntimeError(f"federated run ended after {len(per_round)} of {rounds} rounds")
@@ -227,9 +233,6 @@ def _run_ray(
         num_supernodes=num_boards,
         backend_config={
             "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": {
-                "num_cpus": 2,
-                "runtime_env": {"env_vars": {board_app.SIM_BUFFER_DIR_ENV: buffers_dir}},
-            },
+            "init_args": {"num_cpus": 2},  # Ray's workers inherit this environment
         },
     )
