@@ -37,6 +37,7 @@ FAILURE_CLASSES: tuple[str, ...] = (
     *SOURCE_FAILURE_CLASSES,
     "evicted_readings",
     "federation_retries",
+    "model_unusable",
     *(f"sessions_{outcome}" for outcome in FAILED_SESSION_OUTCOMES),
 )
 

@@ -138,7 +138,23 @@ def predict_nights(buffer: Buffer) -> list[tuple[str, float, str]]:
     latest = buffer.latest_model()
     assert latest is not None
     version, server_round, _, blob = latest  # a newer one may have arrived meanwhile
-    arrays = model.arrays_from_bytes(blob)
+    if buffer.state().get("unusable_model_version") == version:
+        return []  # already counted and logged; waits for the next round's model
+    try:
+        arrays = model.arrays_from_bytes(blob)
+        model.check_arrays(arrays)
+    except Exception as error:  # a corrupt blob must not stop the daemon
+        buffer.bump_counters({"model_unusable": 1})
+        buffer.set_state(unusable_model_version=version)
+        log.error(
+            "model=%d (round %d) cannot be used for predictions: %s: %s",
+            version,
+            server_round,
+            type(error).__name__,
+            error,
+            extra={"ERROR_CLASS": "model_unusable"},
+        )
+        return []
     made = []
     for night in pending:
         rows = buffer.windows(night)
