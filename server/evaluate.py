@@ -55,7 +55,7 @@ from agent.features import (
 )
 from agent.personalisation import DEFAULT_MU, personalise
 from server.privacy import PrivacySettings, wrap_strategy
-from server.simulation import prepare_buffers, run_federated
+from server.simulation import prepare_buffers, run_federated, simulated_night_name
 from server.strategies import StrategySettings, build_strategy
 
 CENTRALISED_ITERATIONS = 500
@@ -112,11 +112,11 @@ def load_people(data_dir: str | Path, subjects: Sequence[str] | None = None) -> 
     """Every (or the named) subject of a Walch-format folder, in the board's night naming."""
     chosen = list(subjects) if subjects is not None else walch_subjects(data_dir)
     people = []
-    for pid, subject in enumerate(chosen):
+    for subject in chosen:
         series = load_walch_subject(data_dir, subject)
         night = night_windows(series)
         # the name the prepared buffer gives this night (server.simulation.prepare_buffers)
-        name = f"sim-{pid}-0000"
+        name = simulated_night_name(subject, 0)
         held = np.array(
             [board_app._is_held_out(name, float(s) * 30.0) for s in night.start_epochs],
             dtype=bool,
@@ -303,7 +303,7 @@ def _evaluate(
         test_x = np.vstack([p.labelled_xy[0] for p in test])
         test_y = np.concatenate([p.labelled_xy[1] for p in test])
         with tempfile.TemporaryDirectory(prefix="sleepfed-eval-") as buffers:
-            prepare_buffers(buffers, [p.night for p in train])
+            prepare_buffers(buffers, [p.night for p in train], [p.subject for p in train])
             strategy = _strategy(settings, len(train))
             per_round = run_federated(
                 strategy,

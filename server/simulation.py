@@ -57,14 +57,25 @@ def _night_rows(night: NightWindows) -> list[tuple[float, list[float], int | Non
     ]
 
 
+def simulated_night_name(label: str, day: int) -> str:
+    """The name of a prepared night (the board's held-out rule hashes it)."""
+    return f"sim-{label}-{day:04d}"
+
+
 def prepare_buffers(
-    folder: str | Path, partitions: Sequence[NightWindows | Sequence[NightWindows]]
+    folder: str | Path,
+    partitions: Sequence[NightWindows | Sequence[NightWindows]],
+    labels: Sequence[str] | None = None,
 ) -> list[Path]:
     """One buffer per partition in ``folder``: partition ``i`` → ``partition-{i}.db``.
 
-    A partition is one night's windows or a list of nights (stored as consecutive days).
+    A partition is one night's windows or a list of nights (stored as consecutive days),
+    named by :func:`simulated_night_name` from ``labels[i]`` (default: ``i``), so that a
+    person keeps the same held-out windows whichever partition they land in.
     Existing files of the same name are replaced.
     """
+    if labels is not None and len(labels) != len(partitions):
+        raise ValueError(f"{len(labels)} labels for {len(partitions)} partitions")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -76,7 +87,7 @@ def prepare_buffers(
         buffer = Buffer(path, synchronous="normal")
         try:
             for day, night in enumerate(nights):
-                name = f"sim-{pid}-{day:04d}"
+                name = simulated_night_name(labels[pid] if labels else str(pid), day)
                 epochs = len(night.labels) * 20
                 buffer.save_night(name, 0.0, epochs * 30.0, epochs, _night_rows(night), None)
         finally:

@@ -44,7 +44,7 @@ def test_evaluate_json_on_a_subset_of_subjects(walch_dir: Path) -> None:
     assert 1 <= federated["rounds_to_99pct_auc"] <= 6
     assert math.isclose(federated["auc_by_round"][-1], federated["auc"], abs_tol=1e-3)
     # the point of the federation: better than what any one board learns alone
-    # (measured here: federated 0.821, local-only 0.788, centralised 0.782)
+    # (measured here: federated 0.805, local-only 0.767, centralised 0.815)
     assert federated["auc"] > result["local_only"]["auc"] + 0.02, result
     assert result["setup"]["subjects"] == SUBSET
     personal = result["personalisation"]
