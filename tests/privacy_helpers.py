@@ -57,3 +57,14 @@ def append_to(config: Path, text: str) -> None:
 
 def max_abs_difference(a: model.Arrays, b: model.Arrays) -> float:
     return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b, strict=True))
+
+
+def patient(board_config: Path) -> Path:
+    """The board waits 15 minutes for the run to end (write_board's 300 s can run out on a
+    loaded machine: a SecAgg+ round is four messages per board plus a dropout's wait)."""
+    text = board_config.read_text()
+    assert "session_idle_seconds = 300\n" in text
+    board_config.write_text(
+        text.replace("session_idle_seconds = 300\n", "session_idle_seconds = 900\n")
+    )
+    return board_config

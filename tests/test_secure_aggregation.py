@@ -23,6 +23,7 @@ from privacy_helpers import (
     board_update,
     fedavg,
     max_abs_difference,
+    patient,
     start_adversarial_agent,
 )
 
@@ -52,7 +53,9 @@ def test_secagg_round_survives_a_dropout_and_equals_fedavg(tmp_path: Path, walch
         "[privacy]\nsecure_aggregation = true\nsecagg_timeout_seconds = 120\n",
     )
     boards = [
-        write_board(tmp_path, f"board{i}", port, certs["ca"], walch_dir=walch_dir, subject=s)
+        patient(
+            write_board(tmp_path, f"board{i}", port, certs["ca"], walch_dir=walch_dir, subject=s)
+        )
         for i, s in enumerate(BOARD_SUBJECTS)
     ]
     server = start_server(server_config)
@@ -94,7 +97,9 @@ def test_dp_round_clips_adds_noise_and_spends_epsilon(tmp_path: Path, walch_dir:
         f"clipping_norm = {clip}\ndelta = 1e-5\n",
     )
     boards = [
-        write_board(tmp_path, f"board{i}", port, certs["ca"], walch_dir=walch_dir, subject=s)
+        patient(
+            write_board(tmp_path, f"board{i}", port, certs["ca"], walch_dir=walch_dir, subject=s)
+        )
         for i, s in enumerate(BOARD_SUBJECTS[:2])
     ]
     server = start_server(server_config)

@@ -18,7 +18,13 @@ from federation_helpers import (
 )
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
-from privacy_helpers import board_update, fedavg, max_abs_difference, start_adversarial_agent
+from privacy_helpers import (
+    board_update,
+    fedavg,
+    max_abs_difference,
+    patient,
+    start_adversarial_agent,
+)
 
 from agent import model
 from server.history import History
@@ -97,7 +103,9 @@ def test_bad_updates_from_a_real_board_are_rejected(tmp_path: Path, walch_dir: P
         tmp_path, port, certs, rounds=2, min_nodes=3, walch_dir=walch_dir, held_out=HELD_OUT
     )
     boards = [
-        write_board(tmp_path, f"board{i}", port, certs["ca"], walch_dir=walch_dir, subject=s)
+        patient(
+            write_board(tmp_path, f"board{i}", port, certs["ca"], walch_dir=walch_dir, subject=s)
+        )
         for i, s in enumerate(BOARD_SUBJECTS)
     ]
     server = start_server(server_config)
