@@ -13,6 +13,7 @@ when the run began (nodes connected or connecting, no round yet).
 from __future__ import annotations
 
 import argparse
+import signal
 import statistics
 import sys
 import tempfile
@@ -30,14 +31,18 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="folder holding walch2019/")
     parser.add_argument("--nodes", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--round-timeout", type=float, default=300.0)
     parser.add_argument("--timeout", type=float, default=1800.0)
     args = parser.parse_args()
+    # SIGTERM stops the fleet (the run's finally) instead of orphaning its processes
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix="sleepfed-bench-nodes-") as tmp:
         run = run_fleet(
             Path(tmp),
             args.data / "walch2019",
             nodes=args.nodes,
             rounds=args.rounds,
+            round_timeout=args.round_timeout,
             timeout=args.timeout,
         )
     mb = 1e6

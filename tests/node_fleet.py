@@ -2,9 +2,10 @@
 bare ``flower-supernode`` processes, each with a prepared buffer of its own (a label-skewed
 slice of one walch2019 person, server.partitions), running the installed ClientApp.
 
-Shared by tests/test_scale.py and benchmarks/bench_real_nodes.py. While the run lasts, the
-SuperLink's RSS is sampled once a second, with the RSS of the whole server tree (SuperLink,
-ServerApp) and of all nodes' trees (SuperNode, its SuperExec, the ClientApp processes).
+Used by benchmarks/bench_real_nodes.py (20 nodes x 3 rounds is too slow for the test suite on
+2 cores). While the run lasts, the SuperLink's RSS is sampled once a second, with the RSS of
+the whole server tree (SuperLink, ServerApp) and of all nodes' trees (SuperNode, its
+SuperExec, the ClientApp processes).
 """
 
 from __future__ import annotations
@@ -94,8 +95,16 @@ def start_supernode(root: Path, port: int, ca: Path, buffer: Path) -> subprocess
 
 
 def run_fleet(
-    root: Path, walch_dir: Path, *, nodes: int, rounds: int, timeout: float = 1800.0
+    root: Path,
+    walch_dir: Path,
+    *,
+    nodes: int,
+    rounds: int,
+    round_timeout: float = 300.0,
+    timeout: float = 1800.0,
 ) -> FleetRun:
+    """Run ``rounds`` rounds over ``nodes`` real nodes; a round ends with the nodes that
+    answered within ``round_timeout`` seconds; the whole run is stopped after ``timeout``."""
     certs = pki(root)
     port = free_port()
     config = write_server_config(
@@ -106,7 +115,7 @@ def run_fleet(
         min_nodes=nodes,
         walch_dir=walch_dir,
         held_out=HELD_OUT,
-        round_timeout=timeout,
+        round_timeout=round_timeout,
     )
     people = {s: n for s, n in walch_dataset(walch_dir).items() if s not in HELD_OUT}
     boards = resample_boards(people, nodes, seed=1)
