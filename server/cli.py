@@ -280,7 +280,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             local_iterations=args.local_iterations,
             strategy=StrategySettings(name=args.strategy),
             seed=args.seed,
-            engine=args.engine,
         )
         result = evaluate(Path(args.data), settings, subjects)
     except EvaluationError as error:
@@ -346,12 +345,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluation.add_argument("--subjects", help="only these subject ids (comma-separated)")
     evaluation.add_argument("--seed", type=int, default=0, help="how subjects fall into folds")
-    evaluation.add_argument(
-        "--engine",
-        choices=("inprocess", "ray"),
-        default="inprocess",
-        help="run the ClientApp in this process, or with Flower's simulation engine (Ray)",
-    )
     return parser
 
 

@@ -11,7 +11,9 @@ returns every round's global model:
   strategy code, same ClientApp code, same buffers; no transport and no Ray, so a fold of
   the evaluation takes seconds.
 * ``engine="ray"``: Flower's simulation engine (``flwr.simulation.run_simulation``, Ray
-  backend, from ``flwr[simulation]``), each board's ClientApp run by a Ray actor.
+  backend, from ``flwr[simulation]``), each board's ClientApp run by a Ray actor. Seen here:
+  4 boards x 3 rounds in ~90 s, same model as in-process; on a heavily loaded machine Ray's
+  raylet can time out at start, and Flower then leaves its ServerApp thread waiting.
 """
 
 from __future__ import annotations
