@@ -32,4 +32,5 @@ bench: install
 	$(PY) benchmarks/bench_ingest.py
 	$(PY) benchmarks/bench_memory.py --data $(abspath $(DATA))
 	$(PY) benchmarks/bench_ble.py
+	$(PY) benchmarks/bench_fuzz.py
 	$(PY) benchmarks/bench_qemu_round.py --data $(abspath $(DATA))
