@@ -69,9 +69,10 @@ PY
 else
     python3 -m venv "$venv"
     "$venv/bin/pip" install --upgrade pip
-    # the server also draws `sleepfed-server report`'s plots (matplotlib); boards do not
+    # the server also draws `sleepfed-server report`'s plots (matplotlib) and accounts DP
+    # (dp-accounting); boards do neither
     extras=""
-    if [ "$component" = server ]; then extras="[report]"; fi
+    if [ "$component" = server ]; then extras="[report,server]"; fi
     "$venv/bin/pip" install "$src$extras"
 fi
 
