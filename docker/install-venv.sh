@@ -95,7 +95,8 @@ find "$venv" -depth -type d \( -name tests -o -name __pycache__ \) -path '*/site
 # address/offset not page-aligned" (33 MB would have been saved on amd64).
 # Bytecode compiled once here (the image is read-only to its user): every message a board's
 # SuperNode receives starts a ClientApp process that imports flwr, numpy and scikit-learn;
-# without .pyc files that import took 51 s under QEMU arm64 and 10.7 s on amd64.
+# without .pyc files that import took 51 s under QEMU arm64 and 10.7 s on amd64 (on a busy
+# machine; with them, on a quiet one: 8.2 s and 1.0 s, benchmarks/bench_qemu_round.py).
 "$venv/bin/python" -m compileall -q -j 0 --invalidation-mode unchecked-hash "$venv/lib" >/dev/null
 "$venv/bin/python" -c "import agent.cli, server.cli, numpy, sklearn; print('install-venv: imports ok, numpy', numpy.__version__, 'sklearn', sklearn.__version__)"
 if [ -n "$bundle" ]; then rm -f "$bundle"; fi
