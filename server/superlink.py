@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import sqlite3
 import subprocess
 import time
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 
@@ -72,6 +74,32 @@ def install_app_bundle(config: ServerConfig) -> Path:
     return app_dir
 
 
+def mark_leftover_nodes_offline(database: Path, now: float | None = None) -> int:
+    """Nodes that a previous SuperLink process left "online" are offline: a SuperLink that is
+    not running yet has no live connection. Flower keeps each node online for two heartbeat
+    intervals (60 s) after its last heartbeat, across restarts, so without this the first
+    round after a restart is sent to nodes that are gone, and fails with "node offline"
+    replies, while the returning boards are refused activation as "already online".
+    Returns how many nodes were marked; 0 on a new database."""
+    if not database.exists():
+        return 0
+    at = time.time() if now is None else now
+    connection = sqlite3.connect(database, timeout=30)
+    try:
+        with connection:  # one transaction, committed on leaving
+            marked = connection.execute(
+                "UPDATE node SET status = 'offline', online_until = ?, last_deactivated_at = ? "
+                "WHERE status = 'online'",
+                (at, datetime.fromtimestamp(at, UTC).isoformat()),
+            ).rowcount
+    except sqlite3.OperationalError as error:  # no node table yet, or a changed schema
+        log.warning("could not reset leftover nodes in %s: %s", database, error)
+        return 0
+    finally:
+        connection.close()
+    return marked
+
+
 class SuperLink:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
@@ -83,6 +111,9 @@ class SuperLink:
         if self.config.insecure:
             log.warning("SuperLink runs WITHOUT TLS (--insecure): traffic is not encrypted")
         write_connection(self.config)
+        leftover = mark_leftover_nodes_offline(self.config.state_dir / "superlink.db")
+        if leftover:
+            log.info("%d nodes left online by the previous SuperLink marked offline", leftover)
         with self.log_path.open("ab") as out:
             self.process = subprocess.Popen(
                 superlink_command(self.config),
