@@ -17,6 +17,9 @@ configuration:
 
 from __future__ import annotations
 
+import logging
+
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.client.mod import secaggplus_mod
@@ -26,6 +29,8 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 LEGACY_NUM_EXAMPLES_KEY = "num-examples"
+
+log = logging.getLogger("sleepfed.privacy")
 
 
 def secure_aggregation_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
@@ -41,8 +46,32 @@ def dp_clipping_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -
     if msg.metadata.message_type == MessageType.TRAIN and any(
         KEY_CLIPPING_NORM in record for record in msg.content.config_records.values()
     ):
-        return fixedclipping_mod(msg, ctxt, call_next)
+        replies: list[Message] = []
+
+        def train(inner: Message, inner_context: Context) -> Message:
+            replies.append(call_next(inner, inner_context))
+            return replies[-1]
+
+        try:
+            return fixedclipping_mod(msg, ctxt, train)
+        except ZeroDivisionError:
+            # Flower divides the clipping norm by the update's norm. A board whose training
+            # windows hold one class returns the global model unchanged: its update's norm is
+            # 0, within any clipping norm, so its reply goes out as it is (Flower raises
+            # before it changes the arrays).
+            if replies and _update_norm(msg, replies[-1]) == 0.0:
+                log.info("DP clipping: the update is zero, nothing to clip")
+                return replies[-1]
+            raise
     return call_next(msg, ctxt)
+
+
+def _update_norm(sent: Message, reply: Message) -> float:
+    before = next(iter(sent.content.array_records.values())).to_numpy_ndarrays()
+    after = next(iter(reply.content.array_records.values())).to_numpy_ndarrays()
+    return float(
+        np.sqrt(sum(float(np.sum(np.square(a - b))) for a, b in zip(after, before, strict=True)))
+    )
 
 
 def _status() -> ConfigRecord:

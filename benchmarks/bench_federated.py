@@ -28,17 +28,12 @@ from typing import Any
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from server.evaluate import EvaluationSettings, evaluate, format_table, load_people
+from server.evaluate import EvaluationSettings, evaluate, format_table
 from server.privacy import PrivacySettings, noise_multiplier_for
 from server.strategies import STRATEGIES, StrategySettings
 
 DP_EPSILONS = (1.0, 4.0, 8.0)
 DP_DELTA = 1e-5
-# Seen here: Flower's fixedclipping_mod divides by the update's norm, and a board whose
-# training windows hold one class returns the global model unchanged (norm 0): its
-# ZeroDivisionError fails every DP round it takes part in (Walch subject 2598705 is such a
-# board: all of its few Poor windows fall among its held-out 20%).
-DP_PENDING = "their zero update fails the clipping mod"
 
 
 def _walch_folder(data: Path) -> Path:
@@ -108,14 +103,6 @@ def main(argv: list[str] | None = None) -> int:
         reference = result["centralised"]
         figures[name] = {**result["federated"], "seconds": seconds}
         print(_row(name, result["federated"], seconds), flush=True)
-    # Until the clipping mod takes a zero update, the DP rows leave out the boards that
-    # would send one (training windows of one class), and say so.
-    people = load_people(folder)
-    dp_subjects = [p.subject for p in people if len(set(p.train_xy[1].tolist())) == 2]
-    left_out = sorted({p.subject for p in people} - set(dp_subjects))
-    if not args.skip_dp and left_out:
-        print(f"(DP rows without subject(s) {', '.join(left_out)}: {DP_PENDING})")
-    figures["dp_left_out"] = left_out
     for epsilon in DP_EPSILONS:
         label = f"fedavg + DP ε={epsilon:g}"
         if args.skip_dp:
@@ -132,7 +119,6 @@ def main(argv: list[str] | None = None) -> int:
         result = evaluate(
             folder,
             EvaluationSettings(**compare, local_iterations=args.local_iterations, privacy=privacy),
-            dp_subjects,
         )
         seconds = time.perf_counter() - started
         figures[f"dp_eps_{epsilon:g}"] = {**result["federated"], "sigma": sigma}

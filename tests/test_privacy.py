@@ -94,6 +94,21 @@ def test_dp_clipping_mod_clips_only_when_asked() -> None:
     asked = _train_message(global_arrays, {"clipping_norm": 0.5})
     clipped = dp_clipping_mod(asked, context, app).content["arrays"].to_numpy_ndarrays()
     assert np.sqrt(sum(np.sum(a**2) for a in clipped)) == pytest.approx(0.5)
+    # a one-class board returns the global model unchanged: a zero update, sent as it is
+    unchanged = dp_clipping_mod(
+        _train_message(global_arrays, {"clipping_norm": 0.5}),
+        context,
+        lambda msg, ctxt: Message(
+            content=RecordDict(
+                {"arrays": ArrayRecord(global_arrays), "metrics": MetricRecord({"num-examples": 7})}
+            ),
+            reply_to=msg,
+        ),
+    )
+    assert not unchanged.has_error()
+    returned = unchanged.content["arrays"].to_numpy_ndarrays()
+    assert all(np.array_equal(a, b) for a, b in zip(returned, global_arrays, strict=True))
+    assert unchanged.content["metrics"]["num-examples"] == 7
     # the legacy (SecAgg+) records are translated both ways
     legacy = Message(
         content=RecordDict(
