@@ -64,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare-rounds", type=int, default=10)
     parser.add_argument("--dp-clipping-norm", type=float, default=1.0)
     parser.add_argument("--skip-dp", action="store_true")
+    parser.add_argument(
+        "--dp-only", action="store_true", help="only the DP rows (and the centralised reference)"
+    )
     args = parser.parse_args(argv)
     import logging
 
@@ -71,14 +74,15 @@ def main(argv: list[str] | None = None) -> int:
     folder = _walch_folder(Path(args.data))
     figures: dict[str, Any] = {}
 
-    started = time.perf_counter()
-    main_settings = EvaluationSettings(
-        folds=args.folds, rounds=args.rounds, local_iterations=args.local_iterations
-    )
-    main_result = evaluate(folder, main_settings)
-    figures["main"] = {**main_result, "seconds": time.perf_counter() - started}
-    print(format_table(main_result))
-    print()
+    if not args.dp_only:
+        started = time.perf_counter()
+        main_settings = EvaluationSettings(
+            folds=args.folds, rounds=args.rounds, local_iterations=args.local_iterations
+        )
+        main_result = evaluate(folder, main_settings)
+        figures["main"] = {**main_result, "seconds": time.perf_counter() - started}
+        print(format_table(main_result))
+        print()
 
     compare = {"folds": args.compare_folds, "rounds": args.compare_rounds}
     print(
@@ -89,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| federated | AUC | bal. acc. | SE MAE (pts) | rounds to 99% | seconds |")
     print("|---|---|---|---|---|---|")
     reference: dict[str, Any] = {}
-    for name in STRATEGIES:
+    for name in () if args.dp_only else STRATEGIES:
         started = time.perf_counter()
         result = evaluate(
             folder,
@@ -121,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             EvaluationSettings(**compare, local_iterations=args.local_iterations, privacy=privacy),
         )
         seconds = time.perf_counter() - started
+        reference = reference or result["centralised"]
         figures[f"dp_eps_{epsilon:g}"] = {**result["federated"], "sigma": sigma}
         print(_row(f"{label} (σ={sigma:.2f})", result["federated"], seconds), flush=True)
     print(_row("centralised (reference)", reference, 0.0))
