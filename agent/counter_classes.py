@@ -37,6 +37,8 @@ FAILURE_CLASSES: tuple[str, ...] = (
     *SOURCE_FAILURE_CLASSES,
     "evicted_readings",
     "federation_retries",
+    "node_replies_lost",  # the SuperNode could not send a reply (the server answered 500)
+    "node_restarts",  # the SuperNode's pulling ended on a server error: stopped and restarted
     "model_unusable",
     *(f"sessions_{outcome}" for outcome in FAILED_SESSION_OUTCOMES),
 )

@@ -435,7 +435,19 @@ class Daemon:
             finally:
                 writer.close()
 
-        session = Session(fed, buffer_path, state_dir, end, self.stop, finished, on_retry)
+        def on_node_fault(counter: str, detail: str) -> None:
+            writer = Buffer(buffer_path)
+            try:
+                writer.bump_counters({counter: 1})
+                writer.set_state(
+                    last_node_fault={"counter": counter, "at": time.time(), "detail": detail}
+                )
+            finally:
+                writer.close()
+
+        session = Session(
+            fed, buffer_path, state_dir, end, self.stop, finished, on_retry, on_node_fault
+        )
 
         def run_session() -> None:
             outcome = "error"

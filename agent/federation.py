@@ -58,6 +58,21 @@ PERMANENT_MARKERS = (
     "certificate verify failed",
 )
 
+# Text in the SuperNode's output, while it runs, that means it is hurt without exiting. Flower's
+# SuperNode does not retry an HTTP 500 from the SuperLink (e.g. "database is locked" in its
+# SQLite state under load): a failed push drops the board's reply, and a failed pull ends the
+# node's pulling while its process stays up, so it would never see another message.
+REPLY_LOST_MARKER = "Failed to send message"
+WEDGED_MARKER = "/v1/fleet/pull-messages"
+
+
+def node_faults(text: str) -> tuple[int, bool]:
+    """(replies the node failed to send, whether its pulling has ended) in SuperNode output."""
+    lines = text.splitlines()
+    lost = sum(REPLY_LOST_MARKER in line for line in lines)
+    wedged = any(WEDGED_MARKER in line and "ERROR" in line for line in lines)
+    return lost, wedged
+
 
 class TransientError(Exception):
     """Worth retrying: the server is unreachable or the node lost it."""
@@ -142,6 +157,7 @@ class Session:
         stop: threading.Event,
         finished: Callable[[], bool],
         on_retry: Callable[[int, float, str], None] = lambda attempt, sleep, why: None,
+        on_node_fault: Callable[[str, str], None] = lambda counter, detail: None,
     ) -> None:
         self.config = config
         self.buffer_path = buffer_path
@@ -150,6 +166,7 @@ class Session:
         self.stop = stop
         self.finished = finished
         self.on_retry = on_retry
+        self.on_node_fault = on_node_fault
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = state_dir / "supernode.log"
         self.attempt_times: list[float] = []
@@ -240,6 +257,7 @@ class Session:
         started_at = last_check = time.time()
         finished_at: float | None = None
         lost_since: float | None = None
+        read_to = log_start  # how far this attempt's SuperNode output has been scanned
         try:
             while True:
                 code = self.process.poll()
@@ -273,6 +291,7 @@ class Session:
                 # After the final round the server may leave: only watch it until then.
                 if finished_at is None and now - last_check >= self.config.server_check_seconds:
                     last_check = now
+                    read_to = self._scan_node_output(read_to)
                     lost_since = self._check_server(lost_since)
                 self.stop.wait(0.5)
         finally:
@@ -299,6 +318,32 @@ class Session:
         if lost_since is not None:
             log.info("federation: server reachable again after %.0fs", time.time() - lost_since)
         return None
+
+    def _scan_node_output(self, offset: int) -> int:
+        """Count what the running SuperNode reported since ``offset``; a node whose pulling
+        ended is stopped, and the session retries (a new node pulls again)."""
+        try:
+            with self.log_path.open("rb") as handle:
+                handle.seek(offset)
+                chunk = handle.read()
+        except OSError:
+            return offset
+        complete = chunk[: chunk.rfind(b"\n") + 1]  # whole lines only
+        lost, wedged = node_faults(complete.decode("utf-8", "replace"))
+        if lost:
+            log.warning(
+                "federation: the node failed to send %d reply(ies) to the server; "
+                "those rounds go on without this board",
+                lost,
+                extra={"ERROR_CLASS": "transient"},
+            )
+            self.on_node_fault("node_replies_lost", f"{lost} reply(ies) not sent")
+        if wedged:
+            self.on_node_fault(
+                "node_restarts", "the server failed a pull; the node stopped pulling"
+            )
+            raise TransientError("the server failed the node's pull (HTTP 500); node restarted")
+        return offset + len(complete)
 
     def terminate(self) -> None:
         process, self.process = self.process, None

@@ -195,6 +195,14 @@ class AgentCollector(Collector):
             "connection attempts to the server that failed and were retried",
             value=counters.get("federation_retries", 0),
         )
+        node_faults = CounterMetricFamily(
+            "sleepfed_agent_node_faults",
+            "the SuperNode's replies lost and restarts after the server failed its pull",
+            labels=["class"],
+        )
+        for name in ("node_replies_lost", "node_restarts"):
+            node_faults.add_metric([name], counters.get(name, 0))
+        yield node_faults
         yield histogram(
             "sleepfed_agent_round_duration_seconds",
             "time between this board's receipts of consecutive rounds' global models",
