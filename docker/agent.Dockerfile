@@ -25,13 +25,17 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 COPY docker/install-venv.sh /tmp/install-venv.sh
-COPY pyproject.toml README.md /src/
+# Two layers: the dependencies (from pyproject.toml alone) stay cached while only sleepfed's
+# own code changes. build_ca (optional): extra CA certificates for a TLS-intercepting proxy,
+# used by pip in this stage only; a secret is never written to a layer.
+COPY pyproject.toml /src/
+RUN --mount=type=secret,id=build_ca \
+    sh /tmp/install-venv.sh deps /src /opt/sleepfed/venv agent
+COPY README.md /src/
 COPY agent /src/agent
 COPY server /src/server
-# build_ca (optional): extra CA certificates for a TLS-intercepting proxy, used by pip in
-# this stage only; a secret is never written to a layer.
 RUN --mount=type=secret,id=build_ca \
-    sh /tmp/install-venv.sh /src /opt/sleepfed/venv agent
+    sh /tmp/install-venv.sh app /src /opt/sleepfed/venv agent
 
 # ---------------------------------------------------------------- final stage
 FROM ${RUNTIME_IMAGE}

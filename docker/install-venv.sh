@@ -1,6 +1,12 @@
 #!/bin/sh
-# Build stage of docker/agent.Dockerfile and docker/server.Dockerfile: make the venv and
-# install sleepfed into it.   install-venv.sh SRC VENV
+# Build stage of docker/agent.Dockerfile and docker/server.Dockerfile, in two layers so that a
+# change to sleepfed's own code does not reinstall its dependencies (under QEMU that took
+# 18 min for arm64):
+#   install-venv.sh deps SRC VENV COMPONENT   the venv and every dependency that
+#                                             SRC/pyproject.toml names (only that file is
+#                                             needed), trimmed and byte-compiled
+#   install-venv.sh app  SRC VENV COMPONENT   sleepfed itself (--no-deps), then pip removed
+# COMPONENT is agent or server (the server adds the report and server extras).
 #
 # linux/arm/v7 (or DEBIAN_SCIENTIFIC=yes): PyPI has no armv7 wheels for numpy, scipy or
 # scikit-learn and building them under QEMU takes hours, so the venv is made from Debian's
@@ -9,9 +15,11 @@
 # bookworm ships numpy 1.24 / scikit-learn 1.2, below the versions pyproject asks for), and
 # without the requirements' extras (uvloop, httptools, greenlet: no armv7 wheels).
 set -eu
-src=$1
-venv=$2
-component=${3:-server}
+mode=$1
+src=$2
+venv=$3
+component=${4:-server}
+case "$mode" in deps|app) ;; *) echo "install-venv: mode must be deps or app, not $mode" >&2; exit 2 ;; esac
 
 scientific=${DEBIAN_SCIENTIFIC:-auto}
 if [ "$scientific" = auto ]; then
@@ -34,70 +42,97 @@ if [ -s /run/secrets/build_ca ]; then
     echo "install-venv: using the build_ca secret for TLS (build stage only)"
 fi
 
-if [ "$scientific" = yes ]; then
-    echo "install-venv: Debian's numpy/scipy/scikit-learn + --system-site-packages"
-    apt-get update
-    # compilers only here, in the build stage, for any sdist without an armv7 wheel
-    apt-get install -y --no-install-recommends python3 python3-venv python3-dev \
-        python3-numpy python3-scipy python3-sklearn build-essential libffi-dev
-    /usr/bin/python3 -m venv --system-site-packages "$venv"
-    "$venv/bin/pip" install --upgrade pip wheel
-    "$venv/bin/pip" install --no-deps "$src" "flwr==1.42.*"
-    # the rest of sleepfed's and flwr's requirements, minus what Debian provides
-    "$venv/bin/python" - > /tmp/requirements.txt <<'PY'
-from importlib.metadata import requires
+# sleepfed's own requirements (with the component's extras), read from pyproject.toml alone;
+# SKIP names those left out (Debian's, on armv7); NO_EXTRAS=1 drops the requirements' extras.
+requirements() {
+    SKIP="${SKIP:-}" NO_EXTRAS="${NO_EXTRAS:-}" COMPONENT="$component" "$1" - "$src/pyproject.toml" <<'PY'
+import os, sys, tomllib
+project = tomllib.load(open(sys.argv[1], "rb"))["project"]
+lines = list(project["dependencies"])
+if os.environ["COMPONENT"] == "server":
+    for extra in ("report", "server"):
+        lines += project["optional-dependencies"][extra]
+skip = set(os.environ["SKIP"].split())
+if skip:  # the scientific branch: flwr's own requirements too, flwr itself installed apart
+    from importlib.metadata import requires
+    lines += requires("flwr") or []
 from packaging.requirements import Requirement
-skip = {"numpy", "scipy", "scikit-learn", "flwr"}
 seen = set()
-for dist in ("sleepfed", "flwr"):
-    for line in requires(dist) or []:
-        req = Requirement(line)
-        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
-            continue
-        if req.name.lower() in skip or str(req) in seen:
-            continue
-        # no extras: uvicorn[standard] (uvloop, httptools) and sqlalchemy[asyncio] (greenlet)
-        # have no armv7 wheels and serve the SuperLink side of flwr, not a board
+for line in lines:
+    req = Requirement(line)
+    if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+        continue
+    if req.name.lower() in skip:
+        continue
+    if os.environ["NO_EXTRAS"]:
         req.extras = set()
+    if str(req) not in seen:
         seen.add(str(req))
         print(req)
 PY
+}
+
+if [ "$mode" = deps ]; then
+    if [ "$scientific" = yes ]; then
+        echo "install-venv: Debian's numpy/scipy/scikit-learn + --system-site-packages"
+        apt-get update
+        # compilers only here, in the build stage, for any sdist without an armv7 wheel
+        apt-get install -y --no-install-recommends python3 python3-venv python3-dev \
+            python3-numpy python3-scipy python3-sklearn python3-packaging build-essential \
+            libffi-dev
+        /usr/bin/python3 -m venv --system-site-packages "$venv"
+        "$venv/bin/pip" install --upgrade pip wheel packaging
+        "$venv/bin/pip" install --no-deps "flwr==1.42.*"
+        # no extras: uvicorn[standard] (uvloop, httptools) and sqlalchemy[asyncio] (greenlet)
+        # have no armv7 wheels and serve the SuperLink side of flwr, not a board
+        SKIP="numpy scipy scikit-learn flwr" NO_EXTRAS=1 requirements "$venv/bin/python" \
+            > /tmp/requirements.txt
+        rm -rf /var/lib/apt/lists/*
+    else
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --upgrade pip packaging
+        # the server also draws `sleepfed-server report`'s plots (matplotlib) and accounts DP
+        # (dp-accounting); boards do neither
+        requirements "$venv/bin/python" > /tmp/requirements.txt
+    fi
     cat /tmp/requirements.txt
     "$venv/bin/pip" install -r /tmp/requirements.txt
     rm -f /tmp/requirements.txt
-    "$venv/bin/pip" check || echo "install-venv: pip check reports the Debian versions above (expected)"
-else
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --upgrade pip
-    # the server also draws `sleepfed-server report`'s plots (matplotlib) and accounts DP
-    # (dp-accounting); boards do neither
-    extras=""
-    if [ "$component" = server ]; then extras="[report,server]"; fi
-    "$venv/bin/pip" install "$src$extras"
+
+    # Smaller image. Neither side ever installs an app's dependencies at run time (Flower's
+    # runtime dependency install is off, and the apps are the ones installed here), so uv,
+    # which flwr requires only for that, is removed: 37 MB, and a board cannot pip-install
+    # what a server's app asks for. A board's SuperNode serves its local runtime API with
+    # uvicorn's pure-Python fallbacks (asyncio loop, h11), so the agent image also drops
+    # uvloop, httptools, watchfiles and websockets (uvicorn[standard]'s speed-ups, ~17 MB).
+    drop="uv"
+    if [ "$component" = agent ]; then drop="$drop uvloop httptools watchfiles websockets"; fi
+    # shellcheck disable=SC2086
+    "$venv/bin/python" -m pip uninstall -y $drop >/dev/null 2>&1 || true
+    # No test suites of the dependencies in the shipped venv.
+    find "$venv" -depth -type d \( -name tests -o -name __pycache__ \) -path '*/site-packages/*' \
+        -exec rm -rf {} + 2>/dev/null || true
+    # Not stripped: `strip --strip-unneeded` on the wheels' bundled libraries (auditwheel-
+    # patched with patchelf) breaks them; seen here: numpy's libscipy_openblas64_ "ELF load
+    # command address/offset not page-aligned" (33 MB would have been saved on amd64).
+    # Bytecode compiled once here (the image is read-only to its user): every message a
+    # board's SuperNode receives starts a ClientApp process that imports flwr, numpy and
+    # scikit-learn; without .pyc files that import took 51 s under QEMU arm64 and 10.7 s on
+    # amd64 (on a busy machine; with them, on a quiet one: 8.2 s and 1.0 s,
+    # benchmarks/bench_qemu_round.py).
+    "$venv/bin/python" -m compileall -q -j 0 --invalidation-mode unchecked-hash "$venv/lib" \
+        >/dev/null
+    "$venv/bin/python" -c "import flwr, numpy, sklearn; print('install-venv: dependencies ok, numpy', numpy.__version__, 'sklearn', sklearn.__version__)"
+    if [ -n "$bundle" ]; then rm -f "$bundle"; fi
+    exit 0
 fi
 
-# Smaller image. Neither side ever installs an app's dependencies at run time (Flower's
-# runtime dependency install is off, and the apps are the ones installed here), so uv, which
-# flwr requires only for that, is removed: 37 MB, and a board cannot pip-install what a
-# server's app asks for. A board's SuperNode serves its local runtime API with uvicorn's
-# pure-Python fallbacks (asyncio loop, h11), so the agent image also drops uvloop, httptools,
-# watchfiles and websockets (uvicorn[standard]'s speed-ups, ~17 MB).
-drop="uv"
-if [ "$component" = agent ]; then drop="$drop uvloop httptools watchfiles websockets"; fi
-# shellcheck disable=SC2086
-"$venv/bin/python" -m pip uninstall -y $drop >/dev/null 2>&1 || true
-# No test suites of the dependencies, no pip/setuptools in the shipped venv.
-find "$venv" -depth -type d \( -name tests -o -name __pycache__ \) -path '*/site-packages/*' \
-    -exec rm -rf {} + 2>/dev/null || true
+# app: sleepfed itself over the deps layer (the imports below show nothing is missing)
+"$venv/bin/pip" install --no-deps "$src"
+site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
+"$venv/bin/python" -m compileall -q --invalidation-mode unchecked-hash "$site/agent" \
+    "$site/server" >/dev/null
+# No pip, setuptools or wheel in the shipped venv.
 "$venv/bin/python" -m pip uninstall -y pip setuptools wheel >/dev/null 2>&1 || true
-# Not stripped: `strip --strip-unneeded` on the wheels' bundled libraries (auditwheel-patched
-# with patchelf) breaks them; seen here: numpy's libscipy_openblas64_ "ELF load command
-# address/offset not page-aligned" (33 MB would have been saved on amd64).
-# Bytecode compiled once here (the image is read-only to its user): every message a board's
-# SuperNode receives starts a ClientApp process that imports flwr, numpy and scikit-learn;
-# without .pyc files that import took 51 s under QEMU arm64 and 10.7 s on amd64 (on a busy
-# machine; with them, on a quiet one: 8.2 s and 1.0 s, benchmarks/bench_qemu_round.py).
-"$venv/bin/python" -m compileall -q -j 0 --invalidation-mode unchecked-hash "$venv/lib" >/dev/null
-"$venv/bin/python" -c "import agent.cli, server.cli, numpy, sklearn; print('install-venv: imports ok, numpy', numpy.__version__, 'sklearn', sklearn.__version__)"
+"$venv/bin/python" -c "import agent.cli, server.cli; print('install-venv: sleepfed installed')"
 if [ -n "$bundle" ]; then rm -f "$bundle"; fi
-if [ "$scientific" = yes ]; then rm -rf /var/lib/apt/lists/*; fi
