@@ -213,6 +213,10 @@ if [ "$BUILD" = 1 ]; then
 fi
 rm -f "$BUILD_CA"
 
+# The images these builds replaced (now untagged) would fill the engine's disk build after
+# build; BuildKit's layer cache is kept.
+if [ "$BUILD" = 1 ]; then $DOCKER image prune -f >/dev/null || true; fi
+
 echo
 echo "== step times (host $host_arch) =="
 cat "$SUMMARY"
