@@ -47,6 +47,7 @@ from load_fleet import (  # noqa: E402
     RpcBytes,
     board_bytes,
     build_fleet,
+    node_faults,
     rounds_of,
     run_started_at,
     sessions_finished,
@@ -152,7 +153,15 @@ def spread(values: list[float]) -> str:
 
 
 def run(args: argparse.Namespace, root: Path, walch: Path) -> dict[str, object]:
-    fleet: Fleet = build_fleet(root, walch, args.boards, args.rounds, args.rate, args.key_curve)
+    fleet: Fleet = build_fleet(
+        root,
+        walch,
+        args.boards,
+        args.rounds,
+        args.rate,
+        args.key_curve,
+        round_timeout=args.round_timeout,
+    )
     agents = []
     server = None
     sampler = Sampler()
@@ -192,6 +201,7 @@ def run(args: argparse.Namespace, root: Path, walch: Path) -> dict[str, object]:
                 "stored": stored,
                 "lost": board.sent - min(acked, stored),
                 "replay_error": board.replay_error,
+                **node_faults(board),
             }
         wire = {board.name: board_bytes(board) for board in fleet.boards}
         handshake = tls_handshake_bytes(fleet.certs)
@@ -228,6 +238,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=("p384", "p256"),
         default="p384",
         help="the boards' node keys (sleepfed-enroll makes P-384)",
+    )
+    parser.add_argument(
+        "--round-timeout",
+        type=float,
+        default=900.0,
+        help="the server's round_timeout_seconds: how long a round waits for a lost reply",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp folder (logs)")
     args = parser.parse_args(argv)
@@ -311,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     total_lost = sum(int(v["lost"]) for v in lost.values())  # type: ignore[call-overload]
     rates = [int(v["sent"]) / ingest for v in lost.values()]  # type: ignore[call-overload]
     errors = {k: v["replay_error"] for k, v in lost.items() if v["replay_error"]}
+    for fault in ("node_replies_lost", "node_restarts"):
+        counted = {k: v[fault] for k, v in lost.items() if v[fault]}
+        print(f"{fault}: {sum(counted.values())} {counted or ''}")  # type: ignore[arg-type]
     print(
         f"\nreadings: {sent:,} sent over {ingest:.0f} s ({spread(rates)} readings/s per board), "
         f"lost {total_lost} (sent - min(acknowledged, stored)); replay errors: {errors or 'none'}"

@@ -154,6 +154,7 @@ def build_fleet(
     rate: float,
     curve: str = "p384",
     node_auth: bool = True,
+    round_timeout: float = 900.0,
 ) -> Fleet:
     """Server config, PKI, registry and ``boards`` board folders; nothing started yet.
     Without ``node_auth`` the boards' SuperNodes make their own keys and register
@@ -168,7 +169,7 @@ def build_fleet(
         min_nodes=boards,
         walch_dir=walch,
         held_out=HELD_OUT,
-        round_timeout=900.0,
+        round_timeout=round_timeout,
     )
     text = server_config.read_text()
     setting = f"node_auth = {'true' if node_auth else 'false'}"
@@ -248,6 +249,12 @@ def stored_readings(board: Board) -> int:
         return counts.readings + counts.stage_labels
     finally:
         buffer.close()
+
+
+def node_faults(board: Board) -> dict[str, int]:
+    """The board's SuperNode faults: replies it could not send, restarts after a failed pull."""
+    counters = board_state(board.config)["counters"]
+    return {k: int(counters.get(k, 0)) for k in ("node_replies_lost", "node_restarts")}  # type: ignore[union-attr]
 
 
 def sessions_finished(fleet: Fleet) -> bool:
