@@ -287,8 +287,22 @@ class Daemon:
         try:
             evicted = self.buffer.make_room(target)
         except sqlite3.Error as error:
-            log.error("disk full: could not evict (%s)", error, extra=_DISK_FULL)
-            return False
+            if not self.buffer.reserve_path.exists():
+                log.error("disk full: could not evict (%s)", error, extra=_DISK_FULL)
+                return False
+            # Evicting writes too (SQLite's journal): with the disk already full it needs the
+            # reserve, even when no reading's write has failed yet.
+            log.warning(
+                "disk full: evicting could not write (%s); giving up the reserve",
+                error,
+                extra=_DISK_FULL,
+            )
+            self.buffer.release_reserve()
+            try:
+                evicted = self.buffer.make_room(target + RESERVE_BYTES)
+            except sqlite3.Error as again:
+                log.error("disk full: could not evict (%s)", again, extra=_DISK_FULL)
+                return False
         if evicted:
             log.warning(
                 "disk low: evicted %d oldest raw readings, %.1f MB free now",
