@@ -156,53 +156,66 @@ def _decode_body(body: bytes, encoding: str | None) -> bytes:
     raise AssertionError(f"unexpected content-encoding {encoding!r}")
 
 
-def parse_http_stream(data: bytes) -> list[HttpMessage]:
+def parse_http_stream(data: bytes, cut_tail: bool = False) -> list[HttpMessage]:
     """Split one direction of an HTTP/1.1 connection into messages (Content-Length or
-    chunked bodies; no bodies without either, which is how Fleet requests/replies go)."""
+    chunked bodies; no bodies without either, which is how Fleet requests/replies go).
+    ``cut_tail``: the connection may have been cut mid-message (a node stopped while it
+    sent): its last, incomplete message is counted with the bytes that did cross."""
     messages: list[HttpMessage] = []
     offset = 0
     while offset < len(data):
-        end = data.find(b"\r\n\r\n", offset)
-        assert end >= 0, f"incomplete HTTP head at byte {offset} of {len(data)}"
-        head = data[offset:end].decode("latin-1").split("\r\n")
-        headers = [
-            (key.strip(), value.strip()) for key, value in (line.split(":", 1) for line in head[1:])
-        ]
-        names = {key.lower(): value for key, value in headers}
-        position = end + 4
-        if names.get("transfer-encoding", "").lower() == "chunked":
-            body = bytearray()
-            while True:
-                line_end = data.index(b"\r\n", position)
-                size = int(data[position:line_end].split(b";")[0], 16)
-                position = line_end + 2
-                body.extend(data[position : position + size])
-                position += size + 2
-                if size == 0:
-                    break
-        else:
-            length = int(names.get("content-length", "0"))
-            body = bytearray(data[position : position + length])
-            assert len(body) == length, "truncated HTTP body"
-            position += length
-        messages.append(
-            HttpMessage(
-                start_line=head[0],
-                headers=headers,
-                body=_decode_body(bytes(body), names.get("content-encoding")),
-                raw_size=position - offset,
-            )
-        )
-        offset = position
+        try:
+            message = _parse_http_message(data, offset)
+        except (AssertionError, ValueError):
+            if not cut_tail:
+                raise
+            messages.append(HttpMessage("(cut)", [], b"", len(data) - offset))
+            break
+        messages.append(message)
+        offset += message.raw_size
     return messages
+
+
+def _parse_http_message(data: bytes, offset: int) -> HttpMessage:
+    end = data.find(b"\r\n\r\n", offset)
+    assert end >= 0, f"incomplete HTTP head at byte {offset} of {len(data)}"
+    head = data[offset:end].decode("latin-1").split("\r\n")
+    headers = [
+        (key.strip(), value.strip()) for key, value in (line.split(":", 1) for line in head[1:])
+    ]
+    names = {key.lower(): value for key, value in headers}
+    position = end + 4
+    if names.get("transfer-encoding", "").lower() == "chunked":
+        body = bytearray()
+        while True:
+            line_end = data.index(b"\r\n", position)
+            size = int(data[position:line_end].split(b";")[0], 16)
+            position = line_end + 2
+            chunk = data[position : position + size]
+            assert len(chunk) == size, "truncated HTTP chunk"
+            body.extend(chunk)
+            position += size + 2
+            if size == 0:
+                break
+    else:
+        length = int(names.get("content-length", "0"))
+        body = bytearray(data[position : position + length])
+        assert len(body) == length, "truncated HTTP body"
+        position += length
+    return HttpMessage(
+        start_line=head[0],
+        headers=headers,
+        body=_decode_body(bytes(body), names.get("content-encoding")),
+        raw_size=position - offset,
+    )
 
 
 def http_exchanges(connections: list[Connection]) -> list[tuple[HttpMessage, HttpMessage | None]]:
     """(request, response) pairs in order, per connection (no pipelining in httpx)."""
     pairs: list[tuple[HttpMessage, HttpMessage | None]] = []
     for connection in connections:
-        requests = parse_http_stream(bytes(connection.sent))
-        responses = parse_http_stream(bytes(connection.received))
+        requests = parse_http_stream(bytes(connection.sent), cut_tail=True)
+        responses = parse_http_stream(bytes(connection.received), cut_tail=True)
         for index, request in enumerate(requests):
             pairs.append((request, responses[index] if index < len(responses) else None))
     return pairs
