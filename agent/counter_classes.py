@@ -33,12 +33,17 @@ SOURCE_FAILURE_CLASSES: tuple[str, ...] = (
 FAILED_SESSION_OUTCOMES: tuple[str, ...] = ("gave_up", "refused", "error", "idle", "window_end")
 SESSION_OUTCOMES: tuple[str, ...] = ("finished", "shutdown", *FAILED_SESSION_OUTCOMES)
 
+# What the agent reads in its running SuperNode's output (agent.federation.node_faults).
+NODE_FAULT_CLASSES: tuple[str, ...] = (
+    "node_replies_lost",  # the SuperNode could not send a reply (the server answered 500)
+    "node_restarts",  # the SuperNode's pulling ended on a server error: stopped and restarted
+)
+
 FAILURE_CLASSES: tuple[str, ...] = (
     *SOURCE_FAILURE_CLASSES,
     "evicted_readings",
     "federation_retries",
-    "node_replies_lost",  # the SuperNode could not send a reply (the server answered 500)
-    "node_restarts",  # the SuperNode's pulling ended on a server error: stopped and restarted
+    *NODE_FAULT_CLASSES,
     "model_unusable",
     *(f"sessions_{outcome}" for outcome in FAILED_SESSION_OUTCOMES),
 )

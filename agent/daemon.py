@@ -287,22 +287,17 @@ class Daemon:
         try:
             evicted = self.buffer.make_room(target)
         except sqlite3.Error as error:
-            if not self.buffer.reserve_path.exists():
-                log.error("disk full: could not evict (%s)", error, extra=_DISK_FULL)
-                return False
-            # Evicting writes too (SQLite's journal): with the disk already full it needs the
-            # reserve, even when no reading's write has failed yet.
-            log.warning(
-                "disk full: evicting could not write (%s); giving up the reserve",
-                error,
-                extra=_DISK_FULL,
-            )
-            self.buffer.release_reserve()
-            try:
-                evicted = self.buffer.make_room(target + RESERVE_BYTES)
-            except sqlite3.Error as again:
-                log.error("disk full: could not evict (%s)", again, extra=_DISK_FULL)
-                return False
+            if self.buffer.reserve_path.exists():
+                # Evicting writes too (its checkpoint may grow the file first): on a disk that
+                # ingest alone filled it needs the reserve as much as a failed commit does.
+                log.warning(
+                    "disk full: evicting could not write (%s); giving up the reserve",
+                    error,
+                    extra=_DISK_FULL,
+                )
+                return self._make_room(emergency=True)
+            log.error("disk full: could not evict (%s)", error, extra=_DISK_FULL)
+            return False
         if evicted:
             log.warning(
                 "disk low: evicted %d oldest raw readings, %.1f MB free now",
@@ -432,32 +427,31 @@ class Daemon:
             finally:
                 reader.close()
 
-        def on_retry(attempt: int, sleep: float, why: str) -> None:
+        def record(counter: str, **state: object) -> None:
             # Visible at once in `sleepfed-agent status`, not only when the session ends.
             writer = Buffer(buffer_path)
             try:
-                writer.bump_counters({"federation_retries": 1})
-                writer.set_state(
-                    last_retry={
-                        "attempt": attempt,
-                        "at": time.time(),
-                        "sleep": sleep,
-                        "error": why[:200],
-                    },
-                    session_attempts=list(session.attempt_times),
-                )
+                writer.bump_counters({counter: 1})
+                writer.set_state(**state)
             finally:
                 writer.close()
 
+        def on_retry(attempt: int, sleep: float, why: str) -> None:
+            record(
+                "federation_retries",
+                last_retry={
+                    "attempt": attempt,
+                    "at": time.time(),
+                    "sleep": sleep,
+                    "error": why[:200],
+                },
+                session_attempts=list(session.attempt_times),
+            )
+
         def on_node_fault(counter: str, detail: str) -> None:
-            writer = Buffer(buffer_path)
-            try:
-                writer.bump_counters({counter: 1})
-                writer.set_state(
-                    last_node_fault={"counter": counter, "at": time.time(), "detail": detail}
-                )
-            finally:
-                writer.close()
+            record(
+                counter, last_node_fault={"counter": counter, "at": time.time(), "detail": detail}
+            )
 
         session = Session(
             fed, buffer_path, state_dir, end, self.stop, finished, on_retry, on_node_fault

@@ -30,6 +30,7 @@ from prometheus_client.registry import Collector
 from agent.buffer import Buffer, BufferError
 from agent.counter_classes import (
     FAILED_SESSION_OUTCOMES,
+    NODE_FAULT_CLASSES,
     SESSION_OUTCOMES,
     SOURCE_FAILURE_CLASSES,
     prefixed,
@@ -200,7 +201,7 @@ class AgentCollector(Collector):
             "the SuperNode's replies lost and restarts after the server failed its pull",
             labels=["class"],
         )
-        for name in ("node_replies_lost", "node_restarts"):
+        for name in NODE_FAULT_CLASSES:
             node_faults.add_metric([name], counters.get(name, 0))
         yield node_faults
         yield histogram(

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.mod import fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
-from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, get_norm
 
 LEGACY_NUM_EXAMPLES_KEY = "num-examples"
 
@@ -69,9 +68,7 @@ def dp_clipping_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -
 def _update_norm(sent: Message, reply: Message) -> float:
     before = next(iter(sent.content.array_records.values())).to_numpy_ndarrays()
     after = next(iter(reply.content.array_records.values())).to_numpy_ndarrays()
-    return float(
-        np.sqrt(sum(float(np.sum(np.square(a - b))) for a, b in zip(after, before, strict=True)))
-    )
+    return get_norm([a - b for a, b in zip(after, before, strict=True)])
 
 
 def _status() -> ConfigRecord:

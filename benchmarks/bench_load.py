@@ -59,6 +59,8 @@ from load_fleet import (  # noqa: E402
     wait_connected,
 )
 
+from agent.counter_classes import NODE_FAULT_CLASSES  # noqa: E402
+
 MB = 2**20
 GOAL_BYTES_PER_BOARD_ROUND = 10_000
 INTERVAL = 1.0
@@ -327,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     total_lost = sum(int(v["lost"]) for v in lost.values())  # type: ignore[call-overload]
     rates = [int(v["sent"]) / ingest for v in lost.values()]  # type: ignore[call-overload]
     errors = {k: v["replay_error"] for k, v in lost.items() if v["replay_error"]}
-    for fault in ("node_replies_lost", "node_restarts"):
+    for fault in NODE_FAULT_CLASSES:
         counted = {k: v[fault] for k, v in lost.items() if v[fault]}
         print(f"{fault}: {sum(counted.values())} {counted or ''}")  # type: ignore[arg-type]
     print(

@@ -36,6 +36,7 @@ from federation_helpers import (
 from wire_capture import CaptureProxy, HttpMessage, http_exchanges
 
 from agent.buffer import Buffer
+from agent.counter_classes import NODE_FAULT_CLASSES
 from agent.features import walch_subjects
 from agent.protocol import Reading
 from agent.replay import PtyLink, replay, walch_readings
@@ -254,7 +255,7 @@ def stored_readings(board: Board) -> int:
 def node_faults(board: Board) -> dict[str, int]:
     """The board's SuperNode faults: replies it could not send, restarts after a failed pull."""
     counters = board_state(board.config)["counters"]
-    return {k: int(counters.get(k, 0)) for k in ("node_replies_lost", "node_restarts")}  # type: ignore[union-attr]
+    return {k: int(counters.get(k, 0)) for k in NODE_FAULT_CLASSES}  # type: ignore[union-attr]
 
 
 def sessions_finished(fleet: Fleet) -> bool:
