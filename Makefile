@@ -34,3 +34,4 @@ bench: install
 	$(PY) benchmarks/bench_ble.py
 	$(PY) benchmarks/bench_fuzz.py
 	$(PY) benchmarks/bench_qemu_round.py --data $(abspath $(DATA))
+	$(PY) benchmarks/bench_federated.py --data $(abspath $(DATA))

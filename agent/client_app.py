@@ -4,7 +4,8 @@ It is installed with the agent and started by the board's own ``flower-supernode
 of the daemon); the node config carries the path of the board's buffer. Only model arrays
 and scalar metrics leave the board: never readings, timestamps or night names.
 
-* train: warm-start a LogisticRegression from the global arrays on the board's labelled
+* train: from the global arrays, take the configured number of fixed-size gradient steps
+  (``local-iterations``, ``learning-rate``; :mod:`agent.objective`) on the board's labelled
   windows (all but the held-out ones) and return the new arrays.
 * evaluate: keep the global model (it is the board's latest model, used for its nightly
   predictions) and score it on the board's held-out windows.
@@ -21,7 +22,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from agent import model, proximal
+from agent import model, objective
 from agent.buffer import Buffer
 from agent.privacy_mods import CLIENT_MODS
 
@@ -104,18 +105,18 @@ def train(msg: Message, context: Context) -> Message:
     model.check_arrays(arrays)
     config = msg.content["config"]
     server_round = int(config.get("server-round", 0))
-    iterations = int(config.get("local-iterations", model.DEFAULT_LOCAL_ITERATIONS))
-    # FedProx (server.strategies) sends its proximal term's weight; see agent.proximal
+    steps = int(config.get("local-iterations", objective.DEFAULT_STEPS))
+    learning_rate = float(config.get("learning-rate", objective.DEFAULT_LEARNING_RATE))
+    # FedProx (server.strategies) sends its proximal term's weight
     mu = float(config.get("proximal-mu", 0.0))
     buffer = _open_buffer(context)
     try:
         features, labels, held_out = _labelled_windows(buffer)
         train_x, train_y = features[~held_out], labels[~held_out]
         started = time.perf_counter()
-        if mu > 0:
-            new_arrays = proximal.fit(arrays, train_x, train_y, mu=mu, iterations=iterations)
-        else:
-            new_arrays = model.train(arrays, train_x, train_y, iterations=iterations)
+        new_arrays = model.train(
+            arrays, train_x, train_y, steps=steps, learning_rate=learning_rate, mu=mu
+        )
         seconds = time.perf_counter() - started
         scores = _score(new_arrays, train_x, train_y)
         buffer.bump_counters({"rounds_trained": 1})

@@ -1,8 +1,10 @@
 """The sleep-quality model shared by boards and server: a logistic regression over the window
 features of :mod:`agent.features`, exchanged as two arrays ``[coef (1, F), intercept (1,)]``.
 
-Prediction is plain numpy (the daemon's idle path never imports scikit-learn); training uses
-scikit-learn's LogisticRegression warm-started from the global arrays.
+Prediction is plain numpy (the daemon's idle path never imports scikit-learn). A board trains
+with fixed-size gradient steps from the global arrays (:mod:`agent.objective`); the references
+that fit one data set to the optimum use scikit-learn's LogisticRegression on the same
+objective.
 """
 
 from __future__ import annotations
@@ -11,12 +13,10 @@ import io
 
 import numpy as np
 
+from agent import objective
 from agent.features import N_FEATURES
 
 Arrays = list[np.ndarray]
-
-DEFAULT_C = 1.0
-DEFAULT_LOCAL_ITERATIONS = 20
 
 
 def initial_arrays() -> Arrays:
@@ -45,27 +45,41 @@ def train(
     features: np.ndarray,
     labels: np.ndarray,
     *,
-    c: float = DEFAULT_C,
-    iterations: int = DEFAULT_LOCAL_ITERATIONS,
+    steps: int = objective.DEFAULT_STEPS,
+    learning_rate: float = objective.DEFAULT_LEARNING_RATE,
+    alpha: float = objective.DEFAULT_ALPHA,
+    mu: float = 0.0,
 ) -> Arrays:
-    """Local training: LogisticRegression warm-started from ``arrays`` (balanced classes)."""
+    """A board's training in a round: fixed-size gradient steps from the global ``arrays``
+    (balanced classes; ``mu`` > 0 adds FedProx's proximal term). See :mod:`agent.objective`."""
+    return objective.descend(
+        arrays, features, labels, steps=steps, learning_rate=learning_rate, alpha=alpha, mu=mu
+    )
+
+
+def fit(
+    features: np.ndarray,
+    labels: np.ndarray,
+    *,
+    alpha: float = objective.DEFAULT_ALPHA,
+    iterations: int = 500,
+) -> Arrays:
+    """The objective's optimum on these windows alone (the centralised and local-only
+    references): scikit-learn's LogisticRegression, balanced classes, ``C = 1/(alpha·n)``."""
+    import warnings
+
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
     if len(np.unique(labels)) < 2:
-        return [a.copy() for a in arrays]  # one class only: nothing to learn locally
-    model = LogisticRegression(
-        C=c, max_iter=iterations, warm_start=True, class_weight="balanced", solver="lbfgs"
+        return initial_arrays()  # one class only: nothing to learn
+    fitted = LogisticRegression(
+        C=1.0 / (alpha * len(labels)), max_iter=iterations, class_weight="balanced"
     )
-    model.classes_ = np.array([0, 1])
-    model.coef_ = arrays[0].copy()
-    model.intercept_ = arrays[1].copy()
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        model.fit(features, labels)
-    return [model.coef_.astype(float), model.intercept_.astype(float)]
+        fitted.fit(features, labels)
+    return [fitted.coef_.astype(float), fitted.intercept_.astype(float)]
 
 
 def log_loss(arrays: Arrays, features: np.ndarray, labels: np.ndarray) -> float:

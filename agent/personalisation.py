@@ -1,7 +1,7 @@
 """On-device personalisation: the global model adapted to one person's own labelled windows.
 
 A board fine-tunes the global model on its own labelled windows with a strong proximal
-term (:mod:`agent.proximal`): the person's intercept (their base rate of restless windows)
+term (:mod:`agent.objective`): the person's intercept (their base rate of restless windows)
 and, less so, the weights of the features that behave differently for them move towards
 their data, while μ keeps the model near the global one where their few nights say little.
 The result never leaves the board. With one class only among the labels the global model is
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from agent import model, proximal
+from agent import model, objective
 
 DEFAULT_MU = 0.5
 DEFAULT_ITERATIONS = 100
@@ -27,4 +27,4 @@ def personalise(
     iterations: int = DEFAULT_ITERATIONS,
 ) -> model.Arrays:
     """The person's own model: the global one fine-tuned on their labelled windows."""
-    return proximal.fit(global_arrays, features, labels, mu=mu, iterations=iterations)
+    return objective.fit_proximal(global_arrays, features, labels, mu=mu, iterations=iterations)

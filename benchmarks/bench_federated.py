@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--local-iterations", type=int, default=1)
+    parser.add_argument("--local-iterations", type=int, default=20, help="gradient steps")
+    parser.add_argument("--learning-rate", type=float, default=0.5)
     parser.add_argument("--compare-folds", type=int, default=3)
     parser.add_argument("--compare-rounds", type=int, default=10)
     parser.add_argument("--dp-clipping-norm", type=float, default=1.0)
@@ -72,23 +73,25 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.getLogger("flwr").setLevel(logging.ERROR)
     folder = _walch_folder(Path(args.data))
+    training: dict[str, Any] = {
+        "local_iterations": args.local_iterations,
+        "learning_rate": args.learning_rate,
+    }
     figures: dict[str, Any] = {}
 
     if not args.dp_only:
         started = time.perf_counter()
-        main_settings = EvaluationSettings(
-            folds=args.folds, rounds=args.rounds, local_iterations=args.local_iterations
-        )
+        main_settings = EvaluationSettings(folds=args.folds, rounds=args.rounds, **training)
         main_result = evaluate(folder, main_settings)
         figures["main"] = {**main_result, "seconds": time.perf_counter() - started}
         print(format_table(main_result))
         print()
 
-    compare = {"folds": args.compare_folds, "rounds": args.compare_rounds}
+    compare = {"folds": args.compare_folds, "rounds": args.compare_rounds, **training}
     print(
         f"Strategies and DP: {args.compare_folds} folds, {args.compare_rounds} rounds x "
-        f"{args.local_iterations} local iteration(s) (federated model; centralised "
-        "reference of the same folds in the last row)"
+        f"{args.local_iterations} gradient steps of {args.learning_rate} (federated model; "
+        "centralised reference of the same folds in the last row)"
     )
     print("| federated | AUC | bal. acc. | SE MAE (pts) | rounds to 99% | seconds |")
     print("|---|---|---|---|---|---|")
@@ -99,7 +102,6 @@ def main(argv: list[str] | None = None) -> int:
             folder,
             EvaluationSettings(
                 **compare,
-                local_iterations=args.local_iterations,
                 strategy=StrategySettings(name=name, proximal_mu=0.1, krum_malicious_nodes=1),
             ),
         )
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         result = evaluate(
             folder,
-            EvaluationSettings(**compare, local_iterations=args.local_iterations, privacy=privacy),
+            EvaluationSettings(**compare, privacy=privacy),
         )
         seconds = time.perf_counter() - started
         reference = reference or result["centralised"]

@@ -45,7 +45,7 @@ t1 = time.perf_counter()
 night = walch_dataset("/data/walch2019", [sys.argv[1]])[sys.argv[1]]
 x, y = night.features[night.labelled], night.labels[night.labelled]
 t2 = time.perf_counter()
-arrays = model.train(model.initial_arrays(), x, y, iterations=int(sys.argv[2]))
+arrays = model.train(model.initial_arrays(), x, y, steps=int(sys.argv[2]))
 t3 = time.perf_counter()
 print(json.dumps({"import": t1 - t0, "load": t2 - t1, "train": t3 - t2, "windows": len(y),
                   "machine": __import__("platform").machine()}))

@@ -278,6 +278,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             folds=args.folds,
             rounds=args.rounds,
             local_iterations=args.local_iterations,
+            learning_rate=args.learning_rate,
             strategy=StrategySettings(name=args.strategy),
             seed=args.seed,
         )
@@ -338,7 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--folds", type=int, default=5)
     evaluation.add_argument("--rounds", type=int, default=20)
     evaluation.add_argument(
-        "--local-iterations", type=int, default=1, help="L-BFGS steps per board per round"
+        "--local-iterations", type=int, default=20, help="gradient steps per board per round"
+    )
+    evaluation.add_argument(
+        "--learning-rate", type=float, default=0.5, help="size of a board's gradient step"
     )
     evaluation.add_argument(
         "--strategy", default="fedavg", help="fedavg, fedprox, fedmedian, fedtrimmedavg, krum"

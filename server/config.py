@@ -29,6 +29,7 @@ class ServerConfig:
     fraction_train: float
     fraction_evaluate: float
     local_iterations: int
+    learning_rate: float
     round_timeout_seconds: float
     run_interval_seconds: float
     eval_data: Path | None
@@ -81,6 +82,12 @@ def parse_config(data: dict[str, Any], base: Path) -> ServerConfig:
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"federation.{key}: must be within 0..1, got {value}")
         fractions[key] = value
+    local_iterations = get_field(fed, "local_iterations", int, "federation", 20)
+    if local_iterations < 1:
+        raise ConfigError(f"federation.local_iterations: must be >= 1, got {local_iterations}")
+    learning_rate = get_field(fed, "learning_rate", float, "federation", 0.5)
+    if not 0.0 < learning_rate <= 2.0:
+        raise ConfigError(f"federation.learning_rate: must be within (0, 2], got {learning_rate}")
     port = get_field(server, "port", int, "server", 9093)
     if not 0 < port < 65536:
         raise ConfigError(f"server.port: no such port {port}")
@@ -102,7 +109,8 @@ def parse_config(data: dict[str, Any], base: Path) -> ServerConfig:
         min_nodes=min_nodes,
         fraction_train=fractions["fraction_train"],
         fraction_evaluate=fractions["fraction_evaluate"],
-        local_iterations=get_field(fed, "local_iterations", int, "federation", 20),
+        local_iterations=local_iterations,
+        learning_rate=learning_rate,
         round_timeout_seconds=get_field(fed, "round_timeout_seconds", float, "federation", 600.0),
         run_interval_seconds=60.0
         * get_field(fed, "run_interval_minutes", float, "federation", 0.0),

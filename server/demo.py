@@ -180,7 +180,7 @@ ca_certfile = "{pki["ca"]}"
 [federation]
 rounds = {args.rounds}
 min_nodes = {args.boards}
-local_iterations = 5
+local_iterations = 20
 round_timeout_seconds = 300
 
 [evaluation]

@@ -7,8 +7,9 @@ Per fold:
 * **federated**: the boards' own ClientApp (``agent.client_app``) on one real SQLite buffer
   per training subject, driven by the chosen Flower strategy for ``rounds`` rounds
   (:mod:`server.simulation`); each round's global model is scored on the fold's test people;
-* **centralised**: the same model (balanced logistic regression, ``agent.model.train``)
-  fitted on the pooled windows the boards train on (the upper reference);
+* **centralised**: the same model and objective (balanced logistic regression, ridge α per
+  window; ``agent.model.fit``: scikit-learn to the optimum) fitted on the pooled windows the
+  boards train on (the upper reference);
 * **local-only**: one model per training subject, fitted on that subject's windows alone,
   each scored on the fold's test people (figures are the mean over those models).
 
@@ -43,7 +44,7 @@ import numpy as np
 from flwr.serverapp.strategy import Strategy
 
 from agent import client_app as board_app
-from agent import model
+from agent import model, objective
 from agent.features import (
     WINDOW_EPOCHS,
     EpochSeries,
@@ -70,9 +71,9 @@ class EvaluationError(ValueError):
 class EvaluationSettings:
     folds: int = 5
     rounds: int = 20
-    # one L-BFGS step per round: boards that run to their own optimum (20 steps) leave
-    # FedAvg at the mean of local optima from round 1 on (AUC 0.861 here vs 0.875)
-    local_iterations: int = 1
+    # a board's fixed-size gradient steps per round (agent.objective)
+    local_iterations: int = objective.DEFAULT_STEPS
+    learning_rate: float = objective.DEFAULT_LEARNING_RATE
     strategy: StrategySettings = field(default_factory=StrategySettings)
     personalise_mu: float = DEFAULT_MU
     seed: int = 0
@@ -234,7 +235,7 @@ def _pooled_xy(people: Sequence[Person]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _fit(features: np.ndarray, labels: np.ndarray) -> model.Arrays:
-    return model.train(model.initial_arrays(), features, labels, iterations=CENTRALISED_ITERATIONS)
+    return model.fit(features, labels, iterations=CENTRALISED_ITERATIONS)
 
 
 def personalisation_scores(
@@ -310,7 +311,10 @@ def _evaluate(
                 buffers,
                 len(train),
                 rounds=settings.rounds,
-                train_config={"local-iterations": settings.local_iterations},
+                train_config={
+                    "local-iterations": settings.local_iterations,
+                    "learning-rate": settings.learning_rate,
+                },
                 engine=settings.engine,
                 run_config=settings.run_config,
                 on_round=_auc_recorder(curve, test_x, test_y),
@@ -341,6 +345,7 @@ def _evaluate(
         "folds": settings.folds,
         "rounds": settings.rounds,
         "local_iterations": settings.local_iterations,
+        "learning_rate": settings.learning_rate,
         "strategy": settings.strategy.name,
         "engine": settings.engine,
         "seed": settings.seed,
@@ -361,7 +366,7 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [
         f"{setup['subjects']} subjects, {setup['folds']} leave-subjects-out folds, "
         f"strategy {setup['strategy']}, {setup['rounds']} rounds "
-        f"x {setup['local_iterations']} local iterations",
+        f"x {setup['local_iterations']} local gradient steps of {setup['learning_rate']}",
         f"{'method':<12} {'AUC':>6} {'bal.acc':>8} {'SE MAE (pts)':>13} {'rounds to 99%':>14}",
     ]
     for method in METHODS:

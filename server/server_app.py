@@ -125,6 +125,11 @@ def main(grid: Grid, context: Context) -> None:
     history.start_run(run_id, start_round, num_rounds)
     held_out = _held_out_set(str(cfg.get("eval-data", "")), str(cfg.get("eval-subjects", "")))
     min_nodes = int(cfg["min-nodes"])
+    # what a board's training takes each round (agent.client_app, agent.objective)
+    training: dict[str, int | float] = {
+        "local-iterations": int(cfg["local-iterations"]),
+        "learning-rate": float(cfg.get("learning-rate", 0.5)),
+    }
     privacy = settings_from_run_config(cfg)
     # the configured strategy (server.strategies), behind the recording and screening class
     strategy = build_strategy(
@@ -188,10 +193,7 @@ def main(grid: Grid, context: Context) -> None:
                 min_nodes=min_nodes,
                 fraction_train=float(cfg["fraction-train"]),
                 fraction_evaluate=float(cfg["fraction-evaluate"]),
-                train_config=lambda rnd: {
-                    "server-round": rnd,
-                    "local-iterations": int(cfg["local-iterations"]),
-                },
+                train_config=lambda rnd: {"server-round": rnd, **training},
                 evaluate_config=evaluate_config,
                 on_round_done=persist,
             )
@@ -203,7 +205,7 @@ def main(grid: Grid, context: Context) -> None:
             initial_arrays=ArrayRecord(initial),
             num_rounds=num_rounds,
             timeout=float(cfg["round-timeout"]),
-            train_config=ConfigRecord({"local-iterations": int(cfg["local-iterations"])}),
+            train_config=ConfigRecord(training),
             evaluate_config=ConfigRecord(
                 {"global-round-offset": start_round, "final-global-round": start_round + num_rounds}
             ),

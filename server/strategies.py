@@ -3,8 +3,8 @@
 ``[federation] strategy`` in server.toml picks one:
 
 * ``fedavg`` (default): weighted mean of the boards' models (McMahan et al. 2017);
-* ``fedprox``: FedAvg whose train config carries ``proximal-mu``; each board then fits the
-  proximal objective (``agent.proximal``) instead of plain logistic regression
+* ``fedprox``: FedAvg whose train config carries ``proximal-mu``; each board's gradient
+  steps then carry the proximal term (``agent.objective``)
   (``federation.proximal_mu``, default 0.1);
 * ``fedmedian``: coordinate-wise median of the boards' models (Yin et al. 2018);
 * ``fedtrimmedavg``: coordinate-wise mean after dropping the ``federation.trimmed_beta``

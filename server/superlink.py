@@ -159,6 +159,7 @@ def submit_run(config: ServerConfig) -> str:
         "fraction-train": config.fraction_train,
         "fraction-evaluate": config.fraction_evaluate,
         "local-iterations": config.local_iterations,
+        "learning-rate": config.learning_rate,
         "round-timeout": config.round_timeout_seconds,
         "history-path": str(config.history_path),
         "eval-data": str(config.eval_data or ""),

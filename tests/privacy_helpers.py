@@ -26,7 +26,7 @@ def board_update(board_config: Path, global_arrays: model.Arrays) -> tuple[model
     finally:
         buffer.close()
     x, y = features[~held_out], labels[~held_out]
-    return model.train(global_arrays, x, y, iterations=LOCAL_ITERATIONS), len(y)
+    return model.train(global_arrays, x, y, steps=LOCAL_ITERATIONS), len(y)
 
 
 def fedavg(updates: list[tuple[model.Arrays, int]]) -> model.Arrays:

@@ -84,7 +84,7 @@ def test_leave_subjects_out_auc(walch_dir: Path) -> None:
         train = [s for s in data if s != held_out]
         x = np.vstack([data[s].features[data[s].labelled] for s in train])
         y = np.concatenate([data[s].labels[data[s].labelled] for s in train])
-        arrays = model.train(model.initial_arrays(), x, y, iterations=300)
+        arrays = model.fit(x, y, iterations=300)
         model.check_arrays(arrays)
         mask = data[held_out].labelled
         labels.append(data[held_out].labels[mask])

@@ -66,7 +66,7 @@ def write_history(path: Path, walch_dir: Path, rounds: int) -> list[dict[str, fl
         updates, weights = [], []
         for night in boards.values():
             x, y = night.features[night.labelled], night.labels[night.labelled]
-            updates.append(model.train(arrays, x, y, iterations=5))
+            updates.append(model.train(arrays, x, y, steps=5))
             weights.append(len(y))
         arrays = [
             sum(w * u[i] for w, u in zip(weights, updates, strict=True)) / sum(weights)

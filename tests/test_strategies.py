@@ -1,5 +1,6 @@
 """Strategy selection (server.strategies), Flower's robust aggregators on crafted replies,
-FedProx's proximal fit on the board and on-device personalisation on a real subject."""
+the board's objective (FedProx's proximal term, FedAvg over fixed-size steps) and on-device
+personalisation on a real subject."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum
 
-from agent import model, proximal
+from agent import model, objective
 from agent.client_app import _is_held_out
 from agent.config import ConfigError
 from agent.features import walch_dataset
@@ -79,6 +80,12 @@ def test_strategy_config_errors_name_the_field(tmp_path: Path) -> None:
         _config("proximal_mu = -1.0", tmp_path)
     with pytest.raises(ConfigError, match=r"federation\.strategy: expected str"):
         _config("strategy = 3", tmp_path)
+    with pytest.raises(ConfigError, match=r"federation\.learning_rate: must be within"):
+        _config("learning_rate = 0.0", tmp_path)
+    with pytest.raises(ConfigError, match=r"federation\.local_iterations: must be >= 1"):
+        _config("local_iterations = 0", tmp_path)
+    tuned = _config("learning_rate = 1.5\nlocal_iterations = 40", tmp_path)
+    assert (tuned.learning_rate, tuned.local_iterations) == (1.5, 40)  # type: ignore[attr-defined]
     assert set(STRATEGIES) == {"fedavg", "fedprox", "fedmedian", "fedtrimmedavg", "krum"}
 
 
@@ -128,17 +135,44 @@ def _subject_windows(walch_dir: Path, subject: str) -> tuple[np.ndarray, ...]:
     return night.features[train], night.labels[train], night.features[test], night.labels[test]
 
 
-def test_proximal_fit_without_term_is_sklearns_and_the_term_holds_the_model(
+def test_the_objective_is_sklearns_and_the_proximal_term_holds_the_model(
     walch_dir: Path, one_blas_thread: None
 ) -> None:
     x, y, _, _ = _subject_windows(walch_dir, "46343")
     start = model.initial_arrays()
-    plain = model.train(start, x, y, iterations=500)
-    free = proximal.fit(start, x, y, mu=0.0, iterations=500)
-    assert np.abs(plain[0] - free[0]).max() < 0.05  # same objective, two solvers
-    held = proximal.fit(start, x, y, mu=10.0, iterations=500)
+    reference = model.fit(x, y, iterations=500)  # scikit-learn, C = 1/(alpha n)
+    free = objective.fit_proximal(start, x, y, mu=0.0, iterations=500)
+    assert np.abs(reference[0] - free[0]).max() < 0.05  # same objective, two solvers
+    held = objective.fit_proximal(start, x, y, mu=10.0, iterations=500)
     drift = [float(np.linalg.norm(np.concatenate([a[0][0], a[1]]))) for a in (free, held)]
     assert drift[1] < 0.5 * drift[0]  # the proximal term keeps the model near the start
+    # FedProx on the board: the term keeps the gradient steps nearer the global model too
+    steps = [model.train(start, x, y, steps=50, mu=m) for m in (0.0, 1.0)]
+    moved = [float(np.linalg.norm(np.concatenate([a[0][0], a[1]]))) for a in steps]
+    assert moved[1] < 0.7 * moved[0]
+
+
+def test_one_step_on_every_board_averaged_is_one_step_on_the_pooled_windows(
+    walch_dir: Path,
+) -> None:
+    """Why the boards take fixed-size steps with a ridge per window: FedAvg (weights = window
+    counts) of one step per board equals one gradient step on the boards' pooled objective."""
+    boards = [_subject_windows(walch_dir, s)[:2] for s in ("46343", "9961348", "1066528")]
+    start = [np.full((1, model.N_FEATURES), 0.1), np.array([0.2])]
+    eta = 0.5
+    stepped = [model.train(start, x, y, steps=1, learning_rate=eta) for x, y in boards]
+    counts = np.array([len(y) for _, y in boards], dtype=float)
+    thetas = np.array([np.concatenate([coef[0], intercept]) for coef, intercept in stepped])
+    averaged = counts @ thetas / counts.sum()
+    pooled_x = np.vstack([x for x, _ in boards])
+    pooled_y = np.concatenate([y for _, y in boards])
+    weights = np.concatenate([objective.balanced_weights(y) for _, y in boards])
+    theta = np.concatenate([start[0][0], start[1]])
+    _, gradient = objective.value_and_gradient(
+        theta, pooled_x, pooled_y, weights, alpha=objective.DEFAULT_ALPHA, anchor=theta, mu=0.0
+    )
+    assert np.allclose(averaged, theta - eta * gradient, atol=1e-12)
+    assert not np.allclose(averaged, theta, atol=1e-3)  # the step moved the model
 
 
 def test_personalisation_on_a_real_subject(walch_dir: Path, one_blas_thread: None) -> None:
@@ -148,7 +182,7 @@ def test_personalisation_on_a_real_subject(walch_dir: Path, one_blas_thread: Non
     subject = "9961348"
     pooled_x = np.vstack([n.features[n.labelled] for s, n in nights.items() if s != subject])
     pooled_y = np.concatenate([n.labels[n.labelled] for s, n in nights.items() if s != subject])
-    global_model = model.train(model.initial_arrays(), pooled_x, pooled_y, iterations=500)
+    global_model = model.fit(pooled_x, pooled_y)
     x, y, test_x, test_y = _subject_windows(walch_dir, subject)
     mine = personalise(global_model, x, y)
     assert not np.allclose(mine[1], global_model[1])  # the person's own intercept moved

@@ -77,7 +77,7 @@ ca_certfile = "{PKI / "ca.pem"}"
 [federation]
 rounds = {int(os.environ.get("FLEET_ROUNDS", "3"))}
 min_nodes = {len(boards)}
-local_iterations = 5
+local_iterations = 20
 round_timeout_seconds = {float(os.environ.get("FLEET_ROUND_TIMEOUT", "900"))}
 
 [evaluation]
