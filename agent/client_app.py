@@ -8,7 +8,8 @@ and scalar metrics leave the board: never readings, timestamps or night names.
   (``local-iterations``, ``learning-rate``; :mod:`agent.objective`) on the board's labelled
   windows (all but the held-out ones) and return the new arrays.
 * evaluate: keep the global model (it is the board's latest model, used for its nightly
-  predictions) and score it on the board's held-out windows.
+  predictions) with the boards' pooled share of Good windows when the server sends it (the
+  prior of the board's night estimates), and score the model on the board's held-out windows.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from agent.privacy_mods import CLIENT_MODS
 app = ClientApp(mods=CLIENT_MODS)  # secure aggregation and DP clipping, when asked for
 
 HELD_OUT_SHARE_PERCENT = 20
+# Train metric (the board's share of Good training windows) and evaluate config (the boards'
+# pooled share, from the server): the prior that calibrates the board's night estimates.
+GOOD_SHARE_KEY = "good-share"
 
 
 def _is_held_out(night: str, start_ts: float) -> bool:
@@ -129,6 +133,7 @@ def train(msg: Message, context: Context) -> Message:
             "train-loss": scores["loss"],
             "train-accuracy": scores["accuracy"],
             "train-seconds": seconds,
+            GOOD_SHARE_KEY: float(train_y.mean()) if len(train_y) else 0.0,
         }
     )
     reply = RecordDict({"arrays": ArrayRecord(new_arrays), "metrics": metrics})
@@ -159,6 +164,8 @@ def evaluate(msg: Message, context: Context) -> Message:
         }
         if global_round == final_round:
             state["run_finished"] = str(msg.metadata.run_id)
+        if GOOD_SHARE_KEY in config:
+            state["population_good_share"] = float(config[GOOD_SHARE_KEY])
         buffer.set_state(**state)
     finally:
         buffer.close()

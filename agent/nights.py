@@ -155,13 +155,15 @@ def predict_nights(buffer: Buffer) -> list[tuple[str, float, str]]:
             extra={"ERROR_CLASS": "model_unusable"},
         )
         return []
+    share = buffer.state().get("population_good_share")
+    good_share = float(share) if isinstance(share, int | float) else None
     made = []
     for night in pending:
         rows = buffer.windows(night)
         if not rows:
             continue
         features = np.array([r[2] for r in rows], dtype=float)
-        efficiency = estimated_efficiency(model.good_probability(arrays, features))
+        efficiency = estimated_efficiency(model.good_probability(arrays, features), good_share)
         if math.isnan(efficiency):
             continue
         quality = night_quality(efficiency)

@@ -22,6 +22,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from agent import model
+from agent.client_app import GOOD_SHARE_KEY
 from agent.features import walch_dataset
 from server.history import History
 from server.privacy import round_privacy, settings_from_run_config, wrap_strategy
@@ -71,6 +72,16 @@ class RecordingFedAvg(UpdateScreening, FedAvg):
     ) -> Iterable[Message]:
         self.screening_arrays = arrays.to_numpy_ndarrays()
         return super().configure_train(server_round, arrays, config, grid)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        # The boards' pooled share of Good windows, from this round's train metrics: the
+        # boards calibrate their night estimates with it (agent.features.estimated_efficiency).
+        good_share = self.train_metrics.get(server_round, {}).get(GOOD_SHARE_KEY)
+        if good_share is not None and 0.0 < float(good_share) < 1.0:
+            config = ConfigRecord({**dict(config), GOOD_SHARE_KEY: float(good_share)})
+        return super().configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]

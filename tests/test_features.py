@@ -13,6 +13,7 @@ from agent import model
 from agent.buffer import Buffer
 from agent.features import (
     N_FEATURES,
+    estimated_efficiency,
     load_walch_subject,
     night_windows,
     reference_efficiency,
@@ -101,3 +102,25 @@ def test_auc_rank_statistic() -> None:
     assert model.auc(np.array([0, 1, 0, 1]), np.array([0.5, 0.5, 0.5, 0.5])) == 0.5
     assert model.auc(np.array([0, 1, 1]), np.array([0.3, 0.3, 0.7])) == 0.75
     assert np.isnan(model.auc(np.array([1, 1]), np.array([0.2, 0.4])))
+
+
+def test_night_estimate_calibrated_by_the_federations_good_share(walch_dir: Path) -> None:
+    """Each person's share of Good windows estimated by a model that never saw them: with
+    the prior (the training people's Good share) and with the old 0.5 threshold."""
+    assert estimated_efficiency(np.array([0.5, 0.5]), 0.8) == pytest.approx(0.8)
+    assert estimated_efficiency(np.array([0.5, 0.5])) == 1.0  # no prior: threshold at 0.5
+    assert estimated_efficiency(np.array([0.2, 0.6]), None) == 0.5
+    data = walch_dataset(walch_dir, _subjects(walch_dir))
+    errors: dict[str, list[float]] = {"calibrated": [], "threshold": []}
+    for held_out, night in data.items():
+        train = [s for s in data if s != held_out]
+        x = np.vstack([data[s].features[data[s].labelled] for s in train])
+        y = np.concatenate([data[s].labels[data[s].labelled] for s in train])
+        arrays = model.fit(x, y, iterations=300)
+        truth = float(night.labels[night.labelled].mean())
+        p = model.good_probability(arrays, night.features)
+        errors["calibrated"].append(abs(estimated_efficiency(p, float(y.mean())) - truth))
+        errors["threshold"].append(abs(estimated_efficiency(p) - truth))
+    mae = {k: 100 * float(np.mean(v)) for k, v in errors.items()}
+    # measured: 7.8 and 16.9 points over these 21 people
+    assert mae["calibrated"] < 10.0 and mae["threshold"] > mae["calibrated"] + 5.0, mae

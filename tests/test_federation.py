@@ -25,7 +25,7 @@ from federation_helpers import (
     write_server_config,
 )
 
-from agent import model
+from agent import client_app, model
 from server.history import History
 
 BOARD_SUBJECTS = ["4426783", "8258170", "9106476"]
@@ -83,6 +83,18 @@ def test_three_boards_two_rounds_over_tls(tmp_path: Path, walch_dir: Path) -> No
         assert latest is not None
         board_arrays = model.arrays_from_bytes(latest[3])
         assert np.allclose(board_arrays[0], second[0]) and np.allclose(board_arrays[1], second[1])
+        # The prior of the night estimates: the boards' pooled share of Good training windows,
+        # aggregated from their train metrics and sent back with the evaluate messages.
+        good, total = 0, 0
+        for config in boards:
+            buffer = Buffer(config.parent / "buffer.db", readonly=True)
+            _, labels, held_out = client_app._labelled_windows(buffer)
+            buffer.close()
+            good, total = good + int(labels[~held_out].sum()), total + int((~held_out).sum())
+        assert rounds[-1].train_metrics["good-share"] == pytest.approx(good / total)
+        for config in boards:
+            share = board_state(config)["population_good_share"]
+            assert share == pytest.approx(good / total) and 0.5 < good / total < 1.0
         # Between windows no node runs: the supervised SuperNode is gone.
         assert all(a.poll() is None for a in agents), "an agent died"
     finally:
