@@ -107,6 +107,8 @@ def collect(config: AgentConfig) -> dict[str, Any]:
         "model": {
             "version": latest[0] if latest else None,
             "round": latest[1] if latest else None,
+            # the prior of the night estimates (agent.features.estimated_efficiency)
+            "population_good_share": state.get("population_good_share"),
         },
         "last_night": {
             "night": last_night,
@@ -193,6 +195,11 @@ def render(status: dict[str, Any]) -> str:
         f"session={'running' if f['session_running'] else 'idle'} last={f['last_session_outcome']}",
         f"participation   last {_when(f['last_participation_at'])}, next window {next_window}",
         f"model           version {m['version']} (global round {m['round']})"
+        + (
+            f", federation's Good share {m['population_good_share']:.3f}"
+            if isinstance(m["population_good_share"], float)
+            else ", no Good share yet: nights counted at p >= 0.5"
+        )
         if m["version"]
         else "model           none yet",
     ]

@@ -95,6 +95,8 @@ def test_three_boards_two_rounds_over_tls(tmp_path: Path, walch_dir: Path) -> No
         for config in boards:
             share = board_state(config)["population_good_share"]
             assert share == pytest.approx(good / total) and 0.5 < good / total < 1.0
+            shown = agent_status(config)["model"]["population_good_share"]  # type: ignore[index]
+            assert shown == pytest.approx(good / total)
         # Between windows no node runs: the supervised SuperNode is gone.
         assert all(a.poll() is None for a in agents), "an agent died"
     finally:
