@@ -141,7 +141,8 @@ PUSHED_OBJECT_TYPES = {
     "ArrayChunk",
     "MetricRecord",
 }
-TRAIN_METRICS = {"num-examples", "train-loss", "train-accuracy", "train-seconds"}
+# good-share: the board's share of Good training windows, the prior of the night estimates
+TRAIN_METRICS = {"num-examples", "train-loss", "train-accuracy", "train-seconds", "good-share"}
 EVAL_METRICS = {"num-examples", "eval-loss", "eval-accuracy"}
 ALLOWED_HEADERS = {
     "host",
@@ -448,7 +449,7 @@ def test_a_board_sends_only_arrays_metrics_and_flower_ids(tmp_path: Path, walch_
     needles.update(float_needles(features, "feature"))
     needles.update(float_needles([r.value for r in readings], "reading value"))
     # Self-check: the search does see what left (the arrays' and metrics' float64 bytes).
-    assert len(sent_values) == model.N_FEATURES + 1 + 5
+    assert len(sent_values) == model.N_FEATURES + 1 + 6
     for value in sent_values:
         assert struct.pack("<d", value) in raw, f"search self-check: {value!r} not seen"
     found = sorted({why for needle, why in needles.items() if needle in haystack})
