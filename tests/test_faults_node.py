@@ -113,7 +113,12 @@ def test_a_node_whose_pull_failed_is_restarted_and_trains(tmp_path: Path, walch_
         history = History(tmp_path / "server" / "state" / "history.db")
         rounds = [(r.global_round, r.train_nodes) for r in history.rounds()]
         history.close()
-        assert rounds == [(1, 2)], rounds
+        # Usually both boards train. The old node's deactivation is held up by the same lock
+        # and can reach the SuperLink just after the new node registered (a CI run saw 37 ms
+        # between them); Flower then counts two online nodes, sends the old one the train
+        # message, gets an error reply for it, and the round trains with the restarted node
+        # alone. Either way the restarted node trained: without the restart it never would.
+        assert len(rounds) == 1 and rounds[0][0] == 1 and rounds[0][1] in (1, 2), rounds
         assert board_state(hurt)["counters"]["rounds_trained"] == 1  # type: ignore[index]
     finally:
         stop(processes[::-1])
