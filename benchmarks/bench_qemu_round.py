@@ -88,7 +88,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="the shared data folder")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--iterations", type=int, default=20, help="local iterations")
+    parser.add_argument("--iterations", type=int, default=20, help="local gradient steps")
     args = parser.parse_args()
     if os.geteuid() != 0 or not engine_up():
         print("bench_qemu_round: needs root and docker/build-local.sh's engine; skipped")
@@ -108,11 +108,11 @@ def main() -> None:
             for key in ("import", "load", "train", "container")
         }
         results[arch]["windows"] = float(runs[0]["windows"])
-    print(f"one local training round, subject {SUBJECT}, {args.iterations} iterations, "
+    print(f"one local training round, subject {SUBJECT}, {args.iterations} gradient steps, "
           f"median of {args.repeats} (load average {load:.1f} at start)")  # fmt: skip
     print(f"{'phase':<28}{'amd64 native s':>16}{'arm64 QEMU s':>16}{'ratio':>8}")
     names = {"import": "start + import ClientApp", "load": "read the night's windows",
-             "train": "train (LogisticRegression)", "container": "whole container run"}  # fmt: skip
+             "train": "train (gradient steps)", "container": "whole container run"}  # fmt: skip
     ratios = {}
     for key, name in names.items():
         native, emulated = results["amd64"][key], results["arm64"][key]
