@@ -153,6 +153,14 @@ def reference_efficiency(series: EpochSeries) -> float | None:
     return float(series.asleep[finite].mean())
 
 
+def at_prior(good_probabilities: np.ndarray, good_share: float) -> np.ndarray:
+    """A balanced model's probabilities (they assume Good and Poor windows equally common)
+    moved to the prior ``good_share`` = π: odds × π/(1−π)."""
+    p = np.clip(good_probabilities, 1e-9, 1.0 - 1e-9)
+    odds = p / (1.0 - p) * (good_share / (1.0 - good_share))
+    return odds / (1.0 + odds)
+
+
 def estimated_efficiency(good_probabilities: np.ndarray, good_share: float | None = None) -> float:
     """A night's estimated sleep efficiency: the share of its windows that are Good.
 
@@ -167,9 +175,7 @@ def estimated_efficiency(good_probabilities: np.ndarray, good_share: float | Non
         return float("nan")
     if good_share is None or not 0.0 < good_share < 1.0:
         return float((good_probabilities >= 0.5).mean())
-    p = np.clip(good_probabilities, 1e-9, 1.0 - 1e-9)
-    odds = p / (1.0 - p) * (good_share / (1.0 - good_share))
-    return float((odds / (1.0 + odds)).mean())
+    return float(at_prior(good_probabilities, good_share).mean())
 
 
 def night_quality(efficiency: float) -> str:

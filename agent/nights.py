@@ -138,7 +138,8 @@ def predict_nights(buffer: Buffer) -> list[tuple[str, float, str]]:
     latest = buffer.latest_model()
     assert latest is not None
     version, server_round, _, blob = latest  # a newer one may have arrived meanwhile
-    if buffer.state().get("unusable_model_version") == version:
+    state = buffer.state()
+    if state.get("unusable_model_version") == version:
         return []  # already counted and logged; waits for the next round's model
     try:
         arrays = model.arrays_from_bytes(blob)
@@ -155,7 +156,7 @@ def predict_nights(buffer: Buffer) -> list[tuple[str, float, str]]:
             extra={"ERROR_CLASS": "model_unusable"},
         )
         return []
-    share = buffer.state().get("population_good_share")
+    share = state.get("population_good_share")
     good_share = float(share) if isinstance(share, int | float) else None
     made = []
     for night in pending:

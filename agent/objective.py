@@ -88,7 +88,9 @@ def descend(
 ) -> Arrays:
     """``steps`` gradient steps of size ``learning_rate`` from ``arrays`` (also the anchor)."""
     if mu < 0 or learning_rate <= 0 or steps < 0:
-        raise ValueError(f"bad training settings: mu {mu}, learning rate {learning_rate}")
+        raise ValueError(
+            f"bad training settings: steps {steps}, learning rate {learning_rate}, mu {mu}"
+        )
     labels = np.asarray(labels, dtype=int)
     if not _two_classes(labels):
         return [a.copy() for a in arrays]  # one class only: nothing to learn locally

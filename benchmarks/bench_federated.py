@@ -28,6 +28,7 @@ from typing import Any
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+from agent import objective
 from server.evaluate import EvaluationSettings, evaluate, format_table
 from server.privacy import PrivacySettings, noise_multiplier_for
 from server.strategies import STRATEGIES, StrategySettings
@@ -59,8 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--local-iterations", type=int, default=20, help="gradient steps")
-    parser.add_argument("--learning-rate", type=float, default=0.5)
+    parser.add_argument(
+        "--local-iterations", type=int, default=objective.DEFAULT_STEPS, help="gradient steps"
+    )
+    parser.add_argument("--learning-rate", type=float, default=objective.DEFAULT_LEARNING_RATE)
     parser.add_argument("--compare-folds", type=int, default=3)
     parser.add_argument("--compare-rounds", type=int, default=10)
     parser.add_argument("--dp-clipping-norm", type=float, default=1.0)

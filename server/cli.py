@@ -13,6 +13,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from agent import objective
 from server.config import ConfigError, ServerConfig, load_config
 from server.history import History, RoundRecord
 from server.privacy import describe_round
@@ -339,10 +340,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--folds", type=int, default=5)
     evaluation.add_argument("--rounds", type=int, default=20)
     evaluation.add_argument(
-        "--local-iterations", type=int, default=20, help="gradient steps per board per round"
+        "--local-iterations",
+        type=int,
+        default=objective.DEFAULT_STEPS,
+        help="gradient steps per board per round",
     )
     evaluation.add_argument(
-        "--learning-rate", type=float, default=0.5, help="size of a board's gradient step"
+        "--learning-rate",
+        type=float,
+        default=objective.DEFAULT_LEARNING_RATE,
+        help="size of a board's gradient step",
     )
     evaluation.add_argument(
         "--strategy", default="fedavg", help="fedavg, fedprox, fedmedian, fedtrimmedavg, krum"

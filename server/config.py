@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent import objective
 from agent.config import ConfigError, get_field, parse_metrics
 from server.privacy import PrivacySettings, parse_privacy
 from server.strategies import StrategySettings, parse_strategy
@@ -82,10 +83,14 @@ def parse_config(data: dict[str, Any], base: Path) -> ServerConfig:
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"federation.{key}: must be within 0..1, got {value}")
         fractions[key] = value
-    local_iterations = get_field(fed, "local_iterations", int, "federation", 20)
+    local_iterations = get_field(
+        fed, "local_iterations", int, "federation", objective.DEFAULT_STEPS
+    )
     if local_iterations < 1:
         raise ConfigError(f"federation.local_iterations: must be >= 1, got {local_iterations}")
-    learning_rate = get_field(fed, "learning_rate", float, "federation", 0.5)
+    learning_rate = get_field(
+        fed, "learning_rate", float, "federation", objective.DEFAULT_LEARNING_RATE
+    )
     if not 0.0 < learning_rate <= 2.0:
         raise ConfigError(f"federation.learning_rate: must be within (0, 2], got {learning_rate}")
     port = get_field(server, "port", int, "server", 9093)

@@ -49,6 +49,7 @@ from agent.features import (
     WINDOW_EPOCHS,
     EpochSeries,
     NightWindows,
+    at_prior,
     load_walch_subject,
     night_windows,
     reference_efficiency,
@@ -169,8 +170,7 @@ def night_efficiency(
     arrays: model.Arrays, features: np.ndarray, calibration: EfficiencyCalibration
 ) -> float:
     """A night's estimated sleep efficiency (0..1) from a balanced model's window scores."""
-    prior = math.log(calibration.good_share / (1.0 - calibration.good_share))
-    p = model.good_probability([arrays[0], arrays[1] + prior], features)
+    p = at_prior(model.good_probability(arrays, features), calibration.good_share)
     asleep = p * calibration.asleep_if_good + (1.0 - p) * calibration.asleep_if_poor
     return float(asleep.mean()) if len(asleep) else float("nan")
 

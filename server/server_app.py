@@ -139,7 +139,7 @@ def main(grid: Grid, context: Context) -> None:
     # what a board's training takes each round (agent.client_app, agent.objective)
     training: dict[str, int | float] = {
         "local-iterations": int(cfg["local-iterations"]),
-        "learning-rate": float(cfg.get("learning-rate", 0.5)),
+        "learning-rate": float(cfg["learning-rate"]),
     }
     privacy = settings_from_run_config(cfg)
     # the configured strategy (server.strategies), behind the recording and screening class
