@@ -342,6 +342,23 @@ class AckTracker:
             self._buffer = self._buffer[-256:]
 
 
+OPEN_SETTLE_SECONDS = 0.5
+
+
+def opened_elsewhere(device_path: str) -> bool:
+    """True if a process other than this one holds ``device_path`` open (Linux /proc)."""
+    me = os.getpid()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        if int(pid) == me:
+            continue
+        with contextlib.suppress(OSError):  # gone, or not ours to look at
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") == device_path:
+                        return True
+    return False
+
+
 class PtyLink:
     """A pseudo-terminal pair: the replay writes on the master, the agent opens ``device_path``.
 
@@ -401,6 +418,18 @@ class PtyLink:
         while (left := deadline - time.monotonic()) > 0:
             select.select([self.master_fd], [], [], min(left, 0.1))
             self.drain()
+
+    def wait_opened(self, seconds: float, settle: float = OPEN_SETTLE_SECONDS) -> bool:
+        """Wait up to ``seconds`` for another process (the agent) to open the device, then
+        ``settle`` more: pyserial discards the input queue right after it opens a port, so a
+        line written at that moment would be lost. False if nobody opened it in time."""
+        deadline = time.monotonic() + seconds
+        while not opened_elsewhere(self.device_path):
+            if time.monotonic() >= deadline:
+                return False
+            self.wait(0.1)
+        self.wait(settle)
+        return True
 
     def close(self) -> None:
         if self._closed:
@@ -554,7 +583,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         metavar="SECONDS",
-        help="with --pty: wait this long for the agent to open it",
+        help="with --pty: wait up to this long for the agent to open it before sending "
+        "(readings written before it opens would be discarded by its serial driver)",
     )
     parser.add_argument(
         "--rate",
@@ -633,8 +663,16 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     print(NOTES[fmt], flush=True)
     try:
-        if args.pty and args.wait_open > 0:
-            link.wait(args.wait_open)
+        if isinstance(link, PtyLink) and args.wait_open > 0:
+            if link.wait_opened(args.wait_open):
+                print(f"{link.device_path} opened; sending", flush=True)
+            else:
+                print(
+                    f"warning: nobody opened {link.device_path} in {args.wait_open:g} s; "
+                    "sending anyway",
+                    file=sys.stderr,
+                    flush=True,
+                )
         sent = replay(
             all_readings(),
             link.write,

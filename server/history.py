@@ -6,6 +6,7 @@ back, and the next run starts from the chosen round's model.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sqlite3
@@ -69,20 +70,38 @@ class History:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not self.path.exists():
-            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
-        self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        self.conn.execute("PRAGMA journal_mode = WAL")
-        self.conn.execute("PRAGMA synchronous = FULL")
-        self.conn.executescript(SCHEMA)
-        self._migrate()
+        # Processes opening the file at once (the ServerApp, the CLI's `status`, an operator's
+        # script) take turns to set it up: SQLite fails rather than waits when two switch a new
+        # file to WAL together. The lock is on the folder, so closing it leaves SQLite's own
+        # locks on the file alone.
+        folder = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX)
+            if not self.path.exists():
+                os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+            self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self.conn.execute("PRAGMA journal_mode = WAL")
+            self.conn.execute("PRAGMA synchronous = FULL")
+            self._create_and_migrate()
+        finally:
+            os.close(folder)
 
-    def _migrate(self) -> None:
-        """Columns added after the first release: older history files get them, empty."""
-        have = {row[1] for row in self.conn.execute("PRAGMA table_info(rounds)")}
-        for name, sql_type in ADDED_ROUND_COLUMNS:
-            if name not in have:
-                self.conn.execute(f"ALTER TABLE rounds ADD COLUMN {name} {sql_type}")
+    def _create_and_migrate(self) -> None:
+        """Make the tables, then add the columns added after the first release (older history
+        files get them, empty). One write transaction, so that of the processes opening the
+        file at once only the first adds a column."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in filter(str.strip, SCHEMA.split(";")):
+                self.conn.execute(statement)
+            have = {row[1] for row in self.conn.execute("PRAGMA table_info(rounds)")}
+            for name, sql_type in ADDED_ROUND_COLUMNS:
+                if name not in have:
+                    self.conn.execute(f"ALTER TABLE rounds ADD COLUMN {name} {sql_type}")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
 
     def close(self) -> None:
         self.conn.close()

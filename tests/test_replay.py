@@ -205,6 +205,33 @@ def test_pty_round_trip() -> None:
         link.close()
 
 
+def test_wait_opened_waits_for_another_process_to_open_the_pty() -> None:
+    """--wait-open starts sending when the agent opens the device, not after a fixed time
+    (seen in CI: a fixed 60 s wait outlasted a whole federation round, so a fault test saw
+    no readings at all)."""
+    with PtyLink() as link:
+        started = time.monotonic()
+        assert link.wait_opened(0.5) is False  # this process's own descriptors do not count
+        assert 0.5 <= time.monotonic() - started < 2.0
+        opener = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                f"f = open({link.device_path!r}, 'rb'); import time; "
+                "print('open', flush=True); time.sleep(30)",
+            ],
+            stdout=subprocess.PIPE,
+        )
+        try:
+            assert opener.stdout is not None and opener.stdout.readline() == b"open\n"
+            started = time.monotonic()
+            assert link.wait_opened(20, settle=0.2) is True
+            assert 0.2 <= time.monotonic() - started < 5.0
+        finally:
+            opener.kill()
+            opener.wait()
+
+
 @needs_walch
 def test_cli_pty_end_to_end() -> None:
     subject = walch_subjects(WALCH)[0]
