@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.protocol import Kind, Reading
+from agent.sqlite_files import create_private, setting_up
 
 SYNCHRONOUS_MODES = ("full", "normal", "extra")
 # A small WAL, checkpointed often and truncated after, leaves room on a small disk.
@@ -111,15 +112,6 @@ class BufferCounts:
     file_bytes: int
 
 
-def _create_private_file(path: Path) -> None:
-    """Create the file with mode 0600 before SQLite touches it (SQLite copies the mode to
-    its -wal and -shm files)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-    os.close(fd)
-    os.chmod(path, 0o600)
-
-
 class Buffer:
     """A connection to the board's SQLite buffer. Not shared between threads."""
 
@@ -141,10 +133,14 @@ class Buffer:
             if not self.path.exists():
                 raise BufferError(f"no buffer at {self.path}")
             self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=10)
-        else:
-            if not self.path.exists():
-                _create_private_file(self.path)
+            self._prepare_or_close(readonly, synchronous)
+            return
+        with setting_up(self.path):
+            create_private(self.path)
             self.conn = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+            self._prepare_or_close(readonly, synchronous)
+
+    def _prepare_or_close(self, readonly: bool, synchronous: str) -> None:
         try:
             self._prepare(readonly, synchronous)
         except BaseException:
@@ -182,6 +178,8 @@ class Buffer:
             )
         for version in range(current, SCHEMA_VERSION):
             with self.transaction():
+                if self.schema_version() > version:  # another process migrated meanwhile
+                    continue
                 for statement in MIGRATIONS[version].split(";"):
                     if statement.strip():
                         self.conn.execute(statement)

@@ -6,13 +6,13 @@ back, and the next run starts from the chosen round's model.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from agent.sqlite_files import create_private, setting_up
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rounds (
@@ -69,22 +69,12 @@ class RoundRecord:
 class History:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Processes opening the file at once (the ServerApp, the CLI's `status`, an operator's
-        # script) take turns to set it up: SQLite fails rather than waits when two switch a new
-        # file to WAL together. The lock is on the folder, so closing it leaves SQLite's own
-        # locks on the file alone.
-        folder = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            fcntl.flock(folder, fcntl.LOCK_EX)
-            if not self.path.exists():
-                os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+        with setting_up(self.path):  # the ServerApp, `status` and scripts may open it at once
+            create_private(self.path)
             self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             self.conn.execute("PRAGMA journal_mode = WAL")
             self.conn.execute("PRAGMA synchronous = FULL")
             self._create_and_migrate()
-        finally:
-            os.close(folder)
 
     def _create_and_migrate(self) -> None:
         """Make the tables, then add the columns added after the first release (older history

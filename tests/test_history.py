@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
-import sqlite3
-from multiprocessing.queues import Queue
-from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 
 import numpy as np
@@ -71,41 +67,3 @@ def test_an_active_round_cannot_be_written_twice(tmp_path: Path) -> None:
     _add(history, 1, 1.0)
     with pytest.raises(sqlite3.IntegrityError):
         _add(history, 1, 2.0)
-
-
-def _open_history(path: str, start: Synchronized[int], errors: Queue[str]) -> None:
-    while not start.value:
-        pass
-    try:
-        History(path).close()
-    except Exception as error:  # reported to the test, which asserts there were none
-        errors.put(repr(error))
-
-
-def test_processes_opening_a_new_history_at_once_all_succeed(tmp_path: Path) -> None:
-    """Seen in CI: the ServerApp made a new history while an operator's script opened it; both
-    saw the table without the columns added since the first release, both added `privacy`,
-    and the second failed with `duplicate column name`. Without the one write transaction 8
-    openers failed that way 15 times in 10 attempts; with it but without the folder lock, one
-    in five attempts had two openers switch the new file to WAL together: `database is locked`."""
-    for attempt in range(10):
-        path = tmp_path / f"history{attempt}.db"
-        context = multiprocessing.get_context("fork")
-        start, errors = context.Value("b", 0), context.Queue()
-        openers = [
-            context.Process(target=_open_history, args=(str(path), start, errors)) for _ in range(8)
-        ]
-        for opener in openers:
-            opener.start()
-        start.value = 1
-        for opener in openers:
-            opener.join(60)
-        assert [opener.exitcode for opener in openers] == [0] * 8
-        found = []
-        while not errors.empty():
-            found.append(errors.get())
-        assert found == []
-        with sqlite3.connect(path) as conn:
-            columns = [row[1] for row in conn.execute("PRAGMA table_info(rounds)")]
-        assert columns[-2:] == ["rejected", "privacy"]
-        assert len(columns) == len(set(columns)) == 14
