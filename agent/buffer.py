@@ -178,8 +178,6 @@ class Buffer:
             )
         for version in range(current, SCHEMA_VERSION):
             with self.transaction():
-                if self.schema_version() > version:  # another process migrated meanwhile
-                    continue
                 for statement in MIGRATIONS[version].split(";"):
                     if statement.strip():
                         self.conn.execute(statement)

@@ -78,8 +78,8 @@ class History:
 
     def _create_and_migrate(self) -> None:
         """Make the tables, then add the columns added after the first release (older history
-        files get them, empty). One write transaction, so that of the processes opening the
-        file at once only the first adds a column."""
+        files get them, empty), in one transaction: a crash leaves the file as it was.
+        (Processes opening the file at once take turns: see ``setting_up``.)"""
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             for statement in filter(str.strip, SCHEMA.split(";")):
