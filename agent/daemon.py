@@ -151,6 +151,15 @@ class Daemon:
             self.config.buffer_path,
             ",".join(s.name for s in self.sources),
         )
+        fed = self.config.federation
+        if fed is not None and fed.insecure:
+            # Once per start, where every operator looks: a test setting must not reach a
+            # real board unnoticed.
+            log.warning(
+                "federation.insecure = true: sessions with %s run WITHOUT TLS: traffic is "
+                "unencrypted and the board's identity is not authenticated; for tests only",
+                fed.server,
+            )
         self.notifier.ready(f"starting: 0/{len(self.sources)} sources")
         metrics = self._start_metrics()
         code = 0

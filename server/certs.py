@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
-import secrets
 from pathlib import Path
 
 from cryptography import x509
@@ -31,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from agent.enroll import ca_fingerprint
+from agent.private_files import write_atomic
 
 CA_CERT_NAME = "ca.pem"
 CA_KEY_NAME = "ca.key"
@@ -49,24 +48,11 @@ def _now() -> dt.datetime:
 
 
 def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory and a rename.
-
-    The temporary file is created by ``os.open`` with ``mode`` (``O_EXCL``), so a private key
-    is never readable by others, even when ``path`` already exists with a looser mode.
-    """
+    """Write ``data`` to ``path`` through agent.private_files (the one writer of secrets): a
+    fresh O_EXCL|O_NOFOLLOW temporary file with exactly ``mode`` from its first byte, fsync,
+    rename, fsync of the folder; a symlink planted at ``path`` is refused, not replaced."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.fchmod(fd, mode)  # os.open's mode is filtered by the umask; make it exact
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(path, data, mode)
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.private_files import ensure_private_dir
 from agent.sqlite_files import create_private, setting_up
 
 SCHEMA = """
@@ -69,6 +70,7 @@ class RoundRecord:
 class History:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        ensure_private_dir(self.path.parent)  # the state dir: 0700 whatever the umask
         with setting_up(self.path):  # the ServerApp, `status` and scripts may open it at once
             create_private(self.path)
             self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
