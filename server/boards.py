@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import re
 import sqlite3
@@ -19,11 +20,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.enroll import REQUEST_PREFIX
+from agent.enroll import REQUEST_PREFIX, validate_board_id
 from agent.flower_process import flower_bin, flower_environment
+from agent.private_files import ensure_private_dir
 from server.config import ServerConfig
 
-_BOARD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+log = logging.getLogger("sleepfed.server")
+
 _PUBLIC_KEY = re.compile(r"^ecdsa-sha2-nistp(256|384|521) [A-Za-z0-9+/=]+$")
 
 SCHEMA = """
@@ -61,8 +64,10 @@ def parse_request(text: str) -> EnrollmentRequest:
 
 
 def _checked(board_id: str, public_key: str) -> EnrollmentRequest:
-    if not _BOARD_ID.match(board_id):
-        raise RegistryError(f"board id {board_id!r}: letters, digits, . _ - (at most 64)")
+    try:
+        validate_board_id(board_id)  # the rule sleepfed-enroll applies on the board
+    except ValueError as error:
+        raise RegistryError(str(error)) from None
     if not _PUBLIC_KEY.match(public_key):
         raise RegistryError(f"board {board_id}: not an OpenSSH EC public key")
     return EnrollmentRequest(board_id, public_key)
@@ -80,8 +85,9 @@ def parse_csv(path: Path) -> list[EnrollmentRequest]:
 class Registry:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
+        self.sync_failures = 0
         path = config.state_dir / "boards.db"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(path.parent)  # 0700: the registry holds every board's key
         if not path.exists():
             os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
         self.conn = sqlite3.connect(path, timeout=30, isolation_level=None)
@@ -164,26 +170,41 @@ class Registry:
         return payload
 
     def sync(self) -> list[str]:
-        """Apply pending registrations and revocations to the running SuperLink."""
+        """Apply pending registrations and revocations to the running SuperLink.
+
+        Each board is applied on its own: one that fails (the SuperLink refuses the key, the
+        ``flwr`` call times out) is logged, counted in ``sync_failures`` and tried again at
+        the next sync, and does not hold up the boards after it."""
         done = []
+        self.sync_failures = 0
         for board in self.boards():
             board_id, status = str(board["board_id"]), board["status"]
-            if status == "pending":
-                key_file = self.config.state_dir / "flwr" / f"{board_id}.pub"
-                key_file.parent.mkdir(parents=True, exist_ok=True)
-                key_file.write_text(f"{board['public_key']} {board_id}\n")
-                payload = self._flwr("register", str(key_file))
-                self.conn.execute(
-                    "UPDATE boards SET status = 'registered', node_id = ?, changed_at = ? "
-                    "WHERE board_id = ?",
-                    (str(payload["node-id"]), time.time(), board_id),
-                )
-                done.append(f"registered {board_id} (node {payload['node-id']})")
-            elif status == "revoke-pending":
-                self._flwr("unregister", str(board["node_id"]))
-                self.conn.execute(
-                    "UPDATE boards SET status = 'revoked', changed_at = ? WHERE board_id = ?",
-                    (time.time(), board_id),
-                )
-                done.append(f"revoked {board_id} (node {board['node_id']})")
+            try:
+                if status == "pending":
+                    done.append(self._register(board_id, str(board["public_key"])))
+                elif status == "revoke-pending":
+                    done.append(self._unregister(board_id, str(board["node_id"])))
+            except (RegistryError, OSError, subprocess.SubprocessError) as error:
+                self.sync_failures += 1
+                log.error("board %s (%s) not applied to the SuperLink: %s", board_id, status, error)
         return done
+
+    def _register(self, board_id: str, public_key: str) -> str:
+        key_file = self.config.state_dir / "flwr" / f"{board_id}.pub"
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(f"{public_key} {board_id}\n")
+        payload = self._flwr("register", str(key_file))
+        self.conn.execute(
+            "UPDATE boards SET status = 'registered', node_id = ?, changed_at = ? "
+            "WHERE board_id = ?",
+            (str(payload["node-id"]), time.time(), board_id),
+        )
+        return f"registered {board_id} (node {payload['node-id']})"
+
+    def _unregister(self, board_id: str, node_id: str) -> str:
+        self._flwr("unregister", node_id)
+        self.conn.execute(
+            "UPDATE boards SET status = 'revoked', changed_at = ? WHERE board_id = ?",
+            (time.time(), board_id),
+        )
+        return f"revoked {board_id} (node {node_id})"

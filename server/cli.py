@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -63,7 +64,9 @@ def _wait_for_run(
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from server.superlink import SuperLink, submit_run
+    from server.fleet_proxy import ProxyError
+    from server.superlink import submit_run
+    from server.supervision import ServerProcesses
 
     config = load_config(args.config)
     if args.insecure and not config.insecure:
@@ -80,16 +83,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    superlink = SuperLink(config)
-    superlink.start()
-    metrics = _start_metrics(config, superlink.alive)
+    processes = ServerProcesses(config)
+    try:
+        synced = processes.start()
+    except ProxyError as error:
+        print(f"sleepfed-server run: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    metrics = _start_metrics(config, processes.alive)
     if config.node_auth:
+        for line in synced:
+            print(line, flush=True)
         from server.boards import Registry
 
         registry = Registry(config)
         try:
-            for line in registry.sync():
-                print(line, flush=True)
             enrolled = sum(1 for b in registry.boards() if b["status"] == "registered")
         finally:
             registry.close()
@@ -114,7 +121,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     finally:
         if metrics is not None:
             metrics.stop()
-        superlink.stop()
+        processes.stop()
     return code
 
 
@@ -205,7 +212,7 @@ def _superlink_up(config: ServerConfig) -> bool:
     import socket
 
     try:
-        socket.create_connection((config.host, config.port), timeout=2).close()
+        socket.create_connection(("127.0.0.1", config.superlink_port), timeout=2).close()
     except OSError:
         return False
     return True
@@ -360,6 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Everything the server makes is private (superlink.db holds messages and node keys,
+    # boards.db the fleet's keys, logs, certs' keys), whatever umask it was started with;
+    # its children (SuperLink, ServerApp, flwr) inherit this. Public certs are chmod-ed.
+    os.umask(0o077)
     args = build_parser().parse_args(argv)
     if getattr(args, "host", None) is None and args.command == "certs":
         args.host = ["127.0.0.1", "localhost"]

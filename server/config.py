@@ -15,11 +15,16 @@ from server.update_validation import ValidationRules, parse_validation
 __all__ = ["ConfigError", "ServerConfig", "load_config", "parse_config"]
 
 
+# Not 9094: a SuperNode's own API listens there by default (boards and server may share a
+# machine in tests and demos).
+DEFAULT_SUPERLINK_PORT = 9099
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     state_dir: Path
     host: str
-    port: int
+    port: int  # the boards' address: the fleet proxy (server.fleet_proxy)
     insecure: bool
     node_auth: bool
     certfile: Path | None
@@ -40,6 +45,8 @@ class ServerConfig:
     strategy: StrategySettings = field(default_factory=StrategySettings)
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 0  # Prometheus endpoint of `sleepfed-server run`; 0 = off
+    superlink_port: int = DEFAULT_SUPERLINK_PORT  # the SuperLink's port, on 127.0.0.1 only
+    reconcile_seconds: float = 30.0  # how often `run` applies the registry to the SuperLink
 
     @property
     def history_path(self) -> Path:
@@ -47,7 +54,13 @@ class ServerConfig:
 
     @property
     def address(self) -> str:
+        """Where boards connect: the fleet proxy."""
         return f"{self.host}:{self.port}"
+
+    @property
+    def superlink_address(self) -> str:
+        """The SuperLink itself, on loopback only: where operator commands connect."""
+        return f"127.0.0.1:{self.superlink_port}"
 
 
 def parse_config(data: dict[str, Any], base: Path) -> ServerConfig:
@@ -96,6 +109,14 @@ def parse_config(data: dict[str, Any], base: Path) -> ServerConfig:
     port = get_field(server, "port", int, "server", 9093)
     if not 0 < port < 65536:
         raise ConfigError(f"server.port: no such port {port}")
+    superlink_port = get_field(server, "superlink_port", int, "server", DEFAULT_SUPERLINK_PORT)
+    if not 0 < superlink_port < 65536 or superlink_port == port:
+        raise ConfigError(
+            f"server.superlink_port: a free port other than server.port, got {superlink_port}"
+        )
+    reconcile = get_field(server, "reconcile_seconds", float, "server", 30.0)
+    if not 1.0 <= reconcile <= 60.0:
+        raise ConfigError(f"server.reconcile_seconds: must be within 1..60, got {reconcile}")
     data_dir = get_field(evaluation, "data", str, "evaluation", "")
     subjects = get_field(evaluation, "subjects", list, "evaluation", [])
     if not all(isinstance(s, str) for s in subjects):
@@ -126,6 +147,8 @@ def parse_config(data: dict[str, Any], base: Path) -> ServerConfig:
         strategy=parse_strategy(fed),
         metrics_host=metrics[0],
         metrics_port=metrics[1],
+        superlink_port=superlink_port,
+        reconcile_seconds=reconcile,
     )
 
 

@@ -19,13 +19,21 @@ EXIT_DEGRADED = 3  # the SuperLink is up but the last run failed or was interrup
 BAD_RUN_STATUSES = ("failed", "interrupted")
 
 
-def superlink_up(config: ServerConfig, timeout: float = 2.0) -> bool:
-    host = "127.0.0.1" if config.host in ("", "0.0.0.0", "::") else config.host
+def _accepts(host: str, port: int, timeout: float) -> bool:
     try:
-        socket.create_connection((host, config.port), timeout=timeout).close()
+        socket.create_connection((host, port), timeout=timeout).close()
     except OSError:
         return False
     return True
+
+
+def superlink_up(config: ServerConfig, timeout: float = 2.0) -> bool:
+    """The SuperLink on loopback and the fleet proxy on the boards' address both accept
+    connections: a board can join only when both do."""
+    public = "127.0.0.1" if config.host in ("", "0.0.0.0", "::") else config.host
+    return _accepts("127.0.0.1", config.superlink_port, timeout) and _accepts(
+        public, config.port, timeout
+    )
 
 
 def collect(config: ServerConfig) -> dict[str, Any]:
@@ -49,7 +57,10 @@ def collect(config: ServerConfig) -> dict[str, Any]:
         next_round = "when the server runs"
     problems = []
     if not up:
-        problems.append(f"the SuperLink at {config.address} does not accept connections")
+        problems.append(
+            f"the SuperLink ({config.superlink_address}) or its fleet proxy ({config.address}) "
+            "does not accept connections"
+        )
     if last_run is not None and last_run["status"] in BAD_RUN_STATUSES:
         problems.append(f"the last run {last_run['run_id']} {last_run['status']}")
     health = "ok" if not problems else ("down" if not up else "degraded")

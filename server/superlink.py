@@ -13,7 +13,9 @@ from importlib import resources
 from pathlib import Path
 
 from agent.flower_process import flower_bin, flower_environment, stop_process_group
+from agent.private_files import ensure_private_dir
 from server.config import ServerConfig
+from server.fleet_proxy import die_with_parent, loopback_tls
 from server.privacy import run_config_entries
 from server.strategies import run_config_entries as strategy_run_config
 
@@ -23,32 +25,38 @@ CONNECTION_NAME = "sleepfed"
 
 
 def superlink_command(config: ServerConfig) -> list[str]:
+    """The SuperLink on loopback only; the boards reach it through the fleet proxy."""
     command = [
         flower_bin("flower-superlink"),
         "--database",
         str(config.state_dir / "superlink.db"),
         "--disable-runtime-dependency-installation",
         "--host",
-        config.host,
+        "127.0.0.1",
         "--port",
-        str(config.port),
+        str(config.superlink_port),
     ]
     if config.insecure:
         command.append("--insecure")
     else:
+        loopback = loopback_tls(config)
         command += [
             "--ssl-certfile",
-            str(config.certfile),
+            str(loopback["cert"]),
             "--ssl-keyfile",
-            str(config.keyfile),
+            str(loopback["key"]),
             "--ssl-ca-certfile",
-            str(config.ca_certfile),
+            str(loopback["ca"]),
         ]
+    if config.node_auth:
+        # Without it Flower admits any node: registering keys is not enforcing them.
+        command.append("--enable-supernode-auth")
     return command
 
 
 def write_connection(config: ServerConfig) -> None:
-    """The ``flwr`` CLI's connection to our SuperLink, in our own FLWR_HOME."""
+    """The ``flwr`` CLI's connection to our SuperLink (its loopback side), in our own
+    FLWR_HOME."""
     home = config.state_dir / "flwr"
     home.mkdir(parents=True, exist_ok=True)
     lines = [
@@ -56,12 +64,12 @@ def write_connection(config: ServerConfig) -> None:
         f'default = "{CONNECTION_NAME}"',
         "",
         f"[superlink.{CONNECTION_NAME}]",
-        f'address = "{config.address}"',
+        f'address = "{config.superlink_address}"',
     ]
     if config.insecure:
         lines.append("insecure = true")
     else:
-        lines.append(f'root-certificates = "{config.ca_certfile}"')
+        lines.append(f'root-certificates = "{loopback_tls(config)["ca"]}"')
     (home / "config.toml").write_text("\n".join(lines) + "\n")
 
 
@@ -107,7 +115,7 @@ class SuperLink:
         self.log_path = config.state_dir / "superlink.log"
 
     def start(self, ready_timeout: float = 60.0) -> None:
-        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(self.config.state_dir)  # messages and node keys: owner only
         if self.config.insecure:
             log.warning("SuperLink runs WITHOUT TLS (--insecure): traffic is not encrypted")
         write_connection(self.config)
@@ -122,6 +130,7 @@ class SuperLink:
                 stderr=subprocess.STDOUT,
                 env=flower_environment(self.config.state_dir / "flwr"),
                 start_new_session=True,
+                preexec_fn=die_with_parent,
             )
         deadline = time.time() + ready_timeout
         while time.time() < deadline:
@@ -130,16 +139,18 @@ class SuperLink:
                     f"SuperLink exited with {self.process.returncode}; see {self.log_path}"
                 )
             try:
-                socket.create_connection((self.config.host, self.config.port), timeout=1).close()
+                socket.create_connection(("127.0.0.1", self.config.superlink_port), 1).close()
                 log.info(
-                    "SuperLink listening on %s (pid %d)", self.config.address, self.process.pid
+                    "SuperLink listening on %s, loopback only (pid %d)",
+                    self.config.superlink_address,
+                    self.process.pid,
                 )
                 return
             except OSError:
                 time.sleep(0.3)
         self.stop()
         raise RuntimeError(
-            f"SuperLink did not listen on {self.config.address} in {ready_timeout:.0f}s"
+            f"SuperLink did not listen on {self.config.superlink_address} in {ready_timeout:.0f}s"
         )
 
     def alive(self) -> bool:

@@ -13,6 +13,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from agent.buffer import Buffer
 from agent.features import load_walch_subject, night_windows
 from server.certs import ensure_demo_pki
@@ -58,6 +61,7 @@ def write_server_config(
 state_dir = "{root / "server" / "state"}"
 host = "{host}"
 port = {port}
+superlink_port = {free_port()}
 certfile = "{certs["cert"]}"
 keyfile = "{certs["key"]}"
 ca_certfile = "{certs["ca"]}"
@@ -88,11 +92,22 @@ def write_board(
     retry_max: float = 4.0,
     server_host: str = "127.0.0.1",
     federation_extra: str = "",
+    enrol: bool = True,
 ) -> Path:
     """A board whose buffer already holds one extracted Walch night (no sensor source);
-    ``federation_extra``: more [federation] lines."""
+    ``federation_extra``: more [federation] lines. With ``enrol`` the board has its own key
+    (``node.key``, as ``sleepfed-enroll`` makes it) and is registered in the registry of the
+    server configured at ``root/server/server.toml`` if that exists (``write_server_config``),
+    as the runbook's ``sleepfed-server boards register`` does."""
     board = root / name
     board.mkdir(parents=True, exist_ok=True)
+    key_line = ""
+    if enrol:
+        public_key = node_key(board / "node.key")
+        key_line = f'auth_private_key = "{board / "node.key"}"\n'
+        server_config = root / "server" / "server.toml"
+        if server_config.exists():
+            register(server_config, name, public_key)
     buffer_path = board / "buffer.db"
     if walch_dir is not None and subject is not None:
         windows = night_windows(load_walch_subject(walch_dir, subject))
@@ -130,9 +145,43 @@ session_idle_seconds = 300
 refused_retry_minutes = 0.1
 activation_patience_seconds = 8
 supernode_port = {free_port()}
-{federation_extra}"""
+{key_line}{federation_extra}"""
     )
     return config
+
+
+CURVES = {"p256": ec.SECP256R1(), "p384": ec.SECP384R1()}
+
+
+def node_key(path: Path, curve: str = "p384") -> str:
+    """An EC key in OpenSSH format, mode 0600 (sleepfed-enroll makes P-384 keys); returns the
+    public line."""
+    key = ec.generate_private_key(CURVES[curve])
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.OpenSSH,
+                serialization.NoEncryption(),
+            )
+        )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    return public.decode()
+
+
+def register(server_config: Path, board_id: str, public_key: str) -> None:
+    """The board's key in the server's registry (applied to the SuperLink when it runs)."""
+    from server.boards import EnrollmentRequest, Registry
+    from server.config import load_config
+
+    registry = Registry(load_config(server_config))
+    try:
+        registry.add(EnrollmentRequest(board_id, public_key))
+    finally:
+        registry.close()
 
 
 def start(

@@ -20,11 +20,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from federation_helpers import (
     board_state,
     free_port,
+    node_key,
     pki,
     start_agent,
     start_server,
@@ -49,27 +48,6 @@ from server.history import History
 NIGHT_START = 1_700_000_000.0
 SETTLE_SECONDS = 3600
 HELD_OUT = ["1066528", "2638030"]
-
-
-CURVES: dict[str, ec.EllipticCurve] = {"p384": ec.SECP384R1(), "p256": ec.SECP256R1()}
-
-
-def node_key(path: Path, curve: str = "p384") -> str:
-    """An EC key in OpenSSH format (sleepfed-enroll makes P-384 keys); returns the public
-    line."""
-    key = ec.generate_private_key(CURVES[curve])
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.OpenSSH,
-            serialization.NoEncryption(),
-        )
-    )
-    path.chmod(0o600)
-    public = key.public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-    )
-    return public.decode()
 
 
 @dataclass
@@ -185,7 +163,7 @@ def build_fleet(
             proxy = CaptureProxy(certs["cert"], certs["key"], certs["ca"], port).start()
             link = PtyLink()
             config = write_board(
-                root, name, proxy.port, certs["ca"], walch_dir=walch, subject=subject
+                root, name, proxy.port, certs["ca"], walch_dir=walch, subject=subject, enrol=False
             )
             text = config.read_text().replace(
                 "session_idle_seconds = 300", "session_idle_seconds = 3600"

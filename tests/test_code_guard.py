@@ -22,7 +22,8 @@ from federation_helpers import (
 
 from agent.flower_process import flower_bin, flower_environment
 from server.config import load_config
-from server.superlink import CONNECTION_NAME, SuperLink
+from server.superlink import CONNECTION_NAME
+from server.supervision import ServerProcesses
 
 SERVER_APP = """
 import json
@@ -113,8 +114,9 @@ def test_board_refuses_a_bundle_with_code(tmp_path: Path, walch_dir: Path) -> No
     board = write_board(
         tmp_path, "board", port, certs["ca"], walch_dir=walch_dir, subject="4426783"
     )
-    superlink = SuperLink(config)
-    superlink.start()
+    # The SuperLink, its fleet proxy and the registry (the board enrolled), as `run` has them.
+    server = ServerProcesses(config)
+    server.start()
     agent = start_agent(board)
     try:
         submitted = subprocess.run(
@@ -142,4 +144,4 @@ def test_board_refuses_a_bundle_with_code(tmp_path: Path, walch_dir: Path) -> No
         assert not any(apps.glob("**/client_app.py")), "the bundle was installed on the board"
     finally:
         stop([agent])
-        superlink.stop()
+        server.stop()

@@ -178,7 +178,9 @@ def _enrolled_board(
         root, name, certs["ca"], fingerprint_sha256(certs["ca"]), "--no-system-user", "--no-unit"
     )
     assert result.returncode == 0, result.stderr
-    config = write_board(tmp_path, name, port, certs["ca"], walch_dir=walch_dir, subject=subject)
+    config = write_board(
+        tmp_path, name, port, certs["ca"], walch_dir=walch_dir, subject=subject, enrol=False
+    )
     text = config.read_text().replace(
         "min_new_labelled_windows = 1",
         f'min_new_labelled_windows = 0\nauth_private_key = "{root / "etc/sleepfed/node.key"}"',
