@@ -2,7 +2,9 @@
 
 It is installed with the agent and started by the board's own ``flower-supernode`` (a child
 of the daemon); the node config carries the path of the board's buffer. Only model arrays
-and scalar metrics leave the board: never readings, timestamps or night names.
+and scalar metrics leave the board: never readings, timestamps or night names; and under DP
+or SecAgg+ only the (clipped or masked) arrays: ``agent.privacy_mods.withhold_scalars_mod``
+empties the scalar metrics then.
 
 * train: from the global arrays, take the configured number of fixed-size gradient steps
   (``local-iterations``, ``learning-rate``; :mod:`agent.objective`) on the board's labelled
@@ -164,8 +166,9 @@ def evaluate(msg: Message, context: Context) -> Message:
         }
         if global_round == final_round:
             state["run_finished"] = str(msg.metadata.run_id)
-        if GOOD_SHARE_KEY in config:
-            state["population_good_share"] = float(config[GOOD_SHARE_KEY])
+        share = config.get(GOOD_SHARE_KEY)
+        if isinstance(share, int | float) and 0.0 < float(share) < 1.0:  # NaN fails too
+            state["population_good_share"] = float(share)
         buffer.set_state(**state)
     finally:
         buffer.close()

@@ -13,6 +13,14 @@ configuration:
 * ``dp_clipping_mod``: Flower's ``fixedclipping_mod`` (clip the update to the norm the
   server's ``DifferentialPrivacyClientSideFixedClipping`` sends) for a train message that
   carries a clipping norm.
+* ``withhold_scalars_mod`` (outermost): under DP or SecAgg+ the board's scalars
+  (num-examples, good-share, train-loss, train-accuracy, train-seconds, eval-loss,
+  eval-accuracy) do not leave the board: its arrays are protected (clipped and noised, or
+  masked) and they would not be. Applies to a train message that carries a clipping norm or
+  SecAgg+ records, and to any message whose config carries ``withhold-metrics`` (the server
+  sets it in train and evaluate configs under DP and SecAgg+). Under SecAgg+ the
+  num-examples still weights the update inside the masked vector (``secaggplus_mod`` reads it
+  before this mod empties the clear copy).
 """
 
 from __future__ import annotations
@@ -28,6 +36,8 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, get_norm
 
 LEGACY_NUM_EXAMPLES_KEY = "num-examples"
+# Train/evaluate config key: the server runs DP or SecAgg+, the board sends no scalar.
+WITHHOLD_METRICS_KEY = "withhold-metrics"
 
 log = logging.getLogger("sleepfed.privacy")
 
@@ -125,5 +135,44 @@ def legacy_records_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable
     return reply
 
 
-# Outermost first: secure aggregation masks what the translated, clipped update becomes.
-CLIENT_MODS = [secure_aggregation_mod, legacy_records_mod, dp_clipping_mod]
+def withholds_scalars(msg: Message) -> bool:
+    """Whether the message's reply leaves without the board's scalars (see the module)."""
+    configs = msg.content.config_records
+    if msg.metadata.message_type == MessageType.TRAIN and (
+        RECORD_KEY_CONFIGS in configs
+        or any(KEY_CLIPPING_NORM in record for record in configs.values())
+    ):
+        return True
+    return any(record.get(WITHHOLD_METRICS_KEY) is True for record in configs.values())
+
+
+# What the legacy (SecAgg+) records keep once the scalars are withheld: the keys Flower's
+# compat layer reads, with nothing in them.
+_LEGACY_EMPTY = {
+    "fitres.num_examples": {"num_examples": 0},
+    "evaluateres.num_examples": {"num_examples": 0},
+    "evaluateres.loss": {"loss": 0.0},
+}
+
+
+def withhold_scalars(content: RecordDict) -> None:
+    """Empty every metric record of a reply (and the legacy ``*res.metrics`` config records),
+    keeping the records themselves: the server's protocol code still finds them."""
+    for name in list(content.metric_records):
+        content[name] = MetricRecord(_LEGACY_EMPTY.get(name, {}))  # type: ignore[arg-type]
+    for name in ("fitres.metrics", "evaluateres.metrics"):
+        if name in content.config_records:
+            content[name] = ConfigRecord()
+
+
+def withhold_scalars_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
+    withhold = withholds_scalars(msg)
+    reply = call_next(msg, ctxt)
+    if withhold and not reply.has_error():
+        withhold_scalars(reply.content)
+    return reply
+
+
+# Outermost first: the scalars are withheld from what secure aggregation sends (it has read
+# the num-examples it masks by then), which masks what the translated, clipped update becomes.
+CLIENT_MODS = [withhold_scalars_mod, secure_aggregation_mod, legacy_records_mod, dp_clipping_mod]

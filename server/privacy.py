@@ -17,8 +17,13 @@ Accounting assumptions (client-level, add-or-remove-one-board adjacency):
   ``RdpAccountant`` wraps), converted to (ε, δ) at the configured δ;
 * composition runs over every DP round in the history, across runs and including rounds
   later rolled back (their models were published to the boards all the same);
-* only the model arrays are covered: the scalar training/evaluation metrics a board reports
-  (loss, accuracy, number of examples) are not noised.
+* only the model arrays are released: under DP boards send no scalar metric (loss, accuracy,
+  number of examples, good-share; ``agent.privacy_mods.withhold_scalars_mod``), the server
+  weighs every update equally and ignores any scalar a board still sends, and no π (the
+  boards' good-share) is sent back to the boards (the history's rejection details, e.g. an
+  update's norm, stay with the operator, whom central DP trusts as it sees every update);
+* the server does not trust the boards to clip: an update longer than ``C`` is rejected
+  (``server.server_app.dp_rules``) and counts as a zero update.
 """
 
 from __future__ import annotations

@@ -10,6 +10,16 @@ reconstructs the masks of boards that dropped out after sharing their keys, as l
 ``threshold`` of their neighbours' shares survive. Individual updates are never seen, so
 per-update validation (server.update_validation) cannot run: only the aggregate is checked
 (finite, right shape) before it is kept.
+
+Boards send no scalar in the clear under SecAgg+ (``agent.privacy_mods.
+withhold_scalars_mod``): a board's num-examples enters only its masked vector (as the
+quantised weight factor Flower's SecAgg+ folds into it), so the server learns only the sum
+of the finishers' num-examples, as it learns only the sum of their weighted parameters. The
+``fitres.num_examples`` / ``fitres.metrics`` records the legacy protocol still carries are 0
+and empty, and so are the evaluation replies' loss, num-examples and metrics: the history
+keeps no board-reported metric for SecAgg+ rounds (the server's held-out scores remain), and
+the strategy neither averages nor weights anything by them. A board whose agent predates
+this sends them all the same; the server ignores them.
 """
 
 from __future__ import annotations
@@ -33,14 +43,6 @@ from server.privacy import PrivacySettings
 log = logging.getLogger("sleepfed.server")
 
 
-def _weighted_mean(pairs: list[tuple[int, dict[str, Any]]]) -> dict[str, float]:
-    total = sum(n for n, _ in pairs)
-    keys = {k for _, m in pairs for k, v in m.items() if isinstance(v, int | float)}
-    if not total:
-        return {}
-    return {k: sum(n * float(m.get(k, 0.0)) for n, m in pairs) / total for k in sorted(keys)}
-
-
 class RecordingSecAggFedAvg(LegacyFedAvg):
     """Legacy FedAvg that records what the history needs, and evaluates a round's model on
     the boards that completed that round (a board that dropped out is not waited for)."""
@@ -58,17 +60,18 @@ class RecordingSecAggFedAvg(LegacyFedAvg):
     def aggregate_fit(self, server_round: int, results: Any, failures: Any) -> Any:
         self._finishers = [proxy for proxy, _ in results]
         self.train_nodes[server_round] = len(results)
-        parameters, metrics = super().aggregate_fit(server_round, results, failures)
-        self.train_metrics[server_round] = _weighted_mean(
-            [(r.num_examples, dict(r.metrics)) for _, r in results]
-        )
+        # SecAggPlusWorkflow has put the unmasked aggregate (already weighted inside the
+        # masked vectors) in every result: take it as it is. The legacy FedAvg would weight
+        # these identical copies by the results' clear num_examples, which boards send as 0.
+        parameters = results[0][1].parameters if results else None
+        self.train_metrics[server_round] = {}  # no board-reported scalar under SecAgg+
         if parameters is not None:
             arrays = parameters_to_ndarrays(parameters)
             if not all(np.isfinite(a).all() for a in arrays):
                 log.error("round %d: the secure aggregate is not finite; discarded", server_round)
                 return None, {}
             self.round_arrays[server_round] = arrays
-        return parameters, metrics
+        return parameters, {}
 
     def configure_evaluate(self, server_round: int, parameters: Any, client_manager: Any) -> Any:
         if server_round not in self.round_arrays:
@@ -78,14 +81,13 @@ class RecordingSecAggFedAvg(LegacyFedAvg):
         return [(p, ins) for p, ins in instructions if p.node_id in finishers]
 
     def aggregate_evaluate(self, server_round: int, results: Any, failures: Any) -> Any:
+        # The boards' evaluation replies carry no loss, count or metric under SecAgg+: the
+        # round's evaluation is the boards receiving the model, and the server's own scoring.
         self.eval_nodes[server_round] = len(results)
-        self.eval_metrics[server_round] = _weighted_mean(
-            [(r.num_examples, dict(r.metrics)) for _, r in results]
-        )
-        outcome = super().aggregate_evaluate(server_round, results, failures)
+        self.eval_metrics[server_round] = {}
         if server_round in self.round_arrays:
             self.on_round_done(server_round, self.round_arrays[server_round])
-        return outcome
+        return None, {}
 
 
 def run_secure_rounds(

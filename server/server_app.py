@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import replace
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
@@ -24,6 +25,7 @@ from flwr.serverapp.strategy import FedAvg
 from agent import model
 from agent.client_app import GOOD_SHARE_KEY
 from agent.features import walch_dataset
+from agent.privacy_mods import WITHHOLD_METRICS_KEY
 from server.history import History
 from server.privacy import round_privacy, settings_from_run_config, wrap_strategy
 from server.secure_aggregation import RecordingSecAggFedAvg, run_secure_rounds
@@ -33,6 +35,7 @@ from server.update_validation import (
     UNIFORM_WEIGHT_KEY,
     UpdateScreening,
     ValidationRules,
+    rules_from_run_config,
 )
 
 log = logging.getLogger("sleepfed.server")
@@ -64,8 +67,14 @@ class RecordingFedAvg(UpdateScreening, FedAvg):
         replies = self.screen(server_round, list(replies))
         self.train_nodes[server_round] = sum(1 for r in replies if not r.has_error())
         arrays, metrics = super().aggregate_train(server_round, replies)
-        self.train_metrics[server_round] = dict(metrics or {})
-        return arrays, metrics
+        # π is the median of the accepted boards' shares (server.update_validation
+        # .robust_good_share), not Flower's num-examples-weighted mean of them.
+        recorded = {k: v for k, v in dict(metrics or {}).items() if k != GOOD_SHARE_KEY}
+        good_share = self.good_shares.get(server_round)
+        if good_share is not None:
+            recorded[GOOD_SHARE_KEY] = good_share
+        self.train_metrics[server_round] = recorded
+        return arrays, MetricRecord(recorded) if metrics is not None else None
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -76,8 +85,9 @@ class RecordingFedAvg(UpdateScreening, FedAvg):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        # The boards' pooled share of Good windows, from this round's train metrics: the
-        # boards calibrate their night estimates with it (agent.features.estimated_efficiency).
+        # The boards' share of Good windows (π, the median of the accepted boards' shares),
+        # from this round's train metrics: the boards calibrate their night estimates with it
+        # (agent.features.estimated_efficiency). None under DP: no board's scalar is used.
         good_share = self.train_metrics.get(server_round, {}).get(GOOD_SHARE_KEY)
         if good_share is not None and 0.0 < float(good_share) < 1.0:
             config = ConfigRecord({**dict(config), GOOD_SHARE_KEY: float(good_share)})
@@ -91,6 +101,21 @@ class RecordingFedAvg(UpdateScreening, FedAvg):
         metrics = super().aggregate_evaluate(server_round, replies)
         self.eval_metrics[server_round] = dict(metrics or {})
         return metrics
+
+
+# An update clipped to C on the board has norm C up to rounding.
+CLIP_TOLERANCE = 1e-6
+
+
+def dp_rules(rules: ValidationRules, clipping_norm: float) -> ValidationRules:
+    """Under DP (``clipping_norm`` > 0) an update longer than C breaks the noise's
+    calibration (its sensitivity): the board did not clip, so it is rejected (``norm-cap``)."""
+    if clipping_norm <= 0:
+        return rules
+    cap = clipping_norm * (1.0 + CLIP_TOLERANCE)
+    if 0 < rules.max_update_norm < cap:
+        return rules
+    return replace(rules, max_update_norm=cap)
 
 
 def held_out_scores(
@@ -142,14 +167,15 @@ def main(grid: Grid, context: Context) -> None:
         "learning-rate": float(cfg["learning-rate"]),
     }
     privacy = settings_from_run_config(cfg)
+    protected = privacy.dp or privacy.secure_aggregation
+    if protected:
+        # Boards send no scalar under DP or SecAgg+ (agent.privacy_mods.withhold_scalars_mod)
+        training[WITHHOLD_METRICS_KEY] = True
     # the configured strategy (server.strategies), behind the recording and screening class
     strategy = build_strategy(
         strategy_settings_from_run_config(cfg),
         RecordingFedAvg,
-        rules=ValidationRules(
-            mad_k=float(cfg.get("validation-mad-k", 3.5)),
-            max_update_norm=float(cfg.get("validation-max-update-norm", 0.0)),
-        ),
+        rules=dp_rules(rules_from_run_config(cfg), privacy.clipping_norm if privacy.dp else 0.0),
         uniform_weights=privacy.dp,
         fraction_train=float(cfg["fraction-train"]),
         fraction_evaluate=float(cfg["fraction-evaluate"]),
@@ -186,11 +212,12 @@ def main(grid: Grid, context: Context) -> None:
         scores = persist(strategy, server_round, arrays.to_numpy_ndarrays())
         return MetricRecord({k: v for k, v in scores.items() if np.isfinite(v)})
 
-    def evaluate_config(server_round: int) -> dict[str, int]:
+    def evaluate_config(server_round: int) -> dict[str, int | bool]:
         return {
             "server-round": server_round,
             "global-round-offset": start_round,
             "final-global-round": start_round + num_rounds,
+            WITHHOLD_METRICS_KEY: True,  # only used under SecAgg+ (the legacy workflow)
         }
 
     try:
@@ -218,7 +245,11 @@ def main(grid: Grid, context: Context) -> None:
             timeout=float(cfg["round-timeout"]),
             train_config=ConfigRecord(training),
             evaluate_config=ConfigRecord(
-                {"global-round-offset": start_round, "final-global-round": start_round + num_rounds}
+                {
+                    "global-round-offset": start_round,
+                    "final-global-round": start_round + num_rounds,
+                    **({WITHHOLD_METRICS_KEY: True} if protected else {}),
+                }
             ),
             evaluate_fn=evaluate_and_persist,
         )

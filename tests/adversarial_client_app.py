@@ -9,7 +9,9 @@ server round, e.g. ``"1:nan,2:scale"``:
 * ``scale``: the update (trained minus global arrays) is multiplied by 1000;
 * ``shape``: the coefficient array loses half its columns;
 * ``die``: the board's whole SuperNode process group is SIGKILLed while it trains (under
-  SecAgg+ this is the masked-vector stage, after the keys were shared).
+  SecAgg+ this is the masked-vector stage, after the keys were shared);
+* ``metric=VALUE``: an ordinary update whose scalar ``metric`` is VALUE (any float Python
+  reads: ``1e300``, ``nan``, ``7``), e.g. ``"1:num-examples=1e300,2:good-share=nan"``.
 
 Without the variable it behaves exactly like the real ClientApp.
 """
@@ -50,6 +52,10 @@ def attack_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Mes
     global_arrays = msg.content["arrays"].to_numpy_ndarrays()
     reply = call_next(msg, ctxt)
     if kind is None or reply.has_error():
+        return reply
+    if "=" in kind:
+        name, _, value = kind.partition("=")
+        reply.content["metrics"][name.strip()] = float(value)
         return reply
     arrays = reply.content["arrays"].to_numpy_ndarrays()
     if kind == "nan":
