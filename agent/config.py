@@ -296,7 +296,7 @@ def parse_config(data: dict[str, Any], base_dir: Path) -> AgentConfig:
     tz_name = get_field(board, "timezone", str, "board", "UTC")
     try:
         timezone = ZoneInfo(tz_name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a folder, e.g. "Europe"
         raise ConfigError(f"board.timezone: unknown time zone {tz_name!r}") from None
 
     buffer = get_field(data, "buffer", dict, "config")

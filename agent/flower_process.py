@@ -3,11 +3,13 @@ environment they run in, and stopping one with everything it started (its proces
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 
@@ -28,16 +30,34 @@ def flower_environment(flwr_home: Path) -> dict[str, str]:
     return env
 
 
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a member we may not signal: it exists
+        return True
+    return True
+
+
 def stop_process_group(process: subprocess.Popen[bytes] | None, grace_seconds: float) -> None:
     """SIGTERM the child's process group, SIGKILL it after ``grace_seconds``. The child must
-    have been started with ``start_new_session=True``."""
-    if process is None or process.poll() is not None:
+    have been started with ``start_new_session=True``. The group is ended even when its
+    leader has already exited: what the leader started (an nginx worker holding the listening
+    socket, a SuperNode's flower-superexec) would otherwise outlive it."""
+    if process is None:
         return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
+    pgid = process.pid
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_seconds
+    with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(grace_seconds)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _group_alive(pgid) or process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
         process.wait()
-    except ProcessLookupError:
-        pass
+        while _group_alive(pgid) and time.monotonic() < deadline + 5.0:
+            time.sleep(0.05)

@@ -23,7 +23,6 @@ import ctypes
 import logging
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -188,21 +187,21 @@ class FleetProxy:
                 preexec_fn=die_with_parent,
             )  # fmt: skip
         deadline = time.time() + ready_timeout
-        host = "127.0.0.1" if self.config.host in ("", "0.0.0.0", "::") else self.config.host
+        pid_file = self.folder / "nginx.pid"
         while time.time() < deadline:
             if self.process.poll() is not None:
                 tail = (self.folder / "error.log").read_text(errors="replace")[-600:]
                 raise ProxyError(f"nginx exited with {self.process.returncode}: {tail}")
-            try:
-                socket.create_connection((host, self.config.port), timeout=1).close()
+            # nginx writes its pid once it holds the port; a connection alone could reach a
+            # process left over from an earlier start
+            if pid_file.exists() and pid_file.read_text().strip() == str(self.process.pid):
                 log.info(
                     "fleet proxy (nginx, pid %d) serves the Fleet API only on %s",
                     self.process.pid,
                     self.config.address,
                 )
                 return
-            except OSError:
-                time.sleep(0.2)
+            time.sleep(0.1)
         self.stop()
         raise ProxyError(f"nginx did not listen on {self.config.address} in {ready_timeout:.0f}s")
 

@@ -42,12 +42,14 @@ class ServerProcesses:
                 self.config.address,
             )
         self.superlink.start()
+        # The registry before the proxy: a board that reached the SuperLink before its key was
+        # registered would be refused, and stay away for its refusal back-off.
         try:
+            lines = self.reconcile()
             self.proxy.start()
         except Exception:
             self.superlink.stop()
             raise
-        lines = self.reconcile()
         self._thread = threading.Thread(target=self._supervise, name="supervision", daemon=True)
         self._thread.start()
         return lines

@@ -18,7 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
-from federation_helpers import free_port, pki, start_server, stop, write_server_config
+from federation_helpers import (
+    free_port,
+    node_key,
+    pki,
+    register,
+    start_server,
+    stop,
+    write_server_config,
+)
 
 from agent.features import walch_dataset
 from agent.flower_process import flower_bin, flower_environment
@@ -70,15 +78,22 @@ def _superlink(server: psutil.Process) -> psutil.Process | None:
     return None
 
 
-def start_supernode(root: Path, port: int, ca: Path, buffer: Path) -> subprocess.Popen[bytes]:
+def start_supernode(
+    root: Path, port: int, ca: Path, buffer: Path, server_config: Path
+) -> subprocess.Popen[bytes]:
+    """A bare SuperNode over ``buffer``, with a key of its own enrolled in the server's
+    registry (the server enforces node authentication)."""
     home = buffer.parent / f"{buffer.stem}-flwr"
     home.mkdir(parents=True, exist_ok=True)
+    register(server_config, buffer.stem, node_key(home / "node.key"))
     command = [
         flower_bin("flower-supernode"),
         "--superlink",
         f"127.0.0.1:{port}",
         "--root-certificates",
         str(ca),
+        "--auth-supernode-private-key",
+        str(home / "node.key"),
         "--port",
         str(free_port()),
         "--node-config",
@@ -120,8 +135,8 @@ def run_fleet(
     people = {s: n for s, n in walch_dataset(walch_dir).items() if s not in HELD_OUT}
     boards = resample_boards(people, nodes, seed=1)
     buffers = prepare_buffers(root / "buffers", [b.windows for b in boards])
+    supernodes = [start_supernode(root, port, certs["ca"], path, config) for path in buffers]
     server = start_server(config)
-    supernodes = [start_supernode(root, port, certs["ca"], path) for path in buffers]
     started = time.monotonic()
     started_wall = time.time()
     samples: list[tuple[float, int]] = []

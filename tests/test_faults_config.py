@@ -37,6 +37,7 @@ HOSTILE_AGENT = [
     (GOOD + '[federation]\nserver = "h:1"\nroot_certificates = "../ca.pem"\n',
      "federation.root_certificates"),
     ('[board]\nid = ["b"]\n[buffer]\npath = "b.db"\n', "board.id: expected str"),
+    ('[board]\nid = "b"\ntimezone = "Europe"\n[buffer]\npath = "b.db"\n', "board.timezone"),
     ('buffer = 3\n[board]\nid = "b"\n', "config.buffer: expected dict"),
     ("sources = 7\n" + GOOD, "config.sources: expected list"),
     ("a = " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
@@ -100,6 +101,8 @@ HOSTILE_SERVER = [
     (SERVER + "port = 70000\n", "server.port"),
     (SERVER + "[federation]\nround_timeout_seconds = inf\n", "federation.round_timeout_seconds"),
     ('[server]\nstate_dir = "../../var/x"\ninsecure = true\n', "server.state_dir"),
+    (SERVER + "port = 9093\nsuperlink_port = 9093\n", "server.superlink_port"),
+    (SERVER + "reconcile_seconds = 600\n", "server.reconcile_seconds"),
     ("[server\n", "not valid TOML"),
 ]
 
