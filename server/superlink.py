@@ -18,6 +18,7 @@ from server.config import ServerConfig
 from server.fleet_proxy import die_with_parent, loopback_tls
 from server.privacy import run_config_entries
 from server.strategies import run_config_entries as strategy_run_config
+from server.update_validation import run_config_entries as validation_run_config
 
 log = logging.getLogger("sleepfed.server")
 
@@ -175,8 +176,7 @@ def submit_run(config: ServerConfig) -> str:
         "history-path": str(config.history_path),
         "eval-data": str(config.eval_data or ""),
         "eval-subjects": " ".join(config.eval_subjects),
-        "validation-mad-k": config.validation.mad_k,
-        "validation-max-update-norm": config.validation.max_update_norm,
+        **validation_run_config(config.validation),
         **run_config_entries(config.privacy),
         **strategy_run_config(config.strategy),
     }
