@@ -67,7 +67,12 @@ def collect(config: ServerConfig) -> dict[str, Any]:
     return {
         "health": health,
         "problems": problems,
-        "superlink": {"address": config.address, "up": up, "tls": not config.insecure},
+        "superlink": {
+            "address": config.address,  # the boards' address (the fleet proxy)
+            "loopback": config.superlink_address,
+            "up": up,
+            "tls": not config.insecure,
+        },
         "last_run": last_run,
         "runs": {
             status: sum(1 for r in runs if r["status"] == status)
@@ -124,6 +129,7 @@ def render(status: dict[str, Any]) -> str:
         f"health          {status['health'].upper()}"
         + "".join(f"\n  problem       {p}" for p in status["problems"]),
         f"superlink       {s['address']} {'UP' if s['up'] else 'DOWN'}"
+        f" (fleet proxy; SuperLink on {s['loopback']})"
         f" ({'TLS' if s['tls'] else 'INSECURE, no TLS'})",
         (
             f"last run        {run['run_id']} {run['status']}, started {_when(run['started_at'])}"
