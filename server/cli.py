@@ -9,7 +9,6 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -21,6 +20,7 @@ from server.privacy import describe_round
 
 if TYPE_CHECKING:
     from agent.metrics import MetricsServer
+    from server.supervision import ServerProcesses
 
 EXIT_CONFIG = 2
 log = logging.getLogger("sleepfed.server")
@@ -89,7 +89,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except ProxyError as error:
         print(f"sleepfed-server run: {error}", file=sys.stderr)
         return EXIT_CONFIG
-    metrics = _start_metrics(config, processes.alive)
+    metrics = _start_metrics(config, processes)
     if config.node_auth:
         for line in synced:
             print(line, flush=True)
@@ -125,14 +125,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return code
 
 
-def _start_metrics(config: ServerConfig, alive: Callable[[], bool]) -> MetricsServer | None:
+def _start_metrics(config: ServerConfig, processes: ServerProcesses) -> MetricsServer | None:
     """The Prometheus endpoint (server.metrics), if ``[metrics] port`` is set."""
     if not config.metrics_port:
         return None
     from agent.metrics import start_metrics
     from server.metrics import ServerCollector
 
-    return start_metrics(config.metrics_host, config.metrics_port, [ServerCollector(config, alive)])
+    collector = ServerCollector(
+        config,
+        processes.alive,
+        lambda: (dict(processes.restarts), processes.reconcile_failures),
+    )
+    return start_metrics(config.metrics_host, config.metrics_port, [collector])
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

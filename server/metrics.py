@@ -21,9 +21,16 @@ log = logging.getLogger("sleepfed.metrics")
 
 
 class ServerCollector(Collector):
-    def __init__(self, config: ServerConfig, superlink_alive: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        superlink_alive: Callable[[], bool],
+        supervision: Callable[[], tuple[dict[str, int], int]] | None = None,
+    ) -> None:
+        """``supervision``: (restarts by process, failed registry applications) so far."""
         self.config = config
         self.superlink_alive = superlink_alive
+        self.supervision = supervision
         self.read_errors = 0
         self.lock = threading.Lock()
 
@@ -34,9 +41,24 @@ class ServerCollector(Collector):
     def _collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(
             "sleepfed_server_superlink_up",
-            "1 while the SuperLink process runs",
+            "1 while the SuperLink and its fleet proxy run",
             value=1.0 if self.superlink_alive() else 0.0,
         )
+        if self.supervision is not None:
+            restarts, sync_failures = self.supervision()
+            family = CounterMetricFamily(
+                "sleepfed_server_process_restarts",
+                "times `run` restarted a child that had died (superlink, fleet_proxy)",
+                labels=["process"],
+            )
+            for name, count in sorted(restarts.items()):
+                family.add_metric([name], count)
+            yield family
+            yield CounterMetricFamily(
+                "sleepfed_server_registry_sync_failures",
+                "board registrations or revocations the SuperLink did not take (retried)",
+                value=sync_failures,
+            )
         try:
             rounds, runs, rolled_back = read_history(self.config.history_path)
             boards = board_counts(self.config.state_dir)

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -244,6 +245,15 @@ def test_metrics_and_status_during_a_real_federation(tmp_path: Path, walch_dir: 
         assert after[("sleepfed_server_round_duration_seconds_sum", ())] > 0
         assert after[("sleepfed_server_boards_last_round", (("phase", "train"),))] == 2
         assert 0.65 <= after[("sleepfed_server_auc", ())] <= 1.0
+        # The fleet proxy dies: `run` restarts it, and the metrics count it.
+        restarts = ("sleepfed_server_process_restarts_total", (("process", "fleet_proxy"),))
+        assert after[restarts] == 0
+        pid_file = tmp_path / "server" / "state" / "fleet-proxy" / "nginx.pid"
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        wait_for(lambda: scrape(metrics_port).get(restarts) == 1, 30, "the proxy's restart")
+        wait_for(lambda: scrape(metrics_port)[("sleepfed_server_superlink_up", ())] == 1, 30,
+                 "the restarted proxy to serve")  # fmt: skip
+        assert scrape(metrics_port)[("sleepfed_server_registry_sync_failures_total", ())] == 0
 
         def board_joined(board_port: int) -> bool:
             values = scrape(board_port)
