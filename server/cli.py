@@ -83,7 +83,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    processes = ServerProcesses(config)
+    processes = ServerProcesses(config, stop)
     try:
         synced = processes.start()
     except ProxyError as error:

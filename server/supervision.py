@@ -24,8 +24,11 @@ CHECK_SECONDS = 1.0
 
 
 class ServerProcesses:
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, stopping: threading.Event | None = None) -> None:
+        """``stopping``: set when the server is asked to stop (its signal handler); from then
+        on a child that exits is not restarted (systemd signals the whole unit at once)."""
         self.config = config
+        self.stopping = stopping or threading.Event()
         self.superlink = SuperLink(config)
         self.proxy = FleetProxy(config)
         self.restarts = {"superlink": 0, "fleet_proxy": 0}
@@ -80,7 +83,7 @@ class ServerProcesses:
         next_reconcile = time.monotonic() + self.config.reconcile_seconds
         while not self._stop.wait(CHECK_SECONDS):
             for name, process in (("superlink", self.superlink), ("fleet_proxy", self.proxy)):
-                if process.alive() or self._stop.is_set():
+                if process.alive() or self._stop.is_set() or self.stopping.is_set():
                     continue
                 code = process.process.returncode if process.process is not None else None
                 log.warning("%s exited (status %s): restarting it", name, code)
