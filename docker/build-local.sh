@@ -6,7 +6,8 @@
 #   docker/build-local.sh [--armhf] [--arch amd64,arm64] [--only agent|server]
 #                         [--keep-daemon] [--no-build]
 #
-# Runs as root. Its own dockerd (socket /run/sleepfed-docker.sock, data root
+# Runs as root; installs docker.io, docker-compose, qemu-user-static, binfmt-support and
+# debootstrap when missing. Its own dockerd (socket /run/sleepfed-docker.sock, data root
 # /var/lib/sleepfed-docker/data, kept between runs: base images and BuildKit's cache are
 # reused), stopped at the end unless --keep-daemon or it was already running.
 # Use the same engine afterwards with:
@@ -68,6 +69,9 @@ install_packages() {
     command -v qemu-aarch64-static >/dev/null || missing+=(qemu-user-static)
     command -v update-binfmts >/dev/null || missing+=(binfmt-support)
     command -v debootstrap >/dev/null || missing+=(debootstrap)
+    # Debian's docker-compose 1.29: the compose fleet and its isolation test
+    # (tests/security/test_compose_isolation.py)
+    [ -x /usr/bin/docker-compose ] || missing+=(docker-compose)
     if [ ${#missing[@]} -gt 0 ]; then
         log "apt-get install ${missing[*]}"
         apt-get update -q

@@ -3,15 +3,19 @@
     sleepfed-healthcheck agent CONFIG   # `sleepfed-agent status --json`: daemon.running, exit 0
                                         # (healthy) or 3 (degraded: e.g. the wearable is off —
                                         # restarting the container would not bring it back)
-    sleepfed-healthcheck server CONFIG  # a TCP connect to the SuperLink's configured host:port
+    sleepfed-healthcheck server CONFIG  # GET /health through the fleet proxy on host:port:
+                                        # nginx answers TLS with a certificate from the
+                                        # configured CA and the SuperLink behind it (on
+                                        # 127.0.0.1:superlink_port) answers 200
 
 Exit 0 healthy, 1 unhealthy (Docker's convention). Runs with the image's venv python.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
-import socket
+import ssl
 import subprocess
 import sys
 
@@ -36,8 +40,25 @@ def server(config: str) -> int:
 
     loaded = load_config(config)
     host = "127.0.0.1" if loaded.host in ("", "0.0.0.0", "::") else loaded.host
-    with socket.create_connection((host, loaded.port), timeout=5):
-        print(f"superlink accepts connections on {host}:{loaded.port}")
+    if loaded.insecure:
+        connection: http.client.HTTPConnection = http.client.HTTPConnection(
+            host, loaded.port, timeout=10
+        )
+    else:
+        # the chain must lead to the configured CA; the name is not checked (the certificate
+        # names the public address, this check connects from inside the container)
+        context = ssl.create_default_context(cafile=str(loaded.ca_certfile))
+        context.check_hostname = False
+        connection = http.client.HTTPSConnection(host, loaded.port, timeout=10, context=context)
+    try:
+        connection.request("GET", "/health")
+        status = connection.getresponse().status
+    finally:
+        connection.close()
+    if status != 200:  # 502 from nginx: the SuperLink behind it is down
+        print(f"fleet proxy on {host}:{loaded.port} answers GET /health with {status}")
+        return 1
+    print(f"fleet proxy on {host}:{loaded.port} and the SuperLink behind it answer GET /health")
     return 0
 
 

@@ -61,6 +61,20 @@ RUN sh /tmp/runtime-packages.sh && rm /tmp/runtime-packages.sh \
        --shell /usr/sbin/nologin sleepfed \
     && install -d -o sleepfed -g sleepfed -m 0700 /var/lib/sleepfed-server \
     && install -d -o root -g sleepfed -m 0750 /etc/sleepfed
+# nginx (Debian's nginx-light, server image only): the fleet proxy that `sleepfed-server run`
+# starts itself, as user sleepfed, in front of the SuperLink on 127.0.0.1 (server/fleet_proxy.py:
+# its own config, pid, logs and temporary folders under the state dir, `nginx -e <errlog>`).
+# The system's nginx is never used: policy-rc.d keeps the package's postinst from starting it
+# during the build, its default site and service scripts are removed, and nothing in the image
+# starts a service (ENTRYPOINT is sleepfed-server).
+RUN printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 0755 /usr/sbin/policy-rc.d \
+    && apt-get update \
+    && apt-get install -y --no-install-recommends nginx-light \
+    && rm -f /usr/sbin/policy-rc.d /etc/nginx/sites-enabled/default /etc/init.d/nginx \
+        /lib/systemd/system/nginx.service /etc/logrotate.d/nginx \
+    && apt-get clean \
+    && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/log/apt/* /var/log/dpkg.log \
+    && /usr/sbin/nginx -V
 COPY --from=build /opt/sleepfed/venv /opt/sleepfed/venv
 COPY docker/healthcheck.py /opt/sleepfed/healthcheck.py
 ENV PATH=/opt/sleepfed/venv/bin:$PATH \
@@ -69,8 +83,9 @@ ENV PATH=/opt/sleepfed/venv/bin:$PATH \
 USER sleepfed
 WORKDIR /var/lib/sleepfed-server
 VOLUME ["/var/lib/sleepfed-server"]
-# Healthy = the SuperLink accepts a TCP connection on its configured host:port.
-# (`sleepfed-server history --config …` is the deeper check an operator runs by hand.)
+# Healthy = GET /health through the fleet proxy on the configured host:port answers 200: nginx
+# is up with a certificate from the configured CA and the SuperLink behind it answers.
+# (`sleepfed-server status --config …` is the deeper check an operator runs by hand.)
 HEALTHCHECK --interval=30s --timeout=30s --start-period=120s --retries=3 \
     CMD python /opt/sleepfed/healthcheck.py server "$SLEEPFED_CONFIG"
 ENTRYPOINT ["sleepfed-server"]

@@ -11,69 +11,16 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from docker_helpers import DOCKER_TESTS, UID, docker, images  # noqa: F401  (the fixture)
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        os.environ.get("SLEEPFED_DOCKER_TESTS") != "1",
-        reason="container image tests run only with SLEEPFED_DOCKER_TESTS=1",
-    ),
-]
+pytestmark = DOCKER_TESTS
 
-REPO = Path(__file__).resolve().parents[1]
-SOCK = "/run/sleepfed-docker.sock"
-PIDFILE = Path("/var/lib/sleepfed-docker/dockerd.pid")
-DOCKER = "/usr/bin/docker"
-UID = 10001  # the images' sleepfed user
 BOARD_SUBJECT = "4426783"
 HELD_OUT = ["1066528", "2638030", "8000685", "8692923"]
 PREFIX = f"sleepfed-test-{os.getpid()}"
-
-
-def docker(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DOCKER_HOST": f"unix://{SOCK}", "DOCKER_BUILDKIT": "1"}
-    return subprocess.run(
-        [DOCKER, *args], capture_output=True, text=True, timeout=timeout, check=check, env=env
-    )
-
-
-def daemon_running() -> bool:
-    try:
-        return PIDFILE.exists() and (Path("/proc") / PIDFILE.read_text().strip()).exists()
-    except OSError:
-        return False
-
-
-@pytest.fixture(scope="module")
-def images() -> Iterator[None]:
-    """Build (or reuse) the images; stop the engine afterwards if this test started it."""
-    was_running = daemon_running()
-    started = time.time()
-    result = subprocess.run(
-        [str(REPO / "docker" / "build-local.sh"), "--arch", "amd64,arm64", "--keep-daemon"],
-        capture_output=True,
-        text=True,
-        timeout=3600,
-    )
-    print(result.stdout[-4000:])
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    print(f"build-local.sh took {time.time() - started:.0f}s")
-    try:
-        yield
-    finally:
-        if not was_running and daemon_running():
-            pid = int(PIDFILE.read_text().strip())
-            os.kill(pid, 15)
-            for _ in range(30):
-                if not (Path("/proc") / str(pid)).exists():
-                    break
-                time.sleep(1)
 
 
 def _chown_tree(root: Path) -> None:
@@ -81,9 +28,8 @@ def _chown_tree(root: Path) -> None:
         os.chown(path, UID, UID, follow_symlinks=False)
 
 
-def test_arm64_board_trains_a_round_with_an_amd64_server(
-    images: None, tmp_path: Path, walch_dir: Path
-) -> None:
+@pytest.mark.usefixtures("images")
+def test_arm64_board_trains_a_round_with_an_amd64_server(tmp_path: Path, walch_dir: Path) -> None:
     from federation_helpers import free_port, write_board
 
     from server.certs import fingerprint_sha256
@@ -93,7 +39,8 @@ def test_arm64_board_trains_a_round_with_an_amd64_server(
     _chown_tree(work)
     mounts = ["-v", f"{work}:/work", "-v", f"{walch_dir}:/data/walch2019:ro"]
     host = ["--network", "host"]
-    port = free_port()
+    port = free_port()  # the server's TLS proxy (nginx), what the board connects to
+    superlink_port = free_port()  # the SuperLink behind it, on 127.0.0.1
 
     # the server image makes the demo CA and server certificate
     docker(
@@ -106,6 +53,7 @@ def test_arm64_board_trains_a_round_with_an_amd64_server(
 state_dir = "/work/server/state"
 host = "127.0.0.1"
 port = {port}
+superlink_port = {superlink_port}
 certfile = "/work/pki/server.pem"
 keyfile = "/work/pki/server.key"
 ca_certfile = "/work/pki/ca.pem"
@@ -121,9 +69,11 @@ data = "/data/walch2019"
 subjects = {json.dumps(HELD_OUT)}
 """
     )
-    # a board whose buffer already holds one extracted Walch night (as tests/federation_helpers)
+    # a board whose buffer already holds one extracted Walch night (as tests/federation_helpers);
+    # enrol=False: the board makes its own key below, inside its image (and write_board would
+    # otherwise open the registry at the config's container paths, /work/…, on the host)
     write_board(work, "board1", port, work / "pki" / "ca.pem", walch_dir=walch_dir,
-                subject=BOARD_SUBJECT)  # fmt: skip
+                subject=BOARD_SUBJECT, enrol=False)  # fmt: skip
     _chown_tree(work)
 
     # the board enrolls itself (its own key pair, the pinned CA), inside the arm64 image
@@ -212,4 +162,104 @@ supernode_port = {free_port()}
             == "sleepfed"
         )
     finally:
-        docker("rm", "-f", server, board, check=False)
+        docker("rm", "-f", "-v", server, board, check=False)  # -v: their VOLUMEs too
+
+
+# Inside the server image, as its user: the server's own fleet proxy (server.fleet_proxy, the
+# nginx that `sleepfed-server run` starts) on 127.0.0.1:9393 in front of a stand-in SuperLink
+# on 127.0.0.1:9394 (TLS with the loopback certificate, as the SuperLink's), and the image's
+# HEALTHCHECK before and after that SuperLink is up. Prints one JSON object.
+PROXY_PROBE = r"""
+import http.server, json, os, ssl, subprocess, sys, threading
+from pathlib import Path
+from server.config import load_config
+from server.fleet_proxy import FleetProxy, loopback_tls
+
+s = Path("/tmp/s")
+subprocess.run(["sleepfed-server", "certs", "--out", str(s / "pki"), "--host", "127.0.0.1"],
+               check=True, capture_output=True)
+(s / "server.toml").write_text(f'''[server]
+state_dir = "{s}/state"
+host = "127.0.0.1"
+port = 9393
+superlink_port = 9394
+certfile = "{s}/pki/server.pem"
+keyfile = "{s}/pki/server.key"
+ca_certfile = "{s}/pki/ca.pem"
+''')
+config = load_config(s / "server.toml")
+config.state_dir.mkdir(mode=0o700)
+out = {"uid": os.getuid()}
+health = [sys.executable, "/opt/sleepfed/healthcheck.py", "server", str(s / "server.toml")]
+proxy = FleetProxy(config)
+proxy.start()
+out["nginx_uids"] = sorted(
+    int((d / "status").read_text().split("Uid:")[1].split()[0])
+    for d in Path("/proc").iterdir()
+    if d.name.isdigit() and b"nginx" in (d / "cmdline").read_bytes()
+)
+out["health_down"] = subprocess.run(health, capture_output=True, text=True).returncode
+
+
+class SuperLink(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200 if self.path == "/health" else 404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+tls = loopback_tls(config)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(tls["cert"], tls["key"])
+superlink = http.server.ThreadingHTTPServer(("127.0.0.1", 9394), SuperLink)
+superlink.socket = context.wrap_socket(superlink.socket, server_side=True)
+threading.Thread(target=superlink.serve_forever, daemon=True).start()
+out["health_up"] = subprocess.run(health, capture_output=True, text=True).returncode
+proxy.stop()
+folder = config.state_dir / "fleet-proxy"
+out["logs"] = "".join(
+    (folder / name).read_text(errors="replace") for name in ("error.log", "nginx.out")
+    if (folder / name).exists()
+)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.usefixtures("images")
+def test_server_image_runs_the_fleet_proxy_as_its_user() -> None:
+    """nginx is in the server image (not the agent image) and runs as user sleepfed with
+    everything under the state dir; the HEALTHCHECK goes through it."""
+    for arch in ("amd64", "arm64"):
+        version = docker(
+            "run", "--rm", "--network", "none", "--platform", f"linux/{arch}",
+            "--entrypoint", "nginx", f"sleepfed-server:{arch}", "-V",
+        )  # fmt: skip
+        assert "nginx version: nginx/1.22" in version.stderr, version.stderr
+        for flag in ("--with-http_ssl_module", "--with-http_v2_module", "--error-log-path=stderr"):
+            assert flag in version.stderr, version.stderr
+        absent = docker(
+            "run", "--rm", "--network", "none", "--platform", f"linux/{arch}",
+            "--entrypoint", "sh", f"sleepfed-agent:{arch}", "-c",
+            "command -v nginx || ls /usr/sbin/nginx || echo none",
+        )  # fmt: skip
+        assert absent.stdout.strip() == "none", absent.stdout
+    # no system nginx: no enabled site, no service scripts
+    leftovers = docker(
+        "run", "--rm", "--network", "none", "--entrypoint", "sh", "sleepfed-server:amd64", "-c",
+        "ls -A /etc/nginx/sites-enabled; for f in /etc/init.d/nginx "
+        "/lib/systemd/system/nginx.service; do test ! -e $f || echo $f; done",
+    )  # fmt: skip
+    assert leftovers.stdout.strip() == "", leftovers.stdout
+    probe = docker(
+        "run", "--rm", "--network", "none", "--entrypoint", "python", "sleepfed-server:amd64",
+        "-c", PROXY_PROBE,
+    )  # fmt: skip
+    seen = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert seen["uid"] == UID
+    assert seen["nginx_uids"] and set(seen["nginx_uids"]) == {UID}, seen
+    assert seen["health_down"] == 1, seen  # nginx up, SuperLink down: 502, unhealthy
+    assert seen["health_up"] == 0, seen
+    assert "Permission denied" not in seen["logs"] and "[emerg]" not in seen["logs"], seen["logs"]

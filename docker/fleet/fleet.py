@@ -4,9 +4,14 @@ board an agent fed by one replayed real Walch 2019 subject, all on 127.0.0.1 (ho
     python /fleet/fleet.py server   # server image: CA + certificate, config, register boards, run
     python /fleet/fleet.py board    # agent image: enroll, replay --pty, run the agent on it
 
-Shared volumes (owned by uid 10001, see the compose file's "volumes-init" service):
-    /pki       the demo CA and server certificate (server writes, boards read ca.pem)
-    /requests  one enrollment request per board (boards write, the server registers them)
+Volumes (owned by uid 10001, see the compose file's "volumes-init" service). No board
+container mounts a volume that holds a private key other than its own:
+    /pki              server only: the demo CA (ca.key, ca.pem) and server certificate
+                      (server.key, server.pem)
+    /ca               the public CA: the server copies ca.pem alone here; boards mount it
+                      read-only
+    /request          (board) the board's own request volume, written by that board only
+    /requests/<id>    (server) every board's request volume, read-only
 Environment: see compose.yaml. The flow is server/demo.py's, split over containers.
 """
 
@@ -21,9 +26,13 @@ import time
 from pathlib import Path
 
 PKI = Path(os.environ.get("FLEET_PKI", "/pki"))
-REQUESTS = Path(os.environ.get("FLEET_REQUESTS", "/requests"))
+CA = Path(os.environ.get("FLEET_CA", "/ca"))
+REQUESTS = Path(os.environ.get("FLEET_REQUESTS", "/requests"))  # server: one folder per board
+REQUEST = Path(os.environ.get("FLEET_REQUEST", "/request"))  # board: its own folder
 DATA = Path(os.environ.get("FLEET_DATA", "/data")) / "walch2019"
-PORT = int(os.environ.get("FLEET_PORT", "9093"))
+PORT = int(os.environ.get("FLEET_PORT", "9093"))  # the public TLS proxy (nginx)
+SUPERLINK_PORT = int(os.environ.get("FLEET_SUPERLINK_PORT", str(PORT + 1)))  # on 127.0.0.1
+REQUEST_PREFIX = "sleepfed-enroll-request/1"
 
 
 def say(text: str) -> None:
@@ -42,13 +51,40 @@ def writable(path: Path) -> bool:
     return path.is_dir() and os.access(path, os.W_OK)
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """Readers in other containers see the whole file or none (write, then rename)."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def request_of(board_id: str) -> Path:
+    """Where the server reads board_id's request: that board's own volume, read-only."""
+    return REQUESTS / board_id / f"{board_id}.txt"
+
+
+def check_request(board_id: str, path: Path) -> None:
+    """A board's volume may only hand in a request for that board: board1 cannot enroll a
+    key as board2 by writing a request that names board2 into its own volume."""
+    fields = path.read_text().split()
+    if len(fields) < 2 or fields[0] != REQUEST_PREFIX:
+        raise SystemExit(f"fleet: {path} is not an enrollment request")
+    if fields[1] != board_id:
+        raise SystemExit(
+            f"fleet: the request in {board_id}'s volume names board {fields[1]!r}; refused"
+        )
+
+
 def server() -> int:
     from agent.features import walch_subjects
 
     boards = os.environ["FLEET_BOARDS"].split(",")
     board_subjects = set(os.environ.get("FLEET_BOARD_SUBJECTS", "").split(","))
     state = Path(os.environ.get("FLEET_STATE", "/var/lib/sleepfed-server"))
-    wait_for(lambda: writable(PKI) and writable(state), "writable /pki and state volumes")
+    wait_for(
+        lambda: writable(PKI) and writable(CA) and writable(state),
+        "writable /pki, /ca and state volumes",
+    )
     if not (PKI / "ca.pem").exists():
         subprocess.run(
             [
@@ -63,6 +99,10 @@ def server() -> int:
             ],
             check=True,
         )
+    # the boards' copy: the CA certificate alone (never ca.key or server.key)
+    ca_pem = (PKI / "ca.pem").read_text()
+    if not (CA / "ca.pem").exists() or (CA / "ca.pem").read_text() != ca_pem:
+        write_atomically(CA / "ca.pem", ca_pem)
     held_out = [s for s in walch_subjects(DATA) if s not in board_subjects]
     config = state / "server.toml"
     config.write_text(
@@ -70,6 +110,7 @@ def server() -> int:
 state_dir = "{state / "state"}"
 host = "127.0.0.1"
 port = {PORT}
+superlink_port = {SUPERLINK_PORT}
 certfile = "{PKI / "server.pem"}"
 keyfile = "{PKI / "server.key"}"
 ca_certfile = "{PKI / "ca.pem"}"
@@ -86,8 +127,10 @@ subjects = {json.dumps(held_out)}
 """
     )
     say(f"waiting for the enrollment requests of {', '.join(boards)}")
-    requests = [REQUESTS / f"{b}.txt" for b in boards]
+    requests = [request_of(b) for b in boards]
     wait_for(lambda: all(r.exists() for r in requests), "every board's enrollment request", 1800)
+    for board_id, request in zip(boards, requests, strict=True):
+        check_request(board_id, request)
     subprocess.run(
         ["sleepfed-server", "boards", "register", "--config", str(config), *map(str, requests)],
         check=True,
@@ -103,8 +146,8 @@ def board() -> int:
     board_id = os.environ["BOARD_ID"]
     subject = os.environ["SUBJECT"]
     state = Path(os.environ.get("FLEET_STATE", "/var/lib/sleepfed"))
-    wait_for(lambda: writable(REQUESTS) and writable(state), "writable /requests and state")
-    wait_for(lambda: (PKI / "ca.pem").exists(), "the server's CA certificate in /pki")
+    wait_for(lambda: writable(REQUEST) and writable(state), "writable /request and state")
+    wait_for(lambda: (CA / "ca.pem").exists(), "the server's CA certificate in /ca")
     root = state / "root"
     subprocess.run(
         [
@@ -114,9 +157,9 @@ def board() -> int:
             "--server",
             f"127.0.0.1:{PORT}",
             "--ca-file",
-            str(PKI / "ca.pem"),
+            str(CA / "ca.pem"),
             "--ca-fingerprint",
-            fingerprint_sha256(PKI / "ca.pem"),
+            fingerprint_sha256(CA / "ca.pem"),
             "--root",
             str(root),
             "--no-system-user",
@@ -125,7 +168,7 @@ def board() -> int:
         check=True,
     )
     request = (root / "etc" / "sleepfed" / "enrollment-request.txt").read_text()
-    (REQUESTS / f"{board_id}.txt").write_text(request)
+    write_atomically(REQUEST / f"{board_id}.txt", request)
 
     sources = ""
     marker = state / "replayed"
@@ -174,7 +217,7 @@ settle_seconds = 3
 
 [federation]
 server = "127.0.0.1:{PORT}"
-root_certificates = "{PKI / "ca.pem"}"
+root_certificates = "{CA / "ca.pem"}"
 auth_private_key = "{root / "etc" / "sleepfed" / "node.key"}"
 window = "always"
 min_new_labelled_windows = 10
