@@ -7,7 +7,7 @@ anything malformed raises :class:`agent.protocol.LineRejected` with a counted re
   kJ follows; bit 4: RR intervals follow; bits 5-7 reserved, must be 0), the heart rate,
   the energy, then zero or more RR intervals, uint16 each in 1/1024 s.
 * Illuminance (0x2AFB, Environmental Sensing 0x181A): uint24, 0.01 lux; 0xFFFFFF unknown.
-* Movement (sleepfed's own characteristic, see README): float32 little-endian activity
+* Movement (sleepfed's own characteristic, see docs/protocol.md): float32 little-endian activity
   counts since the previous notification.
 * Current Time (0x2A2B, Current Time Service 0x1805), 10 bytes: year uint16, month, day,
   hours, minutes, seconds, day of week, fractions of 1/256 s, adjust reason. It is the
