@@ -71,12 +71,12 @@ def main() -> int:
     _, wall, cpu = timed(lambda: baseline_serial(base_n, seed))
     serial_base = base_n / cpu
     rows.append(("serial: valid lines (baseline)", base_n, wall, cpu, 1.0))
-    serial, wall, cpu = timed(lambda: fuzz_serial(n, seed))
+    serial, wall, cpu = timed(lambda: fuzz_serial(n, seed, FuzzTally(raise_on_crash=False)))
     rows.append(("serial: fuzzed lines, generated + parsed", n, wall, cpu, n / cpu / serial_base))
     _, wall, cpu = timed(lambda: baseline_ble(base_n, seed))
     ble_base = base_n / cpu
     rows.append(("BLE: valid payloads (baseline)", base_n, wall, cpu, 1.0))
-    ble, wall, cpu = timed(lambda: fuzz_ble(n, seed))
+    ble, wall, cpu = timed(lambda: fuzz_ble(n, seed, FuzzTally(raise_on_crash=False)))
     rows.append(("BLE: fuzzed payloads, generated + parsed", n, wall, cpu, n / cpu / ble_base))
 
     print(f"{'':44} {'inputs':>9} {'wall s':>7} {'CPU s':>7} {'per CPU s':>10} {'ratio':>6}")
@@ -89,7 +89,11 @@ def main() -> int:
             f"ignored {tally.ignored}, events {dict(tally.events)}"
         )
         print(f"{name}: rejected by reason {dict(sorted(tally.rejected.items()))}")
-    assert serial.outcomes == serial.inputs == n
+    crashes = serial.crashes + ble.crashes
+    for example in serial.crash_examples + ble.crash_examples:
+        print(f"CRASH {example}")
+    # every line not crashed has exactly one outcome (accepted, rejected or ignored)
+    assert serial.outcomes + serial.crashes == serial.inputs == n
     print(
         json.dumps(
             {
@@ -103,11 +107,11 @@ def main() -> int:
                 ],
                 "serial_rejected": dict(serial.rejected),
                 "ble_rejected": dict(ble.rejected),
-                "crashes": 0,
+                "crashes": crashes,
             }
         )
     )
-    return 0
+    return 1 if crashes else 0
 
 
 if __name__ == "__main__":

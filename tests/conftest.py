@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from helpers import data_root, start_agent, stop_agent
 
+pytest_plugins = ["ci_no_skips"]
+
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:

@@ -76,6 +76,18 @@ class FuzzTally:
     rejected: Counter[str] = field(default_factory=Counter)
     events: Counter[str] = field(default_factory=Counter)
     ignored: int = 0
+    # A crash (an exception escaping a parser) raises at once unless ``raise_on_crash`` is
+    # off: then it is counted, its first inputs kept, and the fuzzing goes on.
+    raise_on_crash: bool = True
+    crashes: int = 0
+    crash_examples: list[str] = field(default_factory=list)
+
+    def crashed(self, description: str, error: Exception) -> None:
+        if self.raise_on_crash:
+            raise AssertionError(f"{description}: {error!r}") from error
+        self.crashes += 1
+        if len(self.crash_examples) < 5:
+            self.crash_examples.append(f"{description}: {error!r}")
 
     @property
     def outcomes(self) -> int:
@@ -182,7 +194,8 @@ def fuzz_serial(count: int, seed: int, tally: FuzzTally | None = None) -> FuzzTa
             try:
                 item = handle(line)
             except Exception as error:  # a crash: report the input
-                raise AssertionError(f"serial parser crashed on {line!r}: {error!r}") from error
+                tally.crashed(f"serial parser crashed on {line!r}", error)
+                continue
             if item is None:
                 tally.ignored += 1
             elif isinstance(item, Reading):
@@ -268,9 +281,9 @@ def fuzz_ble(count: int, seed: int, tally: FuzzTally | None = None) -> FuzzTally
         try:
             items = handlers[target](link, data)
         except Exception as error:
-            raise AssertionError(
-                f"BLE {target} parser crashed on {data.hex()}: {error!r}"
-            ) from error
+            tally.inputs += 1
+            tally.crashed(f"BLE {target} parser crashed on {data.hex()}", error)
+            continue
         tally.inputs += 1
         if not items:
             tally.ignored += 1  # a Current Time value: sets the clock, no reading

@@ -75,3 +75,25 @@ def test_daemon_counts_every_rejection_by_reason(
     assert status["buffer"]["readings"] + status["buffer"]["stage_labels"] <= sum(
         expected.accepted.values()
     )
+
+
+def test_a_crashing_parser_is_caught_and_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fuzzers can fail: a parser that raises on some lines is reported (raised by
+    default, counted by the benchmark's tally), never passed over."""
+    from fuzzing import FuzzTally
+
+    from agent.sources.serial_source import SerialSource
+
+    real = SerialSource._handle
+
+    def fragile(line: bytes) -> object:
+        if b"HR" in line and line.endswith(b"0"):
+            raise ZeroDivisionError("planted")
+        return real(line)
+
+    monkeypatch.setattr(SerialSource, "_handle", staticmethod(fragile))
+    with pytest.raises(AssertionError, match=r"serial parser crashed on .*planted"):
+        fuzz_serial(2_000, 1)
+    counted = fuzz_serial(2_000, 1, FuzzTally(raise_on_crash=False))
+    assert counted.crashes > 0 and len(counted.crash_examples) == min(counted.crashes, 5)
+    assert counted.outcomes + counted.crashes == counted.inputs == 2_000

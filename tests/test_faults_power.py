@@ -63,6 +63,7 @@ def test_hundred_sigkills_lose_no_acknowledged_reading(tmp_path: Path) -> None:
     next_ms = T0_MS
     acked_total = 0
     runs_with_ack = 0
+    acknowledged: list[tuple[int, int, int]] = []  # per run: first and last ms, count
     kill_moments: list[float] = []
     for run in range(KILLS):
         sync = "normal" if run % 2 else "full"
@@ -120,6 +121,7 @@ def test_hundred_sigkills_lose_no_acknowledged_reading(tmp_path: Path) -> None:
                 # every acknowledged reading is stored exactly once
                 assert _count_between(conn, sent_from, last_ms) == expected, context
                 acked_total += expected
+                acknowledged.append((sent_from, last_ms, expected))
             # nothing of this run beyond what was sent, nothing invented
             assert _count_between(conn, sent_from, next_ms) <= (next_ms - sent_from) // STEP_MS
             rows = conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
@@ -135,6 +137,14 @@ def test_hundred_sigkills_lose_no_acknowledged_reading(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         rows = conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
+        # at the end, after every later run and kill: each run's acknowledged readings are
+        # all there, each exactly once (every reading has a timestamp of its own)
+        for first_ms, last_ms, expected in acknowledged:
+            assert _count_between(conn, first_ms, last_ms) == expected, (seed, first_ms)
+        doubled = conn.execute(
+            "SELECT COUNT(*) FROM (SELECT ts FROM readings GROUP BY ts HAVING COUNT(*) > 1)"
+        ).fetchone()[0]
+        assert doubled == 0, seed
     conn.close()
     assert rows >= acked_total
     # most kills came after ACKs: the test exercised the ingest, not only start-up

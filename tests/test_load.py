@@ -32,8 +32,8 @@ RATE = 50.0
 def test_boards_ingesting_at_50_per_s_lose_nothing_while_they_federate(
     tmp_path: Path, walch_dir: Path
 ) -> None:
-    # Node authentication has its own test (test_enrollment): the boards register themselves.
-    fleet = build_fleet(tmp_path, walch_dir, BOARDS, ROUNDS, RATE, node_auth=False)
+    # Enrolled boards (their keys in the registry), as the server enforces node authentication
+    fleet = build_fleet(tmp_path, walch_dir, BOARDS, ROUNDS, RATE)
     agents = []
     server = None
     try:
