@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import re
 import shutil
 import signal
 import subprocess
@@ -72,7 +73,24 @@ def _check_certificate(certfile: Path) -> None:
         raise ProxyError(f"server.certfile {certfile}: {error}") from error
 
 
+# What a path or host may hold to be written into nginx's configuration as it is: no
+# quote, semicolon, brace, `$` (nginx would read a variable) or white space, which could end a
+# directive and start another.
+_NGINX_SAFE = re.compile(r"^[A-Za-z0-9._/+@=,:%~\[\]-]+$")
+
+
+def _safe(value: object, name: str) -> str:
+    text = str(value)
+    if not _NGINX_SAFE.match(text):
+        raise ProxyError(
+            f"{name} {text!r}: nginx cannot take it as it is (letters, digits and . _ / + @ = , "
+            ": % ~ - only)"
+        )
+    return text
+
+
 def _listen(host: str, port: int) -> str:
+    host = _safe(host, "server.host")
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
@@ -85,7 +103,7 @@ def render_config(config: ServerConfig, folder: Path) -> str:
         loopback = loopback_tls(config)
         upstream_tls = f"""
             proxy_ssl_verify on;
-            proxy_ssl_trusted_certificate {loopback["ca"]};
+            proxy_ssl_trusted_certificate {_safe(loopback["ca"], "server.state_dir")};
             proxy_ssl_name {LOOPBACK_NAME};
             proxy_ssl_server_name on;"""
     listen = _listen(config.host, config.port) + (" ssl" if tls else "")
@@ -94,8 +112,8 @@ def render_config(config: ServerConfig, folder: Path) -> str:
         assert config.certfile is not None and config.keyfile is not None
         _check_certificate(config.certfile)
         server_tls = f"""
-        ssl_certificate {config.certfile};
-        ssl_certificate_key {config.keyfile};
+        ssl_certificate {_safe(config.certfile, "server.certfile")};
+        ssl_certificate_key {_safe(config.keyfile, "server.keyfile")};
         ssl_protocols TLSv1.2 TLSv1.3;
         ssl_session_cache shared:fleet_tls:1m;"""
     proxied = f"""
@@ -105,6 +123,7 @@ def render_config(config: ServerConfig, folder: Path) -> str:
             proxy_buffering off;
             proxy_request_buffering off;
             proxy_read_timeout 120s;{upstream_tls}"""
+    folder = Path(_safe(folder, "server.state_dir"))
     temp = folder / "tmp"
     return f"""# Written by sleepfed-server run; remade at every start. See server/fleet_proxy.py.
 daemon off;
@@ -156,13 +175,14 @@ class FleetProxy:
         self.config = config
         self.folder = config.state_dir / "fleet-proxy"
         self.process: subprocess.Popen[bytes] | None = None
-        self.restarts = 0
 
     @property
     def config_path(self) -> Path:
         return self.folder / "nginx.conf"
 
-    def start(self, ready_timeout: float = 30.0) -> None:
+    def check(self) -> str:
+        """Write nginx's configuration and have nginx test it (certificate and key included),
+        without binding anything; returns the nginx binary. ProxyError if anything is off."""
         binary = nginx_binary()
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         (self.folder / "tmp").mkdir(mode=0o700, exist_ok=True)
@@ -176,6 +196,10 @@ class FleetProxy:
         )  # fmt: skip
         if checked.returncode != 0:
             raise ProxyError(f"nginx refused its configuration: {checked.stderr.strip()[-600:]}")
+        return binary
+
+    def start(self, ready_timeout: float = 30.0) -> None:
+        binary = self.check()
         with (self.folder / "nginx.out").open("ab") as out:
             self.process = subprocess.Popen(
                 [binary, "-p", str(self.folder), "-e", str(self.folder / "error.log"),

@@ -44,6 +44,7 @@ class ServerProcesses:
                 "%s may join and receive the model",
                 self.config.address,
             )
+        self.proxy.check()  # a configuration nginx refuses stops us before anything runs
         self.superlink.start()
         # The registry before the proxy: a board that reached the SuperLink before its key was
         # registered would be refused, and stay away for its refusal back-off.
