@@ -115,11 +115,12 @@ def test_a_board_revoked_between_rounds_gets_nothing_and_a_dead_proxy_comes_back
         history = History(history_path)
         rounds = history.rounds()
         history.close()
-        assert [(r.global_round, r.train_nodes, r.eval_nodes) for r in rounds] == [
-            (1, 2, 2),
-            (2, 2, 2),
-            (3, 2, 2),
-        ], rounds
+        # Round 1's evaluation may count board-b's reply or not: it was sent before the
+        # revocation, but Flower may drop a reply of a node that is unregistered by the time
+        # the ServerApp collects the round (seen both ways). Rounds 2 and 3 never include it.
+        figures = [(r.global_round, r.train_nodes, r.eval_nodes) for r in rounds]
+        assert figures[0] in ((1, 2, 2), (1, 2, 1)), rounds
+        assert figures[1:] == [(2, 2, 2), (3, 2, 2)], rounds
         # The revocation was in force before round 1 was recorded, so before round 2 began.
         assert rounds[0].created_at > revoked_at
         wait_for(
