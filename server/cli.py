@@ -213,18 +213,9 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
-def _superlink_up(config: ServerConfig) -> bool:
-    import socket
-
-    try:
-        socket.create_connection(("127.0.0.1", config.superlink_port), timeout=2).close()
-    except OSError:
-        return False
-    return True
-
-
 def _cmd_boards(args: argparse.Namespace) -> int:
     from server.boards import Registry, RegistryError, parse_csv, parse_request
+    from server.status import accepts_connections
 
     config = load_config(args.config)
     registry = Registry(config)
@@ -243,7 +234,7 @@ def _cmd_boards(args: argparse.Namespace) -> int:
                 registry.revoke(board_id)
                 print(f"{board_id}: revoked")
         if args.action in ("register", "revoke"):
-            if _superlink_up(config):
+            if accepts_connections("127.0.0.1", config.superlink_port, 2.0):
                 for line in registry.sync():
                     print(line)
             else:

@@ -19,7 +19,7 @@ EXIT_DEGRADED = 3  # the SuperLink is up but the last run failed or was interrup
 BAD_RUN_STATUSES = ("failed", "interrupted")
 
 
-def _accepts(host: str, port: int, timeout: float) -> bool:
+def accepts_connections(host: str, port: int, timeout: float) -> bool:
     try:
         socket.create_connection((host, port), timeout=timeout).close()
     except OSError:
@@ -31,7 +31,7 @@ def superlink_up(config: ServerConfig, timeout: float = 2.0) -> bool:
     """The SuperLink on loopback and the fleet proxy on the boards' address both accept
     connections: a board can join only when both do."""
     public = "127.0.0.1" if config.host in ("", "0.0.0.0", "::") else config.host
-    return _accepts("127.0.0.1", config.superlink_port, timeout) and _accepts(
+    return accepts_connections("127.0.0.1", config.superlink_port, timeout) and accepts_connections(
         public, config.port, timeout
     )
 
