@@ -7,16 +7,16 @@ export FLWR_DISABLE_UPDATE_CHECK := 1
 
 .PHONY: install demo test test-fast lint bench
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml tools/pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test]' -e tools
 	touch $@
 
 install: $(VENV)/.installed
 
 demo: install
-	$(PY) -m server.demo --data $(DATA)
+	$(PY) -m sleepfed_tools.demo --data $(DATA)
 
 lint: install
 	$(VENV)/bin/ruff check .

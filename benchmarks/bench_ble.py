@@ -43,11 +43,11 @@ from pathlib import Path
 
 import psutil
 
-from agent.ble_parsing import HEART_RATE_MEASUREMENT, parse_heart_rate_measurement
-from agent.buffer import Buffer
-from agent.daemon import ACCEPTED_COUNTER
-from agent.protocol import Kind, Reading
-from agent.sources.ble_source import BleDeviceConfig, BleSource
+from sleepfed.board.buffer.store import Buffer
+from sleepfed.board.service.daemon import ACCEPTED_COUNTER
+from sleepfed.board.sources.ble_parsing import HEART_RATE_MEASUREMENT, parse_heart_rate_measurement
+from sleepfed.board.sources.ble_source import BleDeviceConfig, BleSource
+from sleepfed.board.sources.protocol import Kind, Reading
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -57,7 +57,7 @@ from helpers import stop_agent, write_agent_config  # noqa: E402
 
 WEARABLE_MAX_PER_S = 4.0  # the fastest wearable: 4 notifications/s
 GOAL_HEADROOM = 1000.0
-DEFAULT_BATCH = 2000  # agent.config default buffer.batch_max_readings
+DEFAULT_BATCH = 2000  # sleepfed.board.service.config default buffer.batch_max_readings
 REPEATS = 5  # in-memory timings: best of (wall and CPU each)
 DESCHEDULED = 1.3  # wall / CPU above this on a CPU-bound loop: the machine was busy
 ADDRESS = "C0:FF:EE:00:0B:E1"
@@ -231,7 +231,7 @@ def cpu_of(proc: psutil.Process | None) -> float:
 
 
 def bench_end_to_end(root: Path, payloads: list[bytearray]) -> dict[str, object]:
-    from agent.bluez_standin import BlueZStandIn
+    from sleepfed_tools.bluez_standin import BlueZStandIn
 
     n = len(payloads)
     root.mkdir(parents=True, exist_ok=True)
@@ -243,7 +243,7 @@ def bench_end_to_end(root: Path, payloads: list[bytearray]) -> dict[str, object]
         log = (root / "agent.log").open("wb")
         # DBUS_SYSTEM_BUS_ADDRESS names the stand-in's bus while it runs: the daemon inherits it.
         proc = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "run", "--config", str(config)],
+            [sys.executable, "-m", "sleepfed.board.service.cli", "run", "--config", str(config)],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=REPO,

@@ -1,7 +1,8 @@
 """Federated vs centralised vs local-only, each strategy, personalisation and DP levels.
 
 Not a test: it prints the tables (and one final JSON line with every figure) and the command
-that produced them. Every row comes from ``server.evaluate.evaluate``: the boards' own
+that produced them. Every row comes from ``sleepfed.server.research.evaluate.evaluate``: the
+boards' own
 ClientApp over one real SQLite buffer per subject, leave-subjects-out folds.
 
     python benchmarks/bench_federated.py --data ../shared/data
@@ -9,7 +10,8 @@ ClientApp over one real SQLite buffer per subject, leave-subjects-out folds.
 ``--data`` is the shared data folder (its ``walch2019/``) or a Walch-format folder itself.
 The main table uses ``--folds``/``--rounds``; the strategy and DP rows use
 ``--compare-folds``/``--compare-rounds`` (fewer, to keep the run short on a shared
-machine). DP: central DP with client-side clipping as the server runs it (server.privacy:
+machine). DP: central DP with client-side clipping as the server runs it
+(sleepfed.server.app.privacy:
 equal weights, Flower's ``DifferentialPrivacyClientSideFixedClipping``, the board's
 clipping mod), σ chosen so that the ``--compare-rounds`` rounds spend ε at δ = 1e-5.
 """
@@ -28,10 +30,10 @@ from typing import Any
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from agent import objective
-from server.evaluate import EvaluationSettings, evaluate, format_table
-from server.privacy import PrivacySettings, noise_multiplier_for
-from server.strategies import STRATEGIES, StrategySettings
+from sleepfed.model import objective
+from sleepfed.server.app.privacy import PrivacySettings, noise_multiplier_for
+from sleepfed.server.app.strategies import STRATEGIES, StrategySettings
+from sleepfed.server.research.evaluate import EvaluationSettings, evaluate, format_table
 
 DP_EPSILONS = (1.0, 4.0, 8.0)
 DP_DELTA = 1e-5

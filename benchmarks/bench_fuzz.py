@@ -24,8 +24,8 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from fuzzing import FuzzTally, _valid_line, _valid_payload, fuzz_ble, fuzz_serial  # noqa: E402
 
-from agent.sources.ble_source import BleDeviceConfig, BleSource, DeviceLink  # noqa: E402
-from agent.sources.serial_source import SerialSource  # noqa: E402
+from sleepfed.board.sources.ble_source import BleDeviceConfig, BleSource, DeviceLink  # noqa: E402
+from sleepfed.board.sources.serial_source import SerialSource  # noqa: E402
 
 
 def timed(fn):  # type: ignore[no-untyped-def]

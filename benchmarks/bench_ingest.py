@@ -6,7 +6,7 @@ readings/s into the buffer, batched.
 
     python benchmarks/bench_ingest.py [--data ../shared/data] [--readings 200000]
 
-Readings are real Walch 2019 nights (agent.replay.walch_readings, one subject per night,
+Readings are real Walch 2019 nights (sleepfed_tools.replay.walch_readings, one subject per night,
 nights back to back) when the data folder is there, synthetic lines otherwise.
 """
 
@@ -28,11 +28,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psutil
+from sleepfed_tools.replay import PtyLink, replay, walch_readings
 
-from agent.buffer import Buffer
-from agent.features import walch_subjects
-from agent.protocol import Kind, Reading, format_reading, parse_line
-from agent.replay import PtyLink, replay, walch_readings
+from sleepfed.board.buffer.store import Buffer
+from sleepfed.board.sources.protocol import Kind, Reading, format_reading, parse_line
+from sleepfed.model.features import walch_subjects
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from helpers import stop_agent, write_agent_config  # noqa: E402
 
 GOAL_READINGS_PER_S = 100_000
-DEFAULT_BATCH = 2000  # agent.config default buffer.batch_max_readings
+DEFAULT_BATCH = 2000  # sleepfed.board.service.config default buffer.batch_max_readings
 REPEATS = 5  # parse timings: best of
 NIGHT_START = 1_700_000_000.0  # 2023-11-14 22:13 UTC; long past, settled by config (below)
 
@@ -168,7 +168,15 @@ def wait_connected(config: Path, link: PtyLink, proc: subprocess.Popen[bytes]) -
         if proc.poll() is not None:
             raise RuntimeError(f"agent exited with {proc.returncode}")
         result = subprocess.run(
-            [sys.executable, "-m", "agent.cli", "status", "--json", "--config", str(config)],
+            [
+                sys.executable,
+                "-m",
+                "sleepfed.board.service.cli",
+                "status",
+                "--json",
+                "--config",
+                str(config),
+            ],
             capture_output=True,
             text=True,
             timeout=30,
@@ -199,7 +207,7 @@ def bench_end_to_end(root: Path, readings: list[Reading], warmup: Reading) -> di
         config = agent_config(root, link.device_path)
         log = (root / "agent.log").open("wb")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "run", "--config", str(config)],
+            [sys.executable, "-m", "sleepfed.board.service.cli", "run", "--config", str(config)],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=REPO,

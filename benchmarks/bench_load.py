@@ -59,7 +59,7 @@ from load_fleet import (  # noqa: E402
     wait_connected,
 )
 
-from agent.counter_classes import NODE_FAULT_CLASSES  # noqa: E402
+from sleepfed.board.buffer.counter_classes import NODE_FAULT_CLASSES  # noqa: E402
 
 MB = 2**20
 GOAL_BYTES_PER_BOARD_ROUND = 10_000

@@ -65,9 +65,10 @@ def label(proc: psutil.Process) -> str:
         return "?"
     for i, part in enumerate(cmd):
         if part == "-m" and i + 1 < len(cmd):
-            return {"agent.cli": "sleepfed-agent", "server.cli": "sleepfed-server"}.get(
-                cmd[i + 1], cmd[i + 1]
-            )
+            return {
+                "sleepfed.board.service.cli": "sleepfed-agent",
+                "sleepfed.server.ops.cli": "sleepfed-server",
+            }.get(cmd[i + 1], cmd[i + 1])
     if len(cmd) >= 2 and "python" in Path(cmd[0]).name:
         return Path(cmd[1]).name
     return Path(cmd[0]).name if cmd else proc.name()

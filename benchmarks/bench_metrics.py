@@ -27,12 +27,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from agent.buffer import Buffer  # noqa: E402
-from agent.metrics import AgentCollector  # noqa: E402
-from agent.protocol import Kind, Reading  # noqa: E402
-from server.config import parse_config  # noqa: E402
-from server.history import History  # noqa: E402
-from server.metrics import ServerCollector  # noqa: E402
+from sleepfed.board.buffer.store import Buffer  # noqa: E402
+from sleepfed.board.service.metrics import AgentCollector  # noqa: E402
+from sleepfed.board.sources.protocol import Kind, Reading  # noqa: E402
+from sleepfed.server.app.history import History  # noqa: E402
+from sleepfed.server.ops.config import parse_config  # noqa: E402
+from sleepfed.server.ops.metrics import ServerCollector  # noqa: E402
 
 REPEATS = 15
 

@@ -9,7 +9,7 @@ ratio arm64 (QEMU user mode) / amd64 (native).
 What a board does for one "train" message, timed inside each image, in a fresh process each
 time (the SuperNode starts a ClientApp process per message): start Python, import the
 ClientApp (flwr, numpy), read one real Walch subject's windows, and take the server's default
-number of local gradient steps (agent.objective) from the initial model.
+number of local gradient steps (sleepfed.model.objective) from the initial model.
 
 Needs the images of docker/build-local.sh (sleepfed-agent:amd64 and :arm64) and its engine:
 the benchmark starts that engine with ``build-local.sh --no-build --keep-daemon`` if it is not
@@ -37,9 +37,10 @@ ARCHES = {"amd64": "linux/amd64", "arm64": "linux/arm64"}
 ROUND = """
 import json, time, sys
 t0 = time.perf_counter()
-import agent.client_app  # noqa: F401  (flwr, numpy; what the ClientApp process imports)
-from agent import model
-from agent.features import walch_dataset
+import sleepfed.board.training.client_app  # noqa: F401  (flwr, numpy; what the ClientApp process
+imports)
+from sleepfed.model import logistic as model
+from sleepfed.model.features import walch_dataset
 t1 = time.perf_counter()
 night = walch_dataset("/data/walch2019", [sys.argv[1]])[sys.argv[1]]
 x, y = night.features[night.labelled], night.labels[night.labelled]

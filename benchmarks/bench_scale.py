@@ -1,10 +1,12 @@
-"""Scale in simulation: the boards' own ClientApp (agent.client_app:app) on 100 and 1,000
+"""Scale in simulation: the boards' own ClientApp (sleepfed.board.training.client_app:app) on 100
+and 1,000
 virtual boards in Flower's simulation engine (Ray backend), FedAvg, every board in every round.
 
     python benchmarks/bench_scale.py --data ../shared/data [--boards 100 1000] [--rounds 3]
 
 Virtual boards are walch2019 people resampled into label-skewed partitions
-(server.partitions), each written to a real SQLite buffer (server.simulation.prepare_buffers)
+(sleepfed.server.research.partitions), each written to a real SQLite buffer
+(sleepfed.server.research.simulation.prepare_buffers)
 that the ClientApp opens from its partition-id. Each configuration runs in a child process of
 its own; this process samples the RSS of that child's whole process tree (driver, Ray's GCS,
 raylet, workers, actors) once a second.
@@ -71,9 +73,9 @@ def run_child(args: argparse.Namespace) -> None:
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
 
-    from agent import client_app as board_app
-    from agent import model
-    from server.server_app import RecordingFedAvg
+    from sleepfed.board.training import client_app as board_app
+    from sleepfed.model import logistic as model
+    from sleepfed.server.app.server_app import RecordingFedAvg
 
     if args.variant == "indexed-dispatch":
         _patch_dispatch()
@@ -141,9 +143,9 @@ def run_child(args: argparse.Namespace) -> None:
 
 # -- parent: preparation, the ClientApp's own cost, and the runs ------------------------------
 def prepare(data: Path, boards: int, folder: Path) -> dict[str, float]:
-    from agent.features import walch_dataset
-    from server.partitions import poor_shares, resample_boards
-    from server.simulation import prepare_buffers
+    from sleepfed.model.features import walch_dataset
+    from sleepfed.server.research.partitions import poor_shares, resample_boards
+    from sleepfed.server.research.simulation import prepare_buffers
 
     virtual = resample_boards(walch_dataset(data / "walch2019"), boards, seed=0)
     started = time.perf_counter()
@@ -165,8 +167,8 @@ def clientapp_cost(folder: Path, calls: int) -> float:
     from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.supercore.task_identity import TaskIdentity
 
-    from agent import client_app as board_app
-    from agent import model
+    from sleepfed.board.training import client_app as board_app
+    from sleepfed.model import logistic as model
 
     os.environ[board_app.SIM_BUFFER_DIR_ENV] = str(folder)
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID

@@ -32,8 +32,7 @@ COPY pyproject.toml /src/
 RUN --mount=type=secret,id=build_ca \
     sh /tmp/install-venv.sh deps /src /opt/sleepfed/venv agent
 COPY README.md /src/
-COPY agent /src/agent
-COPY server /src/server
+COPY src /src/src
 RUN --mount=type=secret,id=build_ca \
     sh /tmp/install-venv.sh app /src /opt/sleepfed/venv agent
 

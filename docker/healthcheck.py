@@ -36,7 +36,7 @@ def agent(config: str) -> int:
 
 
 def server(config: str) -> int:
-    from server.config import load_config
+    from sleepfed.server.ops.config import load_config
 
     loaded = load_config(config)
     host = "127.0.0.1" if loaded.host in ("", "0.0.0.0", "::") else loaded.host

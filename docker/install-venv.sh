@@ -130,9 +130,8 @@ fi
 # app: sleepfed itself over the deps layer (the imports below show nothing is missing)
 "$venv/bin/pip" install --no-deps "$src"
 site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
-"$venv/bin/python" -m compileall -q --invalidation-mode unchecked-hash "$site/agent" \
-    "$site/server" >/dev/null
+"$venv/bin/python" -m compileall -q --invalidation-mode unchecked-hash "$site/sleepfed" >/dev/null
 # No pip, setuptools or wheel in the shipped venv.
 "$venv/bin/python" -m pip uninstall -y pip setuptools wheel >/dev/null 2>&1 || true
-"$venv/bin/python" -c "import agent.cli, server.cli; print('install-venv: sleepfed installed')"
+"$venv/bin/python" -c "import sleepfed.board.service.cli, sleepfed.server.ops.cli; print('install-venv: sleepfed installed')"
 if [ -n "$bundle" ]; then rm -f "$bundle"; fi

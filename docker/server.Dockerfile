@@ -32,8 +32,7 @@ COPY pyproject.toml /src/
 RUN --mount=type=secret,id=build_ca \
     sh /tmp/install-venv.sh deps /src /opt/sleepfed/venv server
 COPY README.md /src/
-COPY agent /src/agent
-COPY server /src/server
+COPY src /src/src
 RUN --mount=type=secret,id=build_ca \
     sh /tmp/install-venv.sh app /src /opt/sleepfed/venv server
 
@@ -62,7 +61,7 @@ RUN sh /tmp/runtime-packages.sh && rm /tmp/runtime-packages.sh \
     && install -d -o sleepfed -g sleepfed -m 0700 /var/lib/sleepfed-server \
     && install -d -o root -g sleepfed -m 0750 /etc/sleepfed
 # nginx (Debian's nginx-light, server image only): the fleet proxy that `sleepfed-server run`
-# starts itself, as user sleepfed, in front of the SuperLink on 127.0.0.1 (server/fleet_proxy.py:
+# starts itself, as user sleepfed, in front of the SuperLink on 127.0.0.1 (src/sleepfed/server/fleet/fleet_proxy.py:
 # its own config, pid, logs and temporary folders under the state dir, `nginx -e <errlog>`).
 # The system's nginx is never used: policy-rc.d keeps the package's postinst from starting it
 # during the build, its default site and service scripts are removed, and nothing in the image

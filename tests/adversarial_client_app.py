@@ -1,7 +1,9 @@
-"""Test-only ClientApp: the board's real one (agent.client_app), misbehaving on request.
+"""Test-only ClientApp: the board's real one (sleepfed.board.training.client_app), misbehaving on
+request.
 
 A board runs it when its daemon is started with ``SLEEPFED_CLIENTAPP=
-adversarial_client_app:app`` and this folder on PYTHONPATH (agent.code_guard loads the
+adversarial_client_app:app`` and this folder on PYTHONPATH (sleepfed.board.training.code_guard
+loads the
 installed ClientApp that variable names). ``SLEEPFED_TEST_ATTACK`` says what to do in which
 server round, e.g. ``"1:nan,2:scale"``:
 
@@ -27,8 +29,8 @@ from flwr.app.message_type import MessageType
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
 
-from agent import client_app as real
-from agent.privacy_mods import CLIENT_MODS
+from sleepfed.board.training import client_app as real
+from sleepfed.board.training.privacy_mods import CLIENT_MODS
 
 ATTACK_ENV = "SLEEPFED_TEST_ATTACK"
 

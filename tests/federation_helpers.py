@@ -16,9 +16,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from agent.buffer import Buffer
-from agent.features import load_walch_subject, night_windows
-from server.certs import ensure_demo_pki
+from sleepfed.board.buffer.store import Buffer
+from sleepfed.model.features import load_walch_subject, night_windows
+from sleepfed.provisioning.pki import ensure_demo_pki
 
 PYTHON = sys.executable
 
@@ -174,8 +174,8 @@ def node_key(path: Path, curve: str = "p384") -> str:
 
 def register(server_config: Path, board_id: str, public_key: str) -> None:
     """The board's key in the server's registry (applied to the SuperLink when it runs)."""
-    from server.boards import EnrollmentRequest, Registry
-    from server.config import load_config
+    from sleepfed.server.fleet.boards import EnrollmentRequest, Registry
+    from sleepfed.server.ops.config import load_config
 
     registry = Registry(load_config(server_config))
     try:
@@ -200,7 +200,7 @@ def start(
 def start_agent(config: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """``env``: more environment for the daemon (and so its SuperNode and ClientApps)."""
     return start(
-        [PYTHON, "-m", "agent.cli", "run", "--config", str(config)],
+        [PYTHON, "-m", "sleepfed.board.service.cli", "run", "--config", str(config)],
         config.parent / "agent.log",
         env,
     )
@@ -208,7 +208,7 @@ def start_agent(config: Path, env: dict[str, str] | None = None) -> subprocess.P
 
 def start_server(config: Path) -> subprocess.Popen[bytes]:
     return start(
-        [PYTHON, "-m", "server.cli", "run", "--once", "--config", str(config)],
+        [PYTHON, "-m", "sleepfed.server.ops.cli", "run", "--once", "--config", str(config)],
         config.parent / "server.log",
     )
 
@@ -227,7 +227,7 @@ def stop(processes: list[subprocess.Popen[bytes]]) -> None:
 
 def agent_status(config: Path) -> dict[str, object]:
     result = subprocess.run(
-        [PYTHON, "-m", "agent.cli", "status", "--json", "--config", str(config)],
+        [PYTHON, "-m", "sleepfed.board.service.cli", "status", "--json", "--config", str(config)],
         capture_output=True,
         text=True,
         timeout=30,

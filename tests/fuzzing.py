@@ -22,8 +22,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC
 
-from agent.ble_parsing import BleReason, format_current_time
-from agent.protocol import (
+from sleepfed.board.sources import Rejection, SourceEvent
+from sleepfed.board.sources.ble_parsing import BleReason, format_current_time
+from sleepfed.board.sources.ble_source import BleDeviceConfig, BleSource, DeviceLink
+from sleepfed.board.sources.protocol import (
     MAX_LINE_BYTES,
     MAX_TIMESTAMP,
     MIN_TIMESTAMP,
@@ -34,9 +36,7 @@ from agent.protocol import (
     checksum,
     format_reading,
 )
-from agent.sources import Rejection, SourceEvent
-from agent.sources.ble_source import BleDeviceConfig, BleSource, DeviceLink
-from agent.sources.serial_source import LineSplitter, SerialSource
+from sleepfed.board.sources.serial_source import LineSplitter, SerialSource
 
 SERIAL_REASONS = frozenset(RejectReason.ALL)
 BLE_REASONS = frozenset(

@@ -22,7 +22,7 @@ def data_root() -> Path:
 
 
 def agent_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "agent.cli", *args]
+    return [sys.executable, "-m", "sleepfed.board.service.cli", *args]
 
 
 def run_agent(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:

@@ -32,16 +32,16 @@ from federation_helpers import (
     write_board,
     write_server_config,
 )
+from sleepfed_tools.replay import PtyLink, replay, walch_readings
 from wire_capture import CaptureProxy, HttpMessage, http_exchanges
 
-from agent.buffer import Buffer
-from agent.counter_classes import NODE_FAULT_CLASSES
-from agent.features import walch_subjects
-from agent.protocol import Reading
-from agent.replay import PtyLink, replay, walch_readings
-from server.boards import EnrollmentRequest, Registry
-from server.config import load_config
-from server.history import History
+from sleepfed.board.buffer.counter_classes import NODE_FAULT_CLASSES
+from sleepfed.board.buffer.store import Buffer
+from sleepfed.board.sources.protocol import Reading
+from sleepfed.model.features import walch_subjects
+from sleepfed.server.app.history import History
+from sleepfed.server.fleet.boards import EnrollmentRequest, Registry
+from sleepfed.server.ops.config import load_config
 
 # Replayed nights are long past and settle only an hour after their last reading: the
 # boards ingest without extracting nights while the run lasts.

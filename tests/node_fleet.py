@@ -1,6 +1,7 @@
 """Many real nodes against one SuperLink: ``sleepfed-server run --once`` (TLS, 127.0.0.1) and
 bare ``flower-supernode`` processes, each with a prepared buffer of its own (a label-skewed
-slice of one walch2019 person, server.partitions), running the installed ClientApp.
+slice of one walch2019 person, sleepfed.server.research.partitions), running the installed
+ClientApp.
 
 Used by benchmarks/bench_real_nodes.py (20 nodes x 3 rounds is too slow for the test suite on
 2 cores). While the run lasts, the SuperLink's RSS is sampled once a second, with the RSS of
@@ -28,11 +29,11 @@ from federation_helpers import (
     write_server_config,
 )
 
-from agent.features import walch_dataset
-from agent.flower_process import flower_bin, flower_environment
-from server.history import History
-from server.partitions import resample_boards
-from server.simulation import prepare_buffers
+from sleepfed.common.flower_process import flower_bin, flower_environment
+from sleepfed.model.features import walch_dataset
+from sleepfed.server.app.history import History
+from sleepfed.server.research.partitions import resample_boards
+from sleepfed.server.research.simulation import prepare_buffers
 
 HELD_OUT = ["1066528", "2638030", "8000685", "8692923"]
 

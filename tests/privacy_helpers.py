@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 from federation_helpers import start_agent
 
-from agent import client_app, model
-from agent.buffer import Buffer
+from sleepfed.board.buffer.store import Buffer
+from sleepfed.board.training import client_app
+from sleepfed.model import logistic as model
 
 TESTS_DIR = Path(__file__).resolve().parent
 LOCAL_ITERATIONS = 5  # write_server_config's federation.local_iterations

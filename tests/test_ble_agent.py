@@ -1,5 +1,5 @@
 """The agent daemon reading a BLE wearable: bleak's real BlueZ backend over a private D-Bus
-system bus, against the BlueZ stand-in (agent.bluez_standin). Rows are read back from the
+system bus, against the BlueZ stand-in (sleepfed_tools.bluez_standin). Rows are read back from the
 real SQLite buffer."""
 
 from __future__ import annotations
@@ -12,15 +12,15 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from helpers import agent_status, wait_for, write_agent_config
+from sleepfed_tools.bluez_standin import BlueZStandIn
 
-from agent.ble_parsing import (
+from sleepfed.board.sources.ble_parsing import (
     CURRENT_TIME,
     HEART_RATE_MEASUREMENT,
     ILLUMINANCE,
     MOVEMENT,
     format_current_time,
 )
-from agent.bluez_standin import BlueZStandIn
 
 ADDRESS = "C0:FF:EE:00:00:01"
 HR_KIND, RR_KIND, MOV_KIND, LUX_KIND = 1, 2, 3, 4

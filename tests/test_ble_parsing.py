@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.ble_parsing import (
+from sleepfed.board.sources.ble_parsing import (
     BleReason,
     HeartRateMeasurement,
     format_current_time,
@@ -17,7 +17,7 @@ from agent.ble_parsing import (
     parse_illuminance,
     parse_movement,
 )
-from agent.protocol import LineRejected
+from sleepfed.board.sources.protocol import LineRejected
 
 
 def hrm(flags: int, *fields: bytes) -> bytes:

@@ -12,13 +12,8 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 from helpers import agent_status, wait_connected, wait_for, write_agent_config
-
-from agent.ble_parsing import MOVEMENT
-from agent.bluez_standin import BlueZStandIn
-from agent.buffer import Buffer
-from agent.features import load_walch_subject, night_windows
-from agent.nights import extract_night
-from agent.replay import (
+from sleepfed_tools.bluez_standin import BlueZStandIn
+from sleepfed_tools.replay import (
     PtyLink,
     default_night_start,
     replay,
@@ -26,7 +21,12 @@ from agent.replay import (
     walch_ble_notifications,
     walch_labels,
 )
-from agent.schedule import night_of
+
+from sleepfed.board.buffer.store import Buffer
+from sleepfed.board.nights.schedule import night_of
+from sleepfed.board.nights.tracker import extract_night
+from sleepfed.board.sources.ble_parsing import MOVEMENT
+from sleepfed.model.features import load_walch_subject, night_windows
 
 SUBJECT = "1455390"
 ADDRESS = "C0:FF:EE:00:00:05"
@@ -118,7 +118,7 @@ def test_replay_cli_ble_mode(tmp_path: Path, walch_dir: Path, agent_procs: Any) 
         [
             sys.executable,
             "-m",
-            "agent.cli",
+            "sleepfed.board.service.cli",
             "replay",
             "--data",
             str(walch_dir),

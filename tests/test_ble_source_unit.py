@@ -30,7 +30,8 @@ from bleak_retry_connector import (
 )
 from fake_bleak import FakePeripheral, FakeRadio
 
-from agent.ble_parsing import (
+from sleepfed.board.sources import Item, SourceEvent, ble_source
+from sleepfed.board.sources.ble_parsing import (
     CURRENT_TIME,
     HEART_RATE_MEASUREMENT,
     HEART_RATE_SERVICE,
@@ -39,9 +40,14 @@ from agent.ble_parsing import (
     MOVEMENT_SERVICE,
     format_current_time,
 )
-from agent.protocol import Kind, Reading
-from agent.sources import Item, SourceEvent, ble_source
-from agent.sources.ble_source import BACKOFF, BleDeviceConfig, BleSource, DeviceNotFound, classify
+from sleepfed.board.sources.ble_source import (
+    BACKOFF,
+    BleDeviceConfig,
+    BleSource,
+    DeviceNotFound,
+    classify,
+)
+from sleepfed.board.sources.protocol import Kind, Reading
 
 ADDRESS = "C0:FF:EE:00:00:01"
 OTHER = "C0:FF:EE:00:00:02"

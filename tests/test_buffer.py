@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.buffer import SCHEMA_VERSION, Buffer, BufferError
-from agent.protocol import Kind, Reading
+from sleepfed.board.buffer.store import SCHEMA_VERSION, Buffer, BufferError
+from sleepfed.board.sources.protocol import Kind, Reading
 
 T0 = 1_764_000_000.0
 TABLES = {

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from server.certs import (
+from sleepfed.provisioning.pki import (
     check_certificate_pair,
     ensure_demo_pki,
     fingerprint_sha256,

@@ -20,10 +20,10 @@ from federation_helpers import (
     write_server_config,
 )
 
-from agent.flower_process import flower_bin, flower_environment
-from server.config import load_config
-from server.superlink import CONNECTION_NAME
-from server.supervision import ServerProcesses
+from sleepfed.common.flower_process import flower_bin, flower_environment
+from sleepfed.server.fleet.superlink import CONNECTION_NAME
+from sleepfed.server.fleet.supervision import ServerProcesses
+from sleepfed.server.ops.config import load_config
 
 SERVER_APP = """
 import json

@@ -18,6 +18,13 @@ from docker_helpers import DOCKER_TESTS, UID, docker, images  # noqa: F401  (the
 
 pytestmark = DOCKER_TESTS
 
+# Modules a board image must not hold: package installers, uvicorn's compiled speed-ups,
+# the developer tools and the test extra's packages (pyproject.toml [test]).
+ABSENT_FROM_BOARDS = (
+    "uv", "pip", "uvloop", "httptools",
+    "sleepfed_tools", "dbus", "dbusmock", "pytest", "hypothesis", "ruff", "psutil",
+)  # fmt: skip
+
 BOARD_SUBJECT = "4426783"
 HELD_OUT = ["1066528", "2638030", "8000685", "8692923"]
 PREFIX = f"sleepfed-test-{os.getpid()}"
@@ -32,7 +39,7 @@ def _chown_tree(root: Path) -> None:
 def test_arm64_board_trains_a_round_with_an_amd64_server(tmp_path: Path, walch_dir: Path) -> None:
     from federation_helpers import free_port, write_board
 
-    from server.certs import fingerprint_sha256
+    from sleepfed.provisioning.pki import fingerprint_sha256
 
     work = tmp_path / "work"
     work.mkdir()
@@ -143,12 +150,14 @@ supernode_port = {free_port()}
         assert 0.0 < record["train_metrics"]["train-loss"] < 0.7
         assert 0.6 <= record["server_metrics"]["auc"] <= 1.0
         # A board cannot install what a server's app asks for: no uv, no pip in its image
-        # (nor uvicorn's compiled speed-ups, dropped for size); its modules are precompiled.
+        # (nor uvicorn's compiled speed-ups, dropped for size); no developer tool
+        # (tools/sleepfed_tools: demo, replay, BlueZ stand-in) and no test-only dependency;
+        # its modules are precompiled.
         absent = docker(
             "run", "--rm", "--network", "none", "--platform", "linux/arm64",
             "--entrypoint", "python", "sleepfed-agent:arm64", "-c",
             "import importlib.util as u, pathlib, sklearn;"
-            "print([m for m in ('uv', 'pip', 'uvloop', 'httptools') if u.find_spec(m)]);"
+            f"print([m for m in {ABSENT_FROM_BOARDS!r} if u.find_spec(m)]);"
             "print(len(list(pathlib.Path(sklearn.__file__).parent.rglob('*.pyc'))) > 100)",
             timeout=600,
         )  # fmt: skip
@@ -165,15 +174,16 @@ supernode_port = {free_port()}
         docker("rm", "-f", "-v", server, board, check=False)  # -v: their VOLUMEs too
 
 
-# Inside the server image, as its user: the server's own fleet proxy (server.fleet_proxy, the
-# nginx that `sleepfed-server run` starts) on 127.0.0.1:9393 in front of a stand-in SuperLink
-# on 127.0.0.1:9394 (TLS with the loopback certificate, as the SuperLink's), and the image's
-# HEALTHCHECK before and after that SuperLink is up. Prints one JSON object.
+# Inside the server image, as its user: the server's own fleet proxy
+# (sleepfed.server.fleet.fleet_proxy, the nginx that `sleepfed-server run` starts) on
+# 127.0.0.1:9393 in front of a stand-in SuperLink on 127.0.0.1:9394 (TLS with the loopback
+# certificate, as the SuperLink's), and the image's HEALTHCHECK before and after that
+# SuperLink is up. Prints one JSON object.
 PROXY_PROBE = r"""
 import http.server, json, os, ssl, subprocess, sys, threading
 from pathlib import Path
-from server.config import load_config
-from server.fleet_proxy import FleetProxy, loopback_tls
+from sleepfed.server.ops.config import load_config
+from sleepfed.server.fleet.fleet_proxy import FleetProxy, loopback_tls
 
 s = Path("/tmp/s")
 subprocess.run(["sleepfed-server", "certs", "--out", str(s / "pki"), "--host", "127.0.0.1"],

@@ -22,8 +22,8 @@ from federation_helpers import (
     write_server_config,
 )
 
-from server.certs import fingerprint_sha256
-from server.history import History
+from sleepfed.provisioning.pki import fingerprint_sha256
+from sleepfed.server.app.history import History
 
 PYTHON = sys.executable
 SUBJECTS = ["4426783", "8258170", "9106476"]
@@ -47,7 +47,7 @@ def enroll(
         [
             PYTHON,
             "-m",
-            "agent.enroll",
+            "sleepfed.provisioning.enroll",
             "--board-id",
             board_id,
             "--server",
@@ -68,7 +68,10 @@ def enroll(
 
 def server_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [PYTHON, "-m", "server.cli", *args], capture_output=True, text=True, timeout=120
+        [PYTHON, "-m", "sleepfed.server.ops.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent.features import walch_subjects
+from sleepfed.model.features import walch_subjects
 
 SUBSET = 8
 
@@ -17,7 +17,7 @@ SUBSET = 8
 def _evaluate(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "OPENBLAS_NUM_THREADS": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "server.cli", "evaluate", *args],
+        [sys.executable, "-m", "sleepfed.server.ops.cli", "evaluate", *args],
         capture_output=True,
         text=True,
         timeout=600,

@@ -1,5 +1,6 @@
 """The board's clock steps by hours (NTP after a long offline spell, a board without an RTC):
-the real agent, its wall clock stepped through agent.clock's test seam while it ingests a
+the real agent, its wall clock stepped through sleepfed.board.service.clock's test seam while it
+ingests a
 night over a PTY, neither corrupts that night's windows nor stalls its schedule."""
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from helpers import agent_status, wait_connected, wait_for, write_agent_config
+from sleepfed_tools.replay import PtyLink
 
-from agent.buffer import Buffer
-from agent.clock import OFFSET_FILE_ENV
-from agent.nights import extract_night
-from agent.protocol import Kind, Reading, format_reading, parse_line
-from agent.replay import PtyLink
-from agent.schedule import ParticipationWindow, still_waiting
+from sleepfed.board.buffer.store import Buffer
+from sleepfed.board.nights.schedule import ParticipationWindow, still_waiting
+from sleepfed.board.nights.tracker import extract_night
+from sleepfed.board.service.clock import OFFSET_FILE_ENV
+from sleepfed.board.sources.protocol import Kind, Reading, format_reading, parse_line
 
 UTC_ZONE = ZoneInfo("UTC")
 NIGHT = "2025-11-24"

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from helpers import REPO, run_agent
 
-from agent.config import MAX_CONFIG_BYTES, ConfigError, load_config
-from server.config import load_config as load_server_config
+from sleepfed.board.service.config import load_config
+from sleepfed.common.config_fields import MAX_CONFIG_BYTES, ConfigError
+from sleepfed.server.ops.config import load_config as load_server_config
 
 GOOD = '[board]\nid = "b"\n[buffer]\npath = "b.db"\n'
 SOURCE = '[[sources]]\ntype = "serial"\nport = "/dev/ttyACM0"\n'
@@ -121,7 +122,7 @@ def test_server_run_exits_2(tmp_path: Path, text: str, needle: str) -> None:
     config = tmp_path / "server.toml"
     config.write_text(text)
     result = subprocess.run(
-        [sys.executable, "-m", "server.cli", "run", "--config", str(config)],
+        [sys.executable, "-m", "sleepfed.server.ops.cli", "run", "--config", str(config)],
         capture_output=True,
         text=True,
         timeout=60,

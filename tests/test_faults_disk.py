@@ -30,11 +30,11 @@ from helpers import (
     wait_for,
     write_agent_config,
 )
+from sleepfed_tools.replay import PtyLink
 
-from agent import model
-from agent.buffer import Buffer
-from agent.protocol import Kind, Reading
-from agent.replay import PtyLink
+from sleepfed.board.buffer.store import Buffer
+from sleepfed.board.sources.protocol import Kind, Reading
+from sleepfed.model import logistic as model
 
 DISK_MB = 8
 T0_MS = 1_764_000_000_000

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 from fuzzing import BLE_REASONS, SERIAL_REASONS, fuzz_ble, fuzz_serial, serial_stream
 from helpers import agent_status, wait_connected, wait_for, write_agent_config
-
-from agent.replay import PtyLink
+from sleepfed_tools.replay import PtyLink
 
 N = int(os.environ.get("SLEEPFED_FUZZ_INPUTS", "100000"))
 SEED = random.randrange(1 << 30)
@@ -82,7 +81,7 @@ def test_a_crashing_parser_is_caught_and_counted(monkeypatch: pytest.MonkeyPatch
     default, counted by the benchmark's tally), never passed over."""
     from fuzzing import FuzzTally
 
-    from agent.sources.serial_source import SerialSource
+    from sleepfed.board.sources.serial_source import SerialSource
 
     real = SerialSource._handle
 

@@ -36,8 +36,8 @@ from federation_helpers import (
 )
 from network_namespaces import NetworkLab, skip_unless_possible
 
-from server.certs import ensure_demo_pki
-from server.history import History
+from sleepfed.provisioning.pki import ensure_demo_pki
+from sleepfed.server.app.history import History
 
 BOARD_SUBJECTS = ["4426783", "8258170", "9106476"]
 HELD_OUT = ["1066528", "2638030", "8000685", "8692923"]
@@ -96,7 +96,7 @@ def start_replay(walch_dir: Path, subject: str, log: Path) -> tuple[subprocess.P
         [
             PYTHON,
             "-m",
-            "agent.replay",
+            "sleepfed_tools.replay",
             "--data",
             str(walch_dir),
             "--subject",
@@ -272,7 +272,15 @@ def test_board_cut_off_mid_round_rejoins_later(tmp_path: Path, walch_dir: Path) 
         processes.append(server)
         agents = [
             start(
-                [*link.exec_prefix(), PYTHON, "-m", "agent.cli", "run", "--config", str(b)],
+                [
+                    *link.exec_prefix(),
+                    PYTHON,
+                    "-m",
+                    "sleepfed.board.service.cli",
+                    "run",
+                    "--config",
+                    str(b),
+                ],
                 b.parent / "agent.log",
             )
             for link, b in zip(links, boards, strict=True)

@@ -30,8 +30,8 @@ from federation_helpers import (
     write_server_config,
 )
 
-from agent.federation import node_faults
-from server.history import History
+from sleepfed.board.federation.session import node_faults
+from sleepfed.server.app.history import History
 
 BOARD_SUBJECTS = ["4426783", "8258170"]
 HELD_OUT = ["1066528", "2638030"]

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 from helpers import start_agent, stop_agent, write_agent_config
+from sleepfed_tools.replay import PtyLink
 
-from agent.buffer import SCHEMA_VERSION
-from agent.replay import PtyLink
+from sleepfed.board.buffer.store import SCHEMA_VERSION
 
 T0_MS = 1_764_000_000_000
 STEP_MS = 10

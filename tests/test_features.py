@@ -8,10 +8,14 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
+from sleepfed_tools.replay import reference_efficiency_walch, walch_readings
 
-from agent import model
-from agent.buffer import Buffer
-from agent.features import (
+from sleepfed.board.buffer.store import Buffer
+from sleepfed.board.nights.schedule import night_of
+from sleepfed.board.nights.tracker import extract_night
+from sleepfed.board.sources.protocol import format_reading, parse_line
+from sleepfed.model import logistic as model
+from sleepfed.model.features import (
     N_FEATURES,
     estimated_efficiency,
     load_walch_subject,
@@ -20,10 +24,6 @@ from agent.features import (
     walch_dataset,
     walch_subjects,
 )
-from agent.nights import extract_night
-from agent.protocol import format_reading, parse_line
-from agent.replay import reference_efficiency_walch, walch_readings
-from agent.schedule import night_of
 
 UTC = ZoneInfo("UTC")
 NIGHT_START = dt.datetime(2026, 11, 20, 22, 0, tzinfo=dt.UTC).timestamp()

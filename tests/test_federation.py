@@ -25,8 +25,9 @@ from federation_helpers import (
     write_server_config,
 )
 
-from agent import client_app, model
-from server.history import History
+from sleepfed.board.training import client_app
+from sleepfed.model import logistic as model
+from sleepfed.server.app.history import History
 
 BOARD_SUBJECTS = ["4426783", "8258170", "9106476"]
 HELD_OUT = ["1066528", "2638030", "8000685", "8692923"]
@@ -75,7 +76,7 @@ def test_three_boards_two_rounds_over_tls(tmp_path: Path, walch_dir: Path) -> No
             counters = board_state(config)["counters"]
             assert counters["rounds_trained"] == 2  # type: ignore[index]
             assert counters["rounds_evaluated"] == 2  # type: ignore[index]
-        from agent.buffer import Buffer
+        from sleepfed.board.buffer.store import Buffer
 
         buffer = Buffer(boards[0].parent / "buffer.db", readonly=True)
         latest = buffer.latest_model()
@@ -188,7 +189,7 @@ def test_wrong_address_gives_up_at_the_window_end(tmp_path: Path) -> None:
         retry_max=1.0,
     )
     # a board needs labelled windows to join: give it one extracted night
-    from agent.buffer import Buffer
+    from sleepfed.board.buffer.store import Buffer
 
     buffer = Buffer(config.parent / "buffer.db")
     buffer.save_night("2026-11-24", 0.0, 1.0, 20, [(0.0, [0.0] * model.N_FEATURES, 1)], None)
@@ -246,7 +247,7 @@ def test_wrong_ca_is_refused_without_retrying(tmp_path: Path) -> None:
     config = write_board(
         tmp_path, "board", port, other_ca, walch_dir=None, subject=None, window="always"
     )
-    from agent.buffer import Buffer
+    from sleepfed.board.buffer.store import Buffer
 
     buffer = Buffer(config.parent / "buffer.db")
     buffer.save_night("2026-11-24", 0.0, 1.0, 20, [(0.0, [0.0] * model.N_FEATURES, 1)], None)

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent import model
-from server.history import History
+from sleepfed.model import logistic as model
+from sleepfed.server.app.history import History
 
 
 def _add(history: History, global_round: int, value: float, run_id: str = "r1") -> None:

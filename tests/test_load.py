@@ -62,7 +62,7 @@ def test_boards_ingesting_at_50_per_s_lose_nothing_while_they_federate(
     assert [(r, t) for r, t, _ in rounds] == [(n, BOARDS) for n in range(1, ROUNDS + 1)], rounds
     assert all(e == BOARDS for _, _, e in rounds[:-1]), rounds
     # The last round's evaluate replies: the server may count fewer than were sent. A board
-    # deactivates its node a few seconds after its final reply (agent.federation's
+    # deactivates its node a few seconds after its final reply (sleepfed.board.federation.session's
     # FINISH_GRACE_SECONDS), and the SuperLink answers a ServerApp that asks for a reply
     # after its node went offline with NODE_UNAVAILABLE even though the reply is stored (seen
     # on a loaded machine). Every board's side is checked instead: each evaluated the final

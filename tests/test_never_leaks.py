@@ -57,11 +57,11 @@ from google.protobuf.message import Message as ProtoMessage
 from google.protobuf.unknown_fields import UnknownFieldSet
 from wire_capture import CaptureProxy, HttpMessage, http_exchanges
 
-from agent import model
-from agent.buffer import Buffer
-from agent.features import load_walch_subject, night_windows
-from agent.protocol import Kind, Reading
-from server.history import History
+from sleepfed.board.buffer.store import Buffer
+from sleepfed.board.sources.protocol import Kind, Reading
+from sleepfed.model import logistic as model
+from sleepfed.model.features import load_walch_subject, night_windows
+from sleepfed.server.app.history import History
 
 SUBJECT = "4426783"
 HELD_OUT = ["1066528", "2638030"]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent import model
-from agent.buffer import Buffer
-from agent.features import walch_dataset
-from agent.nights import predict_nights
+from sleepfed.board.buffer.store import Buffer
+from sleepfed.board.nights.tracker import predict_nights
+from sleepfed.model import logistic as model
+from sleepfed.model.features import walch_dataset
 
 SUBJECT = "4426783"
 

@@ -14,10 +14,10 @@ import pytest
 from federation_helpers import free_port
 from helpers import run_agent, wait_connected, wait_for, write_agent_config
 from prometheus_scrape import scrape, try_scrape
+from sleepfed_tools.replay import PtyLink
 
-from agent.counter_classes import FAILURE_CLASSES, REJECTION_CLASSES
-from agent.protocol import Kind, Reading, format_reading
-from agent.replay import PtyLink
+from sleepfed.board.buffer.counter_classes import FAILURE_CLASSES, REJECTION_CLASSES
+from sleepfed.board.sources.protocol import Kind, Reading, format_reading
 
 T0 = 1_764_000_000.0
 Start = Callable[[Path], subprocess.Popen[bytes]]

@@ -32,11 +32,11 @@ from federation_helpers import (
 from matplotlib import image as mpimg
 from prometheus_scrape import scrape, try_scrape
 
-from agent import model
-from agent.features import walch_dataset
-from server.history import History
-from server.report import FIGURE_DPI, FIGURE_INCHES
-from server.server_app import held_out_scores
+from sleepfed.model import logistic as model
+from sleepfed.model.features import walch_dataset
+from sleepfed.server.app.history import History
+from sleepfed.server.app.server_app import held_out_scores
+from sleepfed.server.ops.report import FIGURE_DPI, FIGURE_INCHES
 
 BOARD_SUBJECTS = ["4426783", "8258170", "9106476"]
 HELD_OUT = ["1066528", "2638030", "8000685", "8692923"]
@@ -45,14 +45,18 @@ SCREEN = (1000, 2400)
 
 def server_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "server.cli", *args], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "sleepfed.server.ops.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
 def write_history(path: Path, walch_dir: Path, rounds: int) -> list[dict[str, float]]:
     """A history of real FedAvg rounds: three Walch subjects train the real model from the
     global one, the weighted mean is scored on held-out subjects as the ServerApp does, and
-    each round goes through server.history (with a rejected update and ε where the history
+    each round goes through sleepfed.server.app.history (with a rejected update and ε where the
+    history
     records them)."""
     boards = walch_dataset(walch_dir, BOARD_SUBJECTS)
     held = walch_dataset(walch_dir, HELD_OUT)
@@ -210,7 +214,7 @@ def test_metrics_and_status_during_a_real_federation(tmp_path: Path, walch_dir: 
             handle.write(f"\n[metrics]\nport = {board_port}\n")
     # `run` without --once: the process (and its metrics) stays up after the run.
     server = start(
-        [sys.executable, "-m", "server.cli", "run", "--config", str(server_config)],
+        [sys.executable, "-m", "sleepfed.server.ops.cli", "run", "--config", str(server_config)],
         server_config.parent / "server.log",
     )
     agents: list[subprocess.Popen[bytes]] = []

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.features import NightWindows, walch_dataset
-from server.partitions import MIN_WINDOWS, poor_shares, resample_boards
+from sleepfed.model.features import NightWindows, walch_dataset
+from sleepfed.server.research.partitions import MIN_WINDOWS, poor_shares, resample_boards
 
 
 @pytest.fixture(scope="module")

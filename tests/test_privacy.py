@@ -13,12 +13,12 @@ from flwr.app.message_type import MessageType
 from flwr.cli.build import build_fab_from_disk, build_fab_from_files
 from flwr.supercore.task_identity import TaskIdentity
 
-from agent import model
-from agent.code_guard import ForeignCodeError, check_fab
-from agent.config import ConfigError
-from agent.privacy_mods import dp_clipping_mod, legacy_records_mod
-from server.history import History
-from server.privacy import (
+from sleepfed.board.training.code_guard import ForeignCodeError, check_fab
+from sleepfed.board.training.privacy_mods import dp_clipping_mod, legacy_records_mod
+from sleepfed.common.config_fields import ConfigError
+from sleepfed.model import logistic as model
+from sleepfed.server.app.history import History
+from sleepfed.server.app.privacy import (
     PrivacySettings,
     epsilon_spent,
     noise_multiplier_for,
@@ -26,7 +26,9 @@ from server.privacy import (
     round_privacy,
 )
 
-FLOWER_APP = Path(__file__).resolve().parents[1] / "server" / "flower_app"
+FLOWER_APP = (
+    Path(__file__).resolve().parents[1] / "src" / "sleepfed" / "server" / "app" / "flower_app"
+)
 
 
 @pytest.mark.parametrize("target", [1.0, 4.0, 8.0])
@@ -130,11 +132,18 @@ def test_code_guard_accepts_only_a_code_free_bundle_naming_the_installed_app() -
     check_fab(build_fab_from_disk(FLOWER_APP))  # the bundle the server really ships
     project = (FLOWER_APP / "pyproject.toml").read_bytes()
     with_code = build_fab_from_files(
-        {"pyproject.toml": project, "agent/client_app.py": b"import os; os.system('id')\n"}
+        {
+            "pyproject.toml": project,
+            "src/sleepfed/board/training/client_app.py": b"import os; os.system('id')\n",
+        }
     )[0]
-    with pytest.raises(ForeignCodeError, match=r"carries files: agent/client_app\.py"):
+    with pytest.raises(
+        ForeignCodeError, match=r"carries files: src/sleepfed/board/training/client_app\.py"
+    ):
         check_fab(with_code)
-    elsewhere = project.replace(b'"agent.client_app:app"', b'"server_only.evil:app"')
+    elsewhere = project.replace(
+        b'"sleepfed.board.training.client_app:app"', b'"server_only.evil:app"'
+    )
     with pytest.raises(ForeignCodeError, match=r"server_only\.evil:app"):
         check_fab(build_fab_from_files({"pyproject.toml": elsewhere})[0])
     with pytest.raises(ForeignCodeError, match="not a zip"):

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.protocol import (
+from sleepfed.board.sources.protocol import (
     MAX_LINE_BYTES,
     Kind,
     LineRejected,

@@ -15,14 +15,7 @@ import pytest
 
 serial = pytest.importorskip("serial")
 
-from agent.protocol import (  # noqa: E402
-    VALUE_RANGES,
-    Kind,
-    format_ack,
-    format_reading,
-    parse_line,
-)
-from agent.replay import (  # noqa: E402
+from sleepfed_tools.replay import (  # noqa: E402
     PtyLink,
     ReplayStats,
     mmash_night_window,
@@ -31,6 +24,14 @@ from agent.replay import (  # noqa: E402
     replay,
     walch_readings,
     walch_subjects,
+)
+
+from sleepfed.board.sources.protocol import (  # noqa: E402
+    VALUE_RANGES,
+    Kind,
+    format_ack,
+    format_reading,
+    parse_line,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -239,7 +240,7 @@ def test_cli_pty_end_to_end() -> None:
         [
             sys.executable,
             "-m",
-            "agent.replay",
+            "sleepfed_tools.replay",
             "--data",
             str(WALCH),
             "--subject",

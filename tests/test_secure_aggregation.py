@@ -27,9 +27,9 @@ from privacy_helpers import (
     start_adversarial_agent,
 )
 
-from agent import model
-from server.history import History
-from server.privacy import epsilon_spent
+from sleepfed.model import logistic as model
+from sleepfed.server.app.history import History
+from sleepfed.server.app.privacy import epsilon_spent
 
 BOARD_SUBJECTS = ["4426783", "8258170", "9106476"]
 HELD_OUT = ["1066528", "2638030"]
@@ -67,7 +67,8 @@ def test_secagg_round_survives_a_dropout_and_equals_fedavg(tmp_path: Path, walch
         (record,) = history.rounds()
         assert record.train_nodes == 2
         # The round's model goes to the two finishers and never to the dropped-out board
-        # (server.secure_aggregation.RecordingSecAggFedAvg.configure_evaluate). Their replies
+        # (sleepfed.server.app.secure_aggregation.RecordingSecAggFedAvg.configure_evaluate). Their
+        # replies
         # carry nothing under SecAgg+, and on a loaded machine one of the two may fail (seen
         # once in CI: 1 reply of 2), so the count of replies is 1 or 2.
         received = [
@@ -83,7 +84,8 @@ def test_secagg_round_survives_a_dropout_and_equals_fedavg(tmp_path: Path, walch
         three = fedavg([board_update(b, model.initial_arrays()) for b in boards])
         assert max_abs_difference(got, three) > 10 * QUANTISATION_TOLERANCE  # board 2 is out
         assert 0.6 <= record.server_metrics["auc"] <= 1.0  # the ServerApp's held-out scoring
-        # Under SecAgg+ boards withhold their scalars (agent.privacy_mods): no board metric
+        # Under SecAgg+ boards withhold their scalars (sleepfed.board.training.privacy_mods): no
+        # board metric
         assert record.eval_metrics == {} and record.train_metrics == {}
         assert history.runs()[-1]["status"] == "finished"
         log = (boards[2].parent / "supernode.log").read_text()
@@ -143,7 +145,14 @@ def test_dp_round_clips_adds_noise_and_spends_epsilon(tmp_path: Path, walch_dir:
         assert record.privacy["epsilon"] == pytest.approx(epsilon_spent([sigma], 1e-5))
         assert record.privacy["noise_multiplier"] == sigma
         shown = subprocess.run(
-            [sys.executable, "-m", "server.cli", "history", "--config", str(server_config)],
+            [
+                sys.executable,
+                "-m",
+                "sleepfed.server.ops.cli",
+                "history",
+                "--config",
+                str(server_config),
+            ],
             capture_output=True,
             text=True,
             timeout=60,

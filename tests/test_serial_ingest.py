@@ -1,4 +1,5 @@
-"""The agent daemon as a real process, fed through real pseudo-terminals (agent.replay.PtyLink).
+"""The agent daemon as a real process, fed through real pseudo-terminals
+(sleepfed_tools.replay.PtyLink).
 
 Every number is read back through ``sleepfed-agent status --json`` or from the SQLite file
 itself; nothing is mocked.
@@ -24,10 +25,10 @@ from helpers import (
     wait_for,
     write_agent_config,
 )
+from sleepfed_tools.replay import PtyLink
 
-from agent.buffer import Buffer
-from agent.protocol import Kind, Reading, checksum, format_reading
-from agent.replay import PtyLink
+from sleepfed.board.buffer.store import Buffer
+from sleepfed.board.sources.protocol import Kind, Reading, checksum, format_reading
 
 T0 = 1_764_000_000.0  # 2025-11-24 16:00 UTC
 Start = Callable[[Path], subprocess.Popen[bytes]]

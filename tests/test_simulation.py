@@ -9,10 +9,10 @@ import pytest
 from flwr.app import Context, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
-from agent.buffer import Buffer
-from agent.client_app import buffer_path
-from agent.features import walch_dataset, walch_subjects
-from server.simulation import prepare_buffers, run_federated
+from sleepfed.board.buffer.store import Buffer
+from sleepfed.board.training.client_app import buffer_path
+from sleepfed.model.features import walch_dataset, walch_subjects
+from sleepfed.server.research.simulation import prepare_buffers, run_federated
 
 
 def _context(node_config: dict[str, object], run_config: dict[str, object]) -> Context:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.buffer import SCHEMA_VERSION, Buffer
-from server.history import History
+from sleepfed.board.buffer.store import SCHEMA_VERSION, Buffer
+from sleepfed.server.app.history import History
 
 OPENERS = 8
 ATTEMPTS = 20

@@ -1,4 +1,5 @@
-"""Strategy selection (server.strategies), Flower's robust aggregators on crafted replies,
+"""Strategy selection (sleepfed.server.app.strategies), Flower's robust aggregators on crafted
+replies,
 the board's objective (FedProx's proximal term, FedAvg over fixed-size steps) and on-device
 personalisation on a real subject."""
 
@@ -13,15 +14,16 @@ from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum
 
-from agent import model, objective
-from agent.client_app import _is_held_out
-from agent.config import ConfigError
-from agent.features import walch_dataset
-from agent.personalisation import personalise
-from server.config import parse_config
-from server.server_app import RecordingFedAvg
-from server.simulation import InProcessGrid
-from server.strategies import STRATEGIES, StrategySettings, build_strategy
+from sleepfed.board.training.client_app import _is_held_out
+from sleepfed.common.config_fields import ConfigError
+from sleepfed.model import logistic as model
+from sleepfed.model import objective
+from sleepfed.model.features import walch_dataset
+from sleepfed.model.personalisation import personalise
+from sleepfed.server.app.server_app import RecordingFedAvg
+from sleepfed.server.app.strategies import STRATEGIES, StrategySettings, build_strategy
+from sleepfed.server.ops.config import parse_config
+from sleepfed.server.research.simulation import InProcessGrid
 
 COMMON = {"fraction_train": 1.0, "min_train_nodes": 2, "min_available_nodes": 2}
 

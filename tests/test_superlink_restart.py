@@ -13,7 +13,7 @@ from flwr.server.superlink.linkstate import LinkState, LinkStateFactory
 from flwr.supercore.object_store import ObjectStoreFactory
 from flwr.superlink.federation.noop_federation_manager import NoOpFederationManager
 
-from server.superlink import mark_leftover_nodes_offline
+from sleepfed.server.fleet.superlink import mark_leftover_nodes_offline
 
 
 def _link_state(database: Path) -> LinkState:

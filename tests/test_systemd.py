@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 from helpers import REPO, wait_for, write_agent_config
+from sleepfed_tools.replay import PtyLink
 
-from agent.notify import Notifier
-from agent.protocol import Kind, Reading, format_reading
-from agent.replay import PtyLink
+from sleepfed.board.service.notify import Notifier
+from sleepfed.board.sources.protocol import Kind, Reading, format_reading
 
 UNITS = REPO / "systemd"
 VENV_BIN = Path(sys.executable).parent
@@ -131,7 +131,8 @@ def _agent_env(notify_socket: Path) -> dict[str, str]:
 
 
 HIDE_SYSTEMD_PYTHON = (
-    "import sys; sys.modules['systemd'] = None; from agent.cli import main; sys.exit(main())"
+    "import sys; sys.modules['systemd'] = None; "
+    "from sleepfed.board.service.cli import main; sys.exit(main())"
 )
 
 
@@ -139,7 +140,7 @@ HIDE_SYSTEMD_PYTHON = (
 def test_sd_notify_protocol(tmp_path: Path, backend: str) -> None:
     if backend == "systemd-python":
         pytest.importorskip("systemd.daemon")
-        prefix = [sys.executable, "-m", "agent.cli"]
+        prefix = [sys.executable, "-m", "sleepfed.board.service.cli"]
     else:
         prefix = [sys.executable, "-c", HIDE_SYSTEMD_PYTHON]
     listener = NotifyListener(tmp_path / "notify.sock")
@@ -219,7 +220,7 @@ def test_notifier_fallback_abstract_socket_and_watchdog_pid() -> None:
 
 def test_journal_handler_sends_structured_fields(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("systemd.journal")
-    from agent.logging_setup import journal_handler
+    from sleepfed.board.service.logging_setup import journal_handler
 
     monkeypatch.delenv("JOURNAL_STREAM", raising=False)
     monkeypatch.delenv("INVOCATION_ID", raising=False)
@@ -345,7 +346,8 @@ import numpy as np
 import bleak, flwr, grpc, serial
 from cryptography.hazmat.primitives.asymmetric import ec
 from sklearn.linear_model import LogisticRegression
-import agent.client_app, agent.daemon, agent.federation, agent.model
+import sleepfed.board.training.client_app, sleepfed.board.service.daemon,
+sleepfed.board.federation.session, sleepfed.model.logistic
 x = np.random.default_rng(0).normal(size=(200, 4))
 print("fit", LogisticRegression().fit(x, x[:, 0] > 0).score(x, x[:, 0] > 0))
 db = sqlite3.connect("/var/lib/sleepfed/smoke.db")
@@ -459,7 +461,7 @@ def boot_runner(
         f"--bind-ro={shim}:/opt/sleepfed/venv", f"--bind-ro={venv}/lib:/opt/sleepfed/venv/lib",
         # The project's code where the units' PYTHONPATH (test drop-ins) finds it: an
         # editable install may point under /tmp or /root, hidden by PrivateTmp/ProtectHome.
-        f"--bind-ro={REPO}:/opt/sleepfed/src",
+        f"--bind-ro={REPO / 'src'}:/opt/sleepfed/src",
         f"--bind-ro={payload}/sleepfed-runner.service:"
         "/etc/systemd/system/sleepfed-runner.service",
         "-b", "--", "systemd.firstboot=off", "systemd.wants=sleepfed-runner.service",

@@ -26,13 +26,18 @@ from privacy_helpers import (
     start_adversarial_agent,
 )
 
-from agent import client_app, model
-from agent.config import ConfigError
-from agent.privacy_mods import CLIENT_MODS, WITHHOLD_METRICS_KEY, withhold_scalars_mod
-from server.history import History
-from server.secure_aggregation import RecordingSecAggFedAvg
-from server.server_app import RecordingFedAvg, dp_rules
-from server.update_validation import (
+from sleepfed.board.training import client_app
+from sleepfed.board.training.privacy_mods import (
+    CLIENT_MODS,
+    WITHHOLD_METRICS_KEY,
+    withhold_scalars_mod,
+)
+from sleepfed.common.config_fields import ConfigError
+from sleepfed.model import logistic as model
+from sleepfed.server.app.history import History
+from sleepfed.server.app.secure_aggregation import RecordingSecAggFedAvg
+from sleepfed.server.app.server_app import RecordingFedAvg, dp_rules
+from sleepfed.server.app.update_validation import (
     DEFAULT_MAX_NUM_EXAMPLES,
     GOOD_SHARE_KEY,
     UNIFORM_WEIGHT_KEY,

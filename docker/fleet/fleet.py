@@ -12,7 +12,7 @@ container mounts a volume that holds a private key other than its own:
                       read-only
     /request          (board) the board's own request volume, written by that board only
     /requests/<id>    (server) every board's request volume, read-only
-Environment: see compose.yaml. The flow is server/demo.py's, split over containers.
+Environment: see compose.yaml. The flow is tools/sleepfed_tools/demo.py's, split over containers.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def check_request(board_id: str, path: Path) -> None:
 
 
 def server() -> int:
-    from agent.features import walch_subjects
+    from sleepfed.model.features import walch_subjects
 
     boards = os.environ["FLEET_BOARDS"].split(",")
     board_subjects = set(os.environ.get("FLEET_BOARD_SUBJECTS", "").split(","))
@@ -141,7 +141,7 @@ subjects = {json.dumps(held_out)}
 
 
 def board() -> int:
-    from server.certs import fingerprint_sha256
+    from sleepfed.provisioning.pki import fingerprint_sha256
 
     board_id = os.environ["BOARD_ID"]
     subject = os.environ["SUBJECT"]

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from agent.bluez_standin import BlueZStandIn
+    from sleepfed_tools.bluez_standin import BlueZStandIn
 
 
 @pytest.fixture(name="bluez")
@@ -23,7 +23,7 @@ def bluez_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BlueZSta
     pytest.importorskip("dbusmock", reason="python-dbusmock is not installed")
     if shutil.which("dbus-daemon") is None:
         pytest.skip("dbus-daemon is not installed")
-    from agent.bluez_standin import BlueZStandIn
+    from sleepfed_tools.bluez_standin import BlueZStandIn
 
     with BlueZStandIn(log_dir=tmp_path_factory.mktemp("bluez")) as standin:
         yield standin

@@ -24,8 +24,10 @@ from bleak.exc import (
     BleakDeviceNotFoundError,
     BleakError,
 )
+from sleepfed_tools.bluez_standin import BlueZStandIn
 
-from agent.ble_parsing import (
+from bluez.fixtures import bluez_fixture  # noqa: F401 - provides the fixture `bluez`
+from sleepfed.board.sources.ble_parsing import (
     ENVIRONMENTAL_SENSING_SERVICE,
     HEART_RATE_MEASUREMENT,
     HEART_RATE_SERVICE,
@@ -33,8 +35,6 @@ from agent.ble_parsing import (
     MOVEMENT,
     MOVEMENT_SERVICE,
 )
-from agent.bluez_standin import BlueZStandIn
-from bluez.fixtures import bluez_fixture  # noqa: F401 - provides the fixture `bluez`
 
 CCCD = "00002902-0000-1000-8000-00805f9b34fb"
 

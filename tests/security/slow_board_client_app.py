@@ -13,8 +13,8 @@ from flwr.app.message_type import MessageType
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
 
-from agent import client_app as real
-from agent.privacy_mods import CLIENT_MODS
+from sleepfed.board.training import client_app as real
+from sleepfed.board.training.privacy_mods import CLIENT_MODS
 
 DELAY_ENV = "SLEEPFED_TEST_EVALUATE_DELAY"
 

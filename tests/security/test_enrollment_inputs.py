@@ -26,9 +26,9 @@ from federation_helpers import free_port, pki
 from helpers import start_agent, stop_agent, wait_for, write_agent_config
 from test_enrollment import enroll, temp_root
 
-from agent import private_files
-from agent.enroll import agent_toml
-from server.certs import fingerprint_sha256
+from sleepfed.common import private_files
+from sleepfed.provisioning.enroll import agent_toml
+from sleepfed.provisioning.pki import fingerprint_sha256
 
 PYTHON = sys.executable
 Attack = Callable[[str, str, str, bool], None]
@@ -56,7 +56,7 @@ KEY_TEMPORARY_OPEN = re.compile(
 def server_cli(*args: str, umask: int = -1) -> subprocess.CompletedProcess[str]:
     """``sleepfed-server ...`` as a real process; ``umask`` (-1: inherited) as it starts."""
     return subprocess.run(
-        [PYTHON, "-m", "server.cli", *args],
+        [PYTHON, "-m", "sleepfed.server.ops.cli", *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -344,7 +344,15 @@ def test_keys_are_0600_from_the_first_byte_under_umask_000(
 ) -> None:
     root = temp_root(tmp_path, "board")
     trace = tmp_path / "strace.txt"
-    command = [PYTHON, "-m", "agent.enroll", "--board-id", "pi-01", "--server", "127.0.0.1:9"]
+    command = [
+        PYTHON,
+        "-m",
+        "sleepfed.provisioning.enroll",
+        "--board-id",
+        "pi-01",
+        "--server",
+        "127.0.0.1:9",
+    ]
     command += ["--ca-file", str(ca[0]), "--ca-fingerprint", ca[1], "--root", str(root)]
     traced = [
         "strace",

@@ -42,11 +42,12 @@ from privacy_helpers import (
 )
 from wire_capture import CaptureProxy, http_exchanges
 
-from agent import client_app, model
-from agent.buffer import Buffer
-from server.config import load_config
-from server.history import History
-from server.metrics import ServerCollector
+from sleepfed.board.buffer.store import Buffer
+from sleepfed.board.training import client_app
+from sleepfed.model import logistic as model
+from sleepfed.server.app.history import History
+from sleepfed.server.ops.config import load_config
+from sleepfed.server.ops.metrics import ServerCollector
 
 Attack = Callable[[str, str, str, bool], None]
 BOARD_SUBJECTS = ["4426783", "8258170", "9106476"]  # the last one is the attacker's

@@ -35,9 +35,9 @@ from flwr.proto.fleet_pb2 import ActivateNodeRequest
 from flwr.supercore.date import now
 from flwr.supercore.primitives.asymmetric import public_key_to_bytes, sign_message
 
-from agent.flower_process import flower_bin, flower_environment
-from server.boards import Registry
-from server.config import ServerConfig, load_config
+from sleepfed.common.flower_process import flower_bin, flower_environment
+from sleepfed.server.fleet.boards import Registry
+from sleepfed.server.ops.config import ServerConfig, load_config
 
 Attack = Callable[[str, str, str, bool], None]
 HELD_OUT = ["1066528"]
@@ -303,7 +303,7 @@ def test_the_run_loop_applies_the_registry_and_one_bad_entry_blocks_nothing(
             (time.time(), time.time()),
         )
         late = node_key(tmp_path / "late.key")
-        from server.boards import EnrollmentRequest
+        from sleepfed.server.fleet.boards import EnrollmentRequest
 
         registry.add(EnrollmentRequest("zzz-late", late))
     finally:

@@ -36,7 +36,7 @@ def test_a_value_that_would_add_nginx_directives_is_refused(
     assert old in text
     config.write_text(text.replace(old, new, 1))
     result = subprocess.run(
-        [sys.executable, "-m", "server.cli", "run", "--once", "--config", str(config)],
+        [sys.executable, "-m", "sleepfed.server.ops.cli", "run", "--once", "--config", str(config)],
         capture_output=True,
         text=True,
         timeout=120,

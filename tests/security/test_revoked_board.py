@@ -25,7 +25,7 @@ from federation_helpers import (
     write_server_config,
 )
 
-from server.history import History
+from sleepfed.server.app.history import History
 
 Attack = Callable[[str, str, str, bool], None]
 SUBJECTS = {"board-a": "4426783", "board-b": "8258170", "board-c": "9106476"}
@@ -80,7 +80,7 @@ def test_a_board_revoked_between_rounds_gets_nothing_and_a_dead_proxy_comes_back
         # Round 1: both train; board-b finishes its evaluation while board-a's takes 25 s.
         wait_for(lambda: _counter(b, "rounds_evaluated") == 1, 300, "board-b to end round 1")
         revoked = subprocess.run(
-            [sys.executable, "-m", "server.cli", "boards", "revoke", "--config",
+            [sys.executable, "-m", "sleepfed.server.ops.cli", "boards", "revoke", "--config",
              str(server_config), "board-b"],
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip

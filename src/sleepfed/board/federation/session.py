@@ -1,0 +1,350 @@
+"""Joining the federation: one session per participation window.
+
+The board's Flower node is a supervised child process (``flower-supernode``); Flower has no
+public API to run a SuperNode in-process, and a child keeps flwr, grpc and scikit-learn out
+of the daemon's memory between windows. The SuperNode starts a fresh ClientApp process
+(sleepfed.board.training.client_app) for each message, pointed at this board's buffer.
+
+Connection attempts are wrapped in tenacity: exponential backoff with full jitter, capped,
+retried only on transient errors (server unreachable, node lost), given up at once on
+configuration or authentication errors, and never past the window's end.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_before_delay,
+    wait_random_exponential,
+)
+
+from sleepfed.board.service.config import FederationConfig
+from sleepfed.board.training.code_guard import guarded_environment
+from sleepfed.common.flower_process import flower_bin, flower_environment, stop_process_group
+
+log = logging.getLogger("sleepfed.federation")
+
+PROBE_TIMEOUT_SECONDS = 5.0
+STOP_GRACE_SECONDS = 10.0
+# Flower refuses to activate a node whose previous connection it still counts as online
+# (until two 30-s heartbeats are missed: e.g. the server restarted before the node could
+# say goodbye). Such a refusal looks like an unknown or revoked key (exit code 305), so it is
+# retried for federation.activation_patience_seconds (75 s) before the session counts as
+# refused.
+# After the ClientApp stored the run's final model, the node still has to send its reply.
+FINISH_GRACE_SECONDS = 8.0
+# Text in the SuperNode's output that means retrying cannot help.
+# Text in the SuperNode's own output (this attempt's part of its log) that means retrying
+# cannot help: authentication refused (exit code 305: "Failed to activate SuperNode", an
+# unknown or revoked key), TLS verification, permission denied.
+PERMANENT_MARKERS = (
+    "Exit Code: 305",
+    "Failed to activate SuperNode",
+    "PERMISSION_DENIED",
+    "UNAUTHENTICATED",
+    "CERTIFICATE_VERIFY_FAILED",
+    "certificate verify failed",
+)
+
+# Text in the SuperNode's output, while it runs, that means it is hurt without exiting. Flower's
+# SuperNode does not retry an HTTP 500 from the SuperLink (e.g. "database is locked" in its
+# SQLite state under load): a failed push drops the board's reply, and a failed pull ends the
+# node's pulling while its process stays up, so it would never see another message.
+REPLY_LOST_MARKER = "Failed to send message"
+WEDGED_MARKER = "/v1/fleet/pull-messages"
+
+
+def node_faults(text: str) -> tuple[int, bool]:
+    """(replies the node failed to send, whether its pulling has ended) in SuperNode output."""
+    lines = text.splitlines()
+    lost = sum(REPLY_LOST_MARKER in line for line in lines)
+    wedged = any(WEDGED_MARKER in line and "ERROR" in line for line in lines)
+    return lost, wedged
+
+
+class TransientError(Exception):
+    """Worth retrying: the server is unreachable or the node lost it."""
+
+
+class PermanentError(Exception):
+    """Not worth retrying in this window: configuration, TLS or authentication."""
+
+
+def probe_server(config: FederationConfig, timeout: float = PROBE_TIMEOUT_SECONDS) -> None:
+    """Reach the server's Fleet endpoint and, unless insecure, complete a verified TLS
+    handshake with the pinned CA. Raises TransientError or PermanentError."""
+    host, _, port_text = config.server.rpartition(":")
+    host = host.strip("[]")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise PermanentError(f"bad server address {config.server!r}") from None
+    try:
+        raw = socket.create_connection((host, port), timeout=timeout)
+    except TimeoutError as error:
+        raise TransientError(f"{config.server}: timed out ({error})") from None
+    except OSError as error:
+        if isinstance(error, socket.gaierror):
+            raise TransientError(f"{config.server}: name lookup failed ({error})") from None
+        raise TransientError(f"{config.server}: {error.strerror or error}") from None
+    with raw:
+        if config.insecure:
+            return
+        assert config.root_certificates is not None
+        try:
+            context = ssl.create_default_context(cafile=str(config.root_certificates))
+        except (OSError, ssl.SSLError) as error:
+            raise PermanentError(f"CA file {config.root_certificates}: {error}") from None
+        try:
+            with context.wrap_socket(raw, server_hostname=host):
+                pass
+        except ssl.SSLCertVerificationError as error:
+            raise PermanentError(
+                f"{config.server}: TLS verification failed ({error.verify_message})"
+            ) from None
+        except (ssl.SSLError, OSError) as error:
+            raise TransientError(f"{config.server}: TLS handshake: {error}") from None
+
+
+def supernode_command(config: FederationConfig, buffer_path: Path) -> list[str]:
+    command = [flower_bin("flower-supernode"), "--superlink", config.server]
+    if config.insecure:
+        command.append("--insecure")
+    else:
+        command += ["--root-certificates", str(config.root_certificates)]
+    if config.auth_private_key is not None:
+        command += ["--auth-supernode-private-key", str(config.auth_private_key)]
+    command += [
+        "--port",
+        str(config.supernode_port),
+        "--node-config",
+        f'buffer-path="{buffer_path}"',
+    ]
+    return command
+
+
+def _tail(path: Path, since: int, size: int = 4000) -> str:
+    """The last ``size`` bytes of the log written after offset ``since``."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(max(path.stat().st_size - size, since))
+            return handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+class Session:
+    """One participation session: retries, the supervised SuperNode, and its end."""
+
+    def __init__(
+        self,
+        config: FederationConfig,
+        buffer_path: Path,
+        state_dir: Path,
+        deadline: float,
+        stop: threading.Event,
+        finished: Callable[[], bool],
+        on_retry: Callable[[int, float, str], None] = lambda attempt, sleep, why: None,
+        on_node_fault: Callable[[str, str], None] = lambda counter, detail: None,
+    ) -> None:
+        self.config = config
+        self.buffer_path = buffer_path
+        self.state_dir = state_dir
+        self.deadline = deadline
+        self.stop = stop
+        self.finished = finished
+        self.on_retry = on_retry
+        self.on_node_fault = on_node_fault
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = state_dir / "supernode.log"
+        self.attempt_times: list[float] = []
+        self.first_refusal: float | None = None
+        # Attempts before the one whose node lost its server: the backoff starts afresh there.
+        self.backoff_from = 0
+
+    def run(self) -> str:
+        """Returns how the session ended: finished, window_end, idle, shutdown, gave_up
+        (transient errors until the window's end) or refused (permanent error)."""
+        budget = self.deadline - time.time()
+        if budget <= 0:
+            return "window_end"
+
+        def before_sleep(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            sleep = state.next_action.sleep if state.next_action else 0.0
+            log.warning(
+                "federation attempt=%d failed (%s); retrying in %.1fs (backoff step %d)",
+                state.attempt_number,
+                error,
+                sleep,
+                state.attempt_number - self.backoff_from,
+                extra={"ERROR_CLASS": "transient"},
+            )
+            self.on_retry(state.attempt_number, sleep, str(error))
+
+        backoff = wait_random_exponential(
+            multiplier=self.config.retry_initial_seconds, max=self.config.retry_max_seconds
+        )
+
+        def wait(state: RetryCallState) -> float:
+            step = copy.copy(state)
+            step.attempt_number = state.attempt_number - self.backoff_from
+            return float(backoff(step))
+
+        retrying = Retrying(
+            retry=retry_if_exception_type(TransientError),
+            wait=wait,
+            stop=stop_before_delay(budget),
+            sleep=self._sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            return str(retrying(self._attempt))
+        except TransientError as error:
+            if self.stop.is_set():
+                return "shutdown"
+            log.error(
+                "federation gave up for this window: %s", error, extra={"ERROR_CLASS": "transient"}
+            )
+            return "gave_up"
+        except PermanentError as error:
+            log.error(
+                "federation refused, not retrying in this window: %s",
+                error,
+                extra={"ERROR_CLASS": "permanent"},
+            )
+            return "refused"
+
+    def _sleep(self, seconds: float) -> None:
+        if self.stop.wait(seconds):
+            raise TransientError("shutdown while waiting to retry")
+
+    def _attempt(self) -> str:
+        self.attempt_times.append(time.time())
+        if self.stop.is_set():
+            return "shutdown"
+        probe_server(self.config)
+        return self._supervise()
+
+    def _supervise(self) -> str:
+        command = supernode_command(self.config, self.buffer_path)
+        flwr_home = self.state_dir / "flwr"
+        flwr_home.mkdir(parents=True, exist_ok=True)
+        log.info("federation starting node: %s", " ".join(command))
+        with self.log_path.open("ab") as out:
+            log_start = out.tell()
+            self.process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=guarded_environment(flower_environment(flwr_home), self.state_dir),
+                start_new_session=True,
+            )
+        started_at = last_check = time.time()
+        finished_at: float | None = None
+        lost_since: float | None = None
+        read_to = log_start  # how far this attempt's SuperNode output has been scanned
+        try:
+            while True:
+                code = self.process.poll()
+                if code is not None:
+                    tail = _tail(self.log_path, log_start)
+                    if self.finished():
+                        return "finished"
+                    if any(marker in tail for marker in PERMANENT_MARKERS):
+                        # Refused, unless the server itself went away meanwhile.
+                        probe_server(self.config)
+                        now = time.time()
+                        self.first_refusal = self.first_refusal or now
+                        if now - self.first_refusal < self.config.activation_patience_seconds:
+                            raise TransientError(
+                                f"node refused (exit {code}); retrying: its previous "
+                                "connection may still count as online"
+                            )
+                        raise PermanentError(f"node exited with {code}: {tail[-300:].strip()}")
+                    raise TransientError(f"node exited with {code}")
+                if finished_at is None and self.finished():
+                    finished_at = time.time()
+                if finished_at is not None and time.time() - finished_at >= FINISH_GRACE_SECONDS:
+                    return "finished"
+                if self.stop.is_set():
+                    return "shutdown"
+                now = time.time()
+                if now >= self.deadline:
+                    return "window_end"
+                if now - started_at > self.config.session_idle_seconds:
+                    return "idle"
+                # After the final round the server may leave: only watch it until then.
+                if finished_at is None and now - last_check >= self.config.server_check_seconds:
+                    last_check = now
+                    read_to = self._scan_node_output(read_to)
+                    lost_since = self._check_server(lost_since)
+                self.stop.wait(0.5)
+        finally:
+            self.terminate()
+
+    def _check_server(self, lost_since: float | None) -> float | None:
+        """Probe the server while the node runs. Flower's own node retries a lost server
+        forever (and can wedge), so once the server has been unreachable for
+        ``server_lost_seconds`` the node is stopped and the session backs off (tenacity)
+        like any other transient error. Returns when the server was first missed, or None."""
+        try:
+            probe_server(self.config)
+        except TransientError as error:
+            now = time.time()
+            if lost_since is None:
+                log.warning("federation: server unreachable while the node runs (%s)", error)
+                return now
+            if now - lost_since >= self.config.server_lost_seconds:
+                self.backoff_from = len(self.attempt_times) - 1
+                raise TransientError(
+                    f"server lost for {now - lost_since:.0f}s ({error}); node stopped"
+                ) from None
+            return lost_since
+        if lost_since is not None:
+            log.info("federation: server reachable again after %.0fs", time.time() - lost_since)
+        return None
+
+    def _scan_node_output(self, offset: int) -> int:
+        """Count what the running SuperNode reported since ``offset``; a node whose pulling
+        ended is stopped, and the session retries (a new node pulls again)."""
+        try:
+            with self.log_path.open("rb") as handle:
+                handle.seek(offset)
+                chunk = handle.read()
+        except OSError:
+            return offset
+        complete = chunk[: chunk.rfind(b"\n") + 1]  # whole lines only
+        lost, wedged = node_faults(complete.decode("utf-8", "replace"))
+        if lost:
+            log.warning(
+                "federation: the node failed to send %d reply(ies) to the server; "
+                "those rounds go on without this board",
+                lost,
+                extra={"ERROR_CLASS": "transient"},
+            )
+            self.on_node_fault("node_replies_lost", f"{lost} reply(ies) not sent")
+        if wedged:
+            self.on_node_fault(
+                "node_restarts", "the server failed a pull; the node stopped pulling"
+            )
+            raise TransientError("the server failed the node's pull (HTTP 500); node restarted")
+        return offset + len(complete)
+
+    def terminate(self) -> None:
+        process, self.process = self.process, None
+        stop_process_group(process, STOP_GRACE_SECONDS)

@@ -1,0 +1,353 @@
+"""Wearables over Bluetooth LE (bleak; BlueZ over D-Bus on Linux).
+
+One source owns one adapter and every device configured on it: a single asyncio task
+scans and connects one device at a time (never a scan and a connect at once; BlueZ answers
+``org.bluez.Error.InProgress`` otherwise), with bleak-retry-connector's
+``establish_connection`` doing the connect itself (it knows BlueZ's transient failures).
+Notifications are parsed (sleepfed.board.sources.ble_parsing) and checked like serial readings.
+They are
+stamped with the device's clock when the device offers Current Time (0x2A2B: the last
+device time received plus the board's monotonic time since), else with the board's clock.
+Failures are classified, counted (``ble_<class>``) and each class backs off on its own
+schedule (exponential, full jitter, capped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, tzinfo
+from typing import Any
+
+from sleepfed.board.sources import Emit, Item, Rejection, Source, SourceEvent
+from sleepfed.board.sources.ble_parsing import (
+    CURRENT_TIME,
+    HEART_RATE_MEASUREMENT,
+    ILLUMINANCE,
+    parse_current_time,
+    parse_heart_rate_measurement,
+    parse_illuminance,
+    parse_movement,
+)
+from sleepfed.board.sources.protocol import Kind, LineRejected, checked_reading
+
+log = logging.getLogger("sleepfed.ble")
+
+# Per failure class: (first delay, cap) in seconds. Full jitter: uniform(0, min(cap, first*2^n)).
+BACKOFF: dict[str, tuple[float, float]] = {
+    "not_found": (2.0, 60.0),
+    "in_progress": (0.5, 5.0),
+    "aborted": (1.0, 30.0),
+    "connect_failed": (2.0, 60.0),
+    "adapter_missing": (2.0, 30.0),
+    "notify_failed": (2.0, 30.0),
+    "link_lost": (0.5, 10.0),
+}
+POLL_SECONDS = 0.2
+
+
+@dataclass(frozen=True)
+class BleDeviceConfig:
+    """A device to read: by address, or the first one advertising ``service``."""
+
+    name: str
+    address: str | None = None
+    service: str | None = None
+    movement_characteristic: str | None = None
+
+
+def classify(error: BaseException) -> str:
+    """The failure class of a scan or connect error (bleak gives few typed exceptions)."""
+    from bleak.exc import BleakBluetoothNotAvailableError, BleakDeviceNotFoundError
+    from bleak_retry_connector import BleakAbortedError, BleakNotFoundError
+
+    text = f"{type(error).__name__}: {error}"
+    lowered = text.lower()
+    if "InProgress" in text:
+        return "in_progress"
+    if isinstance(error, BleakBluetoothNotAvailableError) or "NotReady" in text:
+        return "adapter_missing"
+    if "no bluetooth adapters" in lowered or ("adapter" in lowered and "not found" in lowered):
+        return "adapter_missing"
+    if isinstance(error, BleakDeviceNotFoundError | BleakNotFoundError | DeviceNotFound):
+        return "not_found"
+    if isinstance(error, BleakAbortedError):
+        return "aborted"
+    return "connect_failed"
+
+
+class DeviceNotFound(Exception):
+    pass
+
+
+@dataclass
+class DeviceLink:
+    config: BleDeviceConfig
+    client: Any = None
+    next_attempt: float = 0.0
+    failures: dict[str, int] = field(default_factory=dict)
+    device_time: float | None = None  # the device's clock at device_time_at (monotonic)
+    device_time_at: float = 0.0
+
+    def back_off(self, failure: str, now: float) -> float:
+        count = self.failures.get(failure, 0)
+        self.failures[failure] = count + 1
+        first, cap = BACKOFF[failure]
+        delay = random.uniform(0.0, min(cap, first * 2**count))
+        self.next_attempt = now + delay
+        return delay
+
+
+class BleSource(Source):
+    def __init__(
+        self,
+        name: str,
+        devices: list[BleDeviceConfig],
+        adapter: str = "hci0",
+        scan_timeout: float = 10.0,
+        timezone: tzinfo = UTC,
+        *,
+        client_backend: type | None = None,
+        scanner_backend: type | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(name)
+        self.devices = devices
+        self.adapter = adapter
+        self.scan_timeout = scan_timeout
+        self.client_backend = client_backend
+        self.scanner_backend = scanner_backend
+        self.clock = clock
+        self.timezone = timezone
+        self.links = {d.name: DeviceLink(d) for d in devices}
+
+    def run(self, emit: Emit, stop: threading.Event) -> None:
+        asyncio.run(self._main(emit, stop))
+
+    async def _main(self, emit: Emit, stop: threading.Event) -> None:
+        try:
+            while not stop.is_set():
+                for link in self.links.values():
+                    if stop.is_set():
+                        break
+                    connected = link.client is not None and link.client.is_connected
+                    if not connected and time.monotonic() >= link.next_attempt:
+                        await self._connect(link, emit)
+                self._update_connected()
+                await asyncio.sleep(POLL_SECONDS)
+        finally:
+            self.connected.clear()
+            for link in self.links.values():
+                # Out of the link first: bleak calls the disconnect callback for our own
+                # disconnects too, and that is no link loss.
+                client, link.client = link.client, None
+                if client is not None:
+                    try:
+                        await asyncio.wait_for(client.disconnect(), 5)
+                    except Exception as error:
+                        log.debug(
+                            "device=%s disconnect at shutdown: %s",
+                            link.config.name,
+                            error,
+                            extra=self._fields(link),
+                        )
+
+    def _fields(self, link: DeviceLink, error_class: str | None = None) -> dict[str, str]:
+        """Structured journal fields (board.service.logging_setup) for a device's log lines."""
+        fields = {"SOURCE": self.name, "DEVICE": link.config.name}
+        if error_class:
+            fields["ERROR_CLASS"] = error_class
+        return fields
+
+    def _update_connected(self) -> None:
+        if all(lk.client is not None and lk.client.is_connected for lk in self.links.values()):
+            self.connected.set()
+        else:
+            self.connected.clear()
+
+    # -- connecting -------------------------------------------------------------------------
+    def _bleak_kwargs(self, backend: type | None) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"bluez": {"adapter": self.adapter}}
+        if backend is not None:
+            kwargs["backend"] = backend
+        return kwargs
+
+    async def _find(self, config: BleDeviceConfig) -> Any:
+        from bleak import BleakScanner
+
+        kwargs = self._bleak_kwargs(self.scanner_backend)
+        if config.address:
+            device = await BleakScanner.find_device_by_address(
+                config.address, timeout=self.scan_timeout, **kwargs
+            )
+        else:
+            wanted = (config.service or "").lower()
+            device = await BleakScanner.find_device_by_filter(
+                lambda _dev, adv: wanted in [u.lower() for u in adv.service_uuids],
+                timeout=self.scan_timeout,
+                **kwargs,
+            )
+        if device is None:
+            raise DeviceNotFound(
+                f"{config.address or config.service} not seen in {self.scan_timeout:.0f}s"
+            )
+        return device
+
+    async def _connect(self, link: DeviceLink, emit: Emit) -> None:
+        from bleak_retry_connector import BleakClientWithServiceCache, establish_connection
+
+        config = link.config
+        loop = asyncio.get_running_loop()
+        stage = "scan"
+        try:
+            device = await self._find(config)
+            stage = "connect"
+
+            def on_disconnect(client: Any) -> None:
+                loop.call_soon_threadsafe(self._link_lost, link, client, emit)
+
+            client = await establish_connection(
+                BleakClientWithServiceCache,
+                device,
+                config.name,
+                disconnected_callback=on_disconnect,
+                max_attempts=2,
+                **self._bleak_kwargs(self.client_backend),
+            )
+            stage = "subscribe"
+            link.client = client
+            await self._subscribe(link, client, emit)
+        except Exception as error:
+            failure = "notify_failed" if stage == "subscribe" else classify(error)
+            delay = link.back_off(failure, time.monotonic())
+            emit(
+                self.name, [SourceEvent(f"ble_{failure}", f"device={config.name} {stage}: {error}")]
+            )
+            log.warning(
+                "device=%s %s failed (%s: %s); next attempt in %.1fs",
+                config.name,
+                stage,
+                failure,
+                error,
+                delay,
+                extra=self._fields(link, failure),
+            )
+            client, link.client = link.client, None  # our own disconnect is no link loss
+            if stage == "subscribe" and client is not None:
+                with contextlib.suppress(Exception):
+                    await client.disconnect()
+            return
+        link.failures.clear()
+        self._update_connected()
+        log.info("device=%s connected (%s)", config.name, device.address, extra=self._fields(link))
+        emit(self.name, [SourceEvent("ble_connects", f"device={config.name} {device.address}")])
+
+    def _link_lost(self, link: DeviceLink, client: Any, emit: Emit) -> None:
+        if link.client is not client:
+            return
+        link.client = None
+        delay = link.back_off("link_lost", time.monotonic())
+        emit(self.name, [SourceEvent("ble_link_lost", f"device={link.config.name}")])
+        log.warning(
+            "device=%s link lost; reconnecting in %.1fs",
+            link.config.name,
+            delay,
+            extra=self._fields(link, "link_lost"),
+        )
+
+    async def _subscribe(self, link: DeviceLink, client: Any, emit: Emit) -> None:
+        services = client.services
+        link.device_time = None
+        wanted = {
+            CURRENT_TIME: self._on_current_time,  # first, so the clock is set before data
+            HEART_RATE_MEASUREMENT: self._on_heart_rate,
+            ILLUMINANCE: self._on_illuminance,
+        }
+        if link.config.movement_characteristic:
+            wanted[link.config.movement_characteristic.lower()] = self._on_movement
+        subscribed = 0
+        for uuid, handler in wanted.items():
+            characteristic = services.get_characteristic(uuid)
+            if characteristic is None:
+                if uuid == HEART_RATE_MEASUREMENT:
+                    raise RuntimeError("device has no Heart Rate Measurement (0x2A37)")
+                continue
+
+            def callback(_char: Any, data: bytearray, handler: Any = handler) -> None:
+                items = handler(link, bytes(data))
+                if items:
+                    emit(self.name, items)
+
+            await client.start_notify(characteristic, callback)
+            subscribed += 1
+        log.info(
+            "device=%s subscribed to %d characteristics",
+            link.config.name,
+            subscribed,
+            extra=self._fields(link),
+        )
+
+    # -- notifications ------------------------------------------------------------------------
+    def _stamp(self, link: DeviceLink) -> float:
+        if link.device_time is None:
+            return self.clock()
+        return link.device_time + (time.monotonic() - link.device_time_at)
+
+    def _on_current_time(self, link: DeviceLink, data: bytes) -> list[Item]:
+        try:
+            device_time = parse_current_time(data, self.timezone)
+        except LineRejected as rejected:
+            return [Rejection(rejected.reason, f"device={link.config.name} {rejected.detail}")]
+        link.device_time, link.device_time_at = device_time, time.monotonic()
+        return []
+
+    def _on_heart_rate(self, link: DeviceLink, data: bytes) -> list[Item]:
+        now = self._stamp(link)
+        try:
+            measurement = parse_heart_rate_measurement(data)
+        except LineRejected as rejected:
+            return [Rejection(rejected.reason, f"device={link.config.name} {rejected.detail}")]
+        if measurement.contact is False:
+            return [
+                SourceEvent("ble_no_contact", f"device={link.config.name} HR {measurement.bpm}")
+            ]
+        items: list[Item] = []
+        try:
+            items.append(checked_reading(now, Kind.HR, float(measurement.bpm)))
+        except LineRejected as rejected:
+            items.append(Rejection(rejected.reason, f"device={link.config.name} {rejected.detail}"))
+        # The RR intervals end at the notification, the last one last.
+        end = now
+        stamps = []
+        for rr in reversed(measurement.rr_ms):
+            stamps.append(end)
+            end -= rr / 1000.0
+        for rr, stamp in zip(measurement.rr_ms, reversed(stamps), strict=True):
+            try:
+                items.append(checked_reading(stamp, Kind.RR, rr))
+            except LineRejected as rejected:
+                items.append(
+                    Rejection(rejected.reason, f"device={link.config.name} {rejected.detail}")
+                )
+        return items
+
+    def _on_illuminance(self, link: DeviceLink, data: bytes) -> list[Item]:
+        try:
+            lux = parse_illuminance(data)
+        except LineRejected as rejected:
+            return [Rejection(rejected.reason, f"device={link.config.name} {rejected.detail}")]
+        if lux is None:
+            return [SourceEvent("ble_illuminance_unknown", f"device={link.config.name}")]
+        return [checked_reading(self._stamp(link), Kind.LUX, lux)]
+
+    def _on_movement(self, link: DeviceLink, data: bytes) -> list[Item]:
+        try:
+            return [checked_reading(self._stamp(link), Kind.MOV, parse_movement(data))]
+        except LineRejected as rejected:
+            return [Rejection(rejected.reason, f"device={link.config.name} {rejected.detail}")]

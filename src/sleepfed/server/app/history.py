@@ -1,0 +1,213 @@
+"""The server's history: every round's global model and metrics, versioned, in one SQLite file.
+
+A round is never overwritten: a rollback marks the rounds after the chosen one as rolled
+back, and the next run starts from the chosen round's model.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sleepfed.common.private_files import ensure_private_dir
+from sleepfed.common.sqlite_files import create_private, setting_up
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS rounds (
+    id INTEGER PRIMARY KEY,
+    global_round INTEGER NOT NULL,
+    run_id TEXT NOT NULL,
+    server_round INTEGER NOT NULL,
+    arrays BLOB NOT NULL,
+    train_metrics TEXT NOT NULL,
+    eval_metrics TEXT NOT NULL,
+    server_metrics TEXT NOT NULL,
+    train_nodes INTEGER NOT NULL,
+    eval_nodes INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    rolled_back INTEGER NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX IF NOT EXISTS active_round ON rounds(global_round) WHERE rolled_back = 0;
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    status TEXT NOT NULL,
+    start_round INTEGER NOT NULL,
+    planned_rounds INTEGER NOT NULL
+);
+"""
+# (name, type) of columns added since; History._migrate adds them to older files.
+ADDED_ROUND_COLUMNS = (
+    ("rejected", "TEXT NOT NULL DEFAULT '[]'"),
+    ("privacy", "TEXT NOT NULL DEFAULT '{}'"),
+)
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    global_round: int
+    run_id: str
+    server_round: int
+    arrays: bytes
+    train_metrics: dict[str, float]
+    eval_metrics: dict[str, float]
+    server_metrics: dict[str, float]
+    train_nodes: int
+    eval_nodes: int
+    created_at: float
+    rolled_back: bool
+    # Updates rejected before aggregation: [{"node": id, "reason": ..., "detail": ...}]
+    rejected: list[dict[str, object]] = field(default_factory=list)
+    # Differential privacy of this round's model: noise multiplier, clipping norm, and the
+    # cumulative epsilon at delta spent by every DP round so far (see sleepfed.server.app.privacy).
+    privacy: dict[str, float] = field(default_factory=dict)
+
+
+class History:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        ensure_private_dir(self.path.parent)  # the state dir: 0700 whatever the umask
+        with setting_up(self.path):  # the ServerApp, `status` and scripts may open it at once
+            create_private(self.path)
+            self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self.conn.execute("PRAGMA journal_mode = WAL")
+            self.conn.execute("PRAGMA synchronous = FULL")
+            self._create_and_migrate()
+
+    def _create_and_migrate(self) -> None:
+        """Make the tables, then add the columns added after the first release (older history
+        files get them, empty), in one transaction: a crash leaves the file as it was.
+        (Processes opening the file at once take turns: see ``setting_up``.)"""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in filter(str.strip, SCHEMA.split(";")):
+                self.conn.execute(statement)
+            have = {row[1] for row in self.conn.execute("PRAGMA table_info(rounds)")}
+            for name, sql_type in ADDED_ROUND_COLUMNS:
+                if name not in have:
+                    self.conn.execute(f"ALTER TABLE rounds ADD COLUMN {name} {sql_type}")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def last_round(self) -> RoundRecord | None:
+        rows = self.rounds(include_rolled_back=False)
+        return rows[-1] if rows else None
+
+    def add_round(
+        self,
+        *,
+        global_round: int,
+        run_id: str,
+        server_round: int,
+        arrays: bytes,
+        train_metrics: dict[str, float],
+        eval_metrics: dict[str, float],
+        server_metrics: dict[str, float],
+        train_nodes: int,
+        eval_nodes: int,
+        rejected: list[dict[str, object]] | None = None,
+        privacy: dict[str, float] | None = None,
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO rounds (global_round, run_id, server_round, arrays, train_metrics, "
+            "eval_metrics, server_metrics, train_nodes, eval_nodes, created_at, rejected, "
+            "privacy) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                global_round,
+                run_id,
+                server_round,
+                arrays,
+                json.dumps(train_metrics),
+                json.dumps(eval_metrics),
+                json.dumps(server_metrics),
+                train_nodes,
+                eval_nodes,
+                time.time(),
+                json.dumps(rejected or []),
+                json.dumps(privacy or {}),
+            ),
+        )
+
+    def rounds(self, include_rolled_back: bool = True) -> list[RoundRecord]:
+        sql = (
+            "SELECT global_round, run_id, server_round, arrays, train_metrics, eval_metrics, "
+            "server_metrics, train_nodes, eval_nodes, created_at, rolled_back, rejected, "
+            "privacy FROM rounds"
+        )
+        if not include_rolled_back:
+            sql += " WHERE rolled_back = 0"
+        sql += " ORDER BY id"
+        return [
+            RoundRecord(
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                json.loads(r[4]),
+                json.loads(r[5]),
+                json.loads(r[6]),
+                r[7],
+                r[8],
+                r[9],
+                bool(r[10]),
+                json.loads(r[11]),
+                json.loads(r[12]),
+            )
+            for r in self.conn.execute(sql)
+        ]
+
+    def rollback(self, to_round: int) -> int:
+        """Mark every active round after ``to_round`` as rolled back; returns how many."""
+        if (
+            to_round > 0
+            and not self.conn.execute(
+                "SELECT 1 FROM rounds WHERE global_round = ? AND rolled_back = 0", (to_round,)
+            ).fetchone()
+        ):
+            raise ValueError(f"no active round {to_round} in {self.path}")
+        cursor = self.conn.execute(
+            "UPDATE rounds SET rolled_back = 1 WHERE global_round > ? AND rolled_back = 0",
+            (to_round,),
+        )
+        return cursor.rowcount
+
+    def interrupt_unfinished_runs(self) -> int | None:
+        """Mark runs still 'running' (the server was killed mid-run) as 'interrupted';
+        returns the global round the latest of them planned to end at, or None."""
+        rows = self.conn.execute(
+            "SELECT start_round + planned_rounds FROM runs WHERE status = 'running' "
+            "ORDER BY started_at"
+        ).fetchall()
+        if not rows:
+            return None
+        self.conn.execute(
+            "UPDATE runs SET status = 'interrupted', finished_at = ? WHERE status = 'running'",
+            (time.time(),),
+        )
+        return int(rows[-1][0])
+
+    def start_run(self, run_id: str, start_round: int, planned_rounds: int) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO runs VALUES (?, ?, NULL, 'running', ?, ?)",
+            (run_id, time.time(), start_round, planned_rounds),
+        )
+
+    def finish_run(self, run_id: str, status: str) -> None:
+        self.conn.execute(
+            "UPDATE runs SET finished_at = ?, status = ? WHERE run_id = ?",
+            (time.time(), status, run_id),
+        )
+
+    def runs(self) -> list[dict[str, object]]:
+        cursor = self.conn.execute("SELECT * FROM runs ORDER BY started_at")
+        names = [c[0] for c in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor]

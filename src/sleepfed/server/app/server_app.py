@@ -1,0 +1,267 @@
+"""The sleepfed ServerApp: FedAvg over the boards, every round persisted to the history.
+
+Started by the SuperLink for each run that ``sleepfed-server run`` submits. The run config
+(``src/sleepfed/server/app/flower_app/pyproject.toml``, overridden per run) names the history file,
+the
+number of rounds and the node minimums, and an optional held-out data set (Walch format)
+on which each round's global model is scored on the server: windows of people whose data
+was never used for training.
+
+A run resumes from the last active round in the history: its model is the initial model
+and its rounds are numbered on from there. A run that never finished (the server was killed
+mid-run) is marked interrupted, and the next run does only its remaining rounds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import replace
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+
+from sleepfed.board.training.client_app import GOOD_SHARE_KEY
+from sleepfed.board.training.privacy_mods import WITHHOLD_METRICS_KEY
+from sleepfed.model import logistic as model
+from sleepfed.model.features import walch_dataset
+from sleepfed.server.app.history import History
+from sleepfed.server.app.privacy import round_privacy, settings_from_run_config, wrap_strategy
+from sleepfed.server.app.secure_aggregation import RecordingSecAggFedAvg, run_secure_rounds
+from sleepfed.server.app.strategies import build_strategy
+from sleepfed.server.app.strategies import (
+    settings_from_run_config as strategy_settings_from_run_config,
+)
+from sleepfed.server.app.update_validation import (
+    UNIFORM_WEIGHT_KEY,
+    UpdateScreening,
+    ValidationRules,
+    rules_from_run_config,
+)
+
+log = logging.getLogger("sleepfed.server")
+app = ServerApp()
+
+
+class RecordingFedAvg(UpdateScreening, FedAvg):
+    """FedAvg that screens the boards' updates (sleepfed.server.app.update_validation) and
+    remembers each
+    round's aggregated client metrics, reply counts and rejections."""
+
+    def __init__(
+        self,
+        rules: ValidationRules | None = None,
+        uniform_weights: bool = False,
+        **kwargs: object,
+    ) -> None:
+        if uniform_weights:
+            kwargs["weighted_by_key"] = UNIFORM_WEIGHT_KEY
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.init_screening(rules or ValidationRules(), uniform_weights)
+        self.train_metrics: dict[int, dict[str, float]] = {}
+        self.eval_metrics: dict[int, dict[str, float]] = {}
+        self.train_nodes: dict[int, int] = {}
+        self.eval_nodes: dict[int, int] = {}
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = self.screen(server_round, list(replies))
+        self.train_nodes[server_round] = sum(1 for r in replies if not r.has_error())
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        # π is the median of the accepted boards' shares (sleepfed.server.app.update_validation
+        # .robust_good_share), not Flower's num-examples-weighted mean of them.
+        recorded = {k: v for k, v in dict(metrics or {}).items() if k != GOOD_SHARE_KEY}
+        good_share = self.good_shares.get(server_round)
+        if good_share is not None:
+            recorded[GOOD_SHARE_KEY] = good_share
+        self.train_metrics[server_round] = recorded
+        return arrays, MetricRecord(recorded) if metrics is not None else None
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self.screening_arrays = arrays.to_numpy_ndarrays()
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        # The boards' share of Good windows (π, the median of the accepted boards' shares),
+        # from this round's train metrics: the boards calibrate their night estimates with it
+        # (sleepfed.model.features.estimated_efficiency). None under DP: no board's scalar is used.
+        good_share = self.train_metrics.get(server_round, {}).get(GOOD_SHARE_KEY)
+        if good_share is not None and 0.0 < float(good_share) < 1.0:
+            config = ConfigRecord({**dict(config), GOOD_SHARE_KEY: float(good_share)})
+        return super().configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        replies = self.weigh_evaluations(list(replies))
+        self.eval_nodes[server_round] = sum(1 for r in replies if not r.has_error())
+        metrics = super().aggregate_evaluate(server_round, replies)
+        self.eval_metrics[server_round] = dict(metrics or {})
+        return metrics
+
+
+# An update clipped to C on the board has norm C up to rounding.
+CLIP_TOLERANCE = 1e-6
+
+
+def dp_rules(rules: ValidationRules, clipping_norm: float) -> ValidationRules:
+    """Under DP (``clipping_norm`` > 0) an update longer than C breaks the noise's
+    calibration (its sensitivity): the board did not clip, so it is rejected (``norm-cap``)."""
+    if clipping_norm <= 0:
+        return rules
+    cap = clipping_norm * (1.0 + CLIP_TOLERANCE)
+    if 0 < rules.max_update_norm < cap:
+        return rules
+    return replace(rules, max_update_norm=cap)
+
+
+def held_out_scores(
+    arrays: model.Arrays, features: np.ndarray, labels: np.ndarray
+) -> dict[str, float]:
+    probabilities = model.good_probability(arrays, features)
+    predicted = (probabilities >= 0.5).astype(int)
+    return {
+        "auc": model.auc(labels, probabilities),
+        "accuracy": float((predicted == labels).mean()),
+        "balanced_accuracy": model.balanced_accuracy(labels, predicted),
+        "loss": model.log_loss(arrays, features, labels),
+        "windows": float(len(labels)),
+    }
+
+
+def _held_out_set(data_dir: str, subjects: str) -> tuple[np.ndarray, np.ndarray] | None:
+    if not data_dir:
+        return None
+    chosen = [s for s in subjects.replace(",", " ").split() if s] or None
+    nights = walch_dataset(data_dir, chosen)
+    features = np.vstack([n.features[n.labelled] for n in nights.values()])
+    labels = np.concatenate([n.labels[n.labelled] for n in nights.values()])
+    return features, labels
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = context.run_config
+    run_id = str(context.run_id)
+    history = History(str(cfg["history-path"]))
+    num_rounds = int(cfg["num-rounds"])
+    interrupted_end = history.interrupt_unfinished_runs()
+    last = history.last_round()
+    start_round = last.global_round if last else 0
+    if interrupted_end is not None and interrupted_end > start_round:
+        # The server was killed mid-run: this run finishes that one's remaining rounds.
+        num_rounds = interrupted_end - start_round
+        log.warning(
+            "resuming an interrupted run after round %d: %d rounds left", start_round, num_rounds
+        )
+    initial = model.arrays_from_bytes(last.arrays) if last else model.initial_arrays()
+    history.start_run(run_id, start_round, num_rounds)
+    held_out = _held_out_set(str(cfg.get("eval-data", "")), str(cfg.get("eval-subjects", "")))
+    min_nodes = int(cfg["min-nodes"])
+    # what a board's training takes each round (sleepfed.board.training.client_app,
+    # sleepfed.model.objective)
+    training: dict[str, int | float] = {
+        "local-iterations": int(cfg["local-iterations"]),
+        "learning-rate": float(cfg["learning-rate"]),
+    }
+    privacy = settings_from_run_config(cfg)
+    protected = privacy.dp or privacy.secure_aggregation
+    if protected:
+        # Boards send no scalar under DP or SecAgg+
+        # (sleepfed.board.training.privacy_mods.withhold_scalars_mod)
+        training[WITHHOLD_METRICS_KEY] = True
+    # the configured strategy (sleepfed.server.app.strategies), behind the recording and screening
+    # class
+    strategy = build_strategy(
+        strategy_settings_from_run_config(cfg),
+        RecordingFedAvg,
+        rules=dp_rules(rules_from_run_config(cfg), privacy.clipping_norm if privacy.dp else 0.0),
+        uniform_weights=privacy.dp,
+        fraction_train=float(cfg["fraction-train"]),
+        fraction_evaluate=float(cfg["fraction-evaluate"]),
+        min_train_nodes=min_nodes,
+        min_evaluate_nodes=min_nodes,
+        min_available_nodes=min_nodes,
+    )
+
+    def persist(
+        source: RecordingFedAvg | RecordingSecAggFedAvg, server_round: int, ndarrays: model.Arrays
+    ) -> dict[str, float]:
+        scores = held_out_scores(ndarrays, *held_out) if held_out else {}
+        global_round = start_round + server_round
+        rejected = getattr(source, "rejections", {}).get(server_round, [])
+        earlier = [r.privacy for r in history.rounds()]
+        history.add_round(
+            global_round=global_round,
+            run_id=run_id,
+            server_round=server_round,
+            arrays=model.arrays_to_bytes(ndarrays),
+            train_metrics=source.train_metrics.get(server_round, {}),
+            eval_metrics=source.eval_metrics.get(server_round, {}),
+            server_metrics=scores,
+            train_nodes=source.train_nodes.get(server_round, 0),
+            eval_nodes=source.eval_nodes.get(server_round, 0),
+            rejected=[r.as_dict() for r in rejected],
+            privacy=round_privacy(earlier, privacy),
+        )
+        return scores
+
+    def evaluate_and_persist(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if server_round == 0:
+            return None
+        scores = persist(strategy, server_round, arrays.to_numpy_ndarrays())
+        return MetricRecord({k: v for k, v in scores.items() if np.isfinite(v)})
+
+    def evaluate_config(server_round: int) -> dict[str, int | bool]:
+        return {
+            "server-round": server_round,
+            "global-round-offset": start_round,
+            "final-global-round": start_round + num_rounds,
+            WITHHOLD_METRICS_KEY: True,  # only used under SecAgg+ (the legacy workflow)
+        }
+
+    try:
+        if privacy.secure_aggregation:
+            run_secure_rounds(
+                grid,
+                context,
+                settings=privacy,
+                initial=initial,
+                num_rounds=num_rounds,
+                min_nodes=min_nodes,
+                fraction_train=float(cfg["fraction-train"]),
+                fraction_evaluate=float(cfg["fraction-evaluate"]),
+                train_config=lambda rnd: {"server-round": rnd, **training},
+                evaluate_config=evaluate_config,
+                on_round_done=persist,
+            )
+            history.finish_run(run_id, "finished")
+            history.close()
+            return
+        wrap_strategy(strategy, privacy, min_nodes).start(
+            grid=grid,
+            initial_arrays=ArrayRecord(initial),
+            num_rounds=num_rounds,
+            timeout=float(cfg["round-timeout"]),
+            train_config=ConfigRecord(training),
+            evaluate_config=ConfigRecord(
+                {
+                    "global-round-offset": start_round,
+                    "final-global-round": start_round + num_rounds,
+                    **({WITHHOLD_METRICS_KEY: True} if protected else {}),
+                }
+            ),
+            evaluate_fn=evaluate_and_persist,
+        )
+    except BaseException:
+        history.finish_run(run_id, "failed")
+        raise
+    history.finish_run(run_id, "finished")
+    history.close()

@@ -1,0 +1,126 @@
+"""The aggregation strategies the server offers, all Flower's own classes.
+
+``[federation] strategy`` in server.toml picks one:
+
+* ``fedavg`` (default): weighted mean of the boards' models (McMahan et al. 2017);
+* ``fedprox``: FedAvg whose train config carries ``proximal-mu``; each board's gradient
+  steps then carry the proximal term (``sleepfed.model.objective``)
+  (``federation.proximal_mu``, default 0.1);
+* ``fedmedian``: coordinate-wise median of the boards' models (Yin et al. 2018);
+* ``fedtrimmedavg``: coordinate-wise mean after dropping the ``federation.trimmed_beta``
+  share (default 0.2) of highest and lowest values (Yin et al. 2018);
+* ``krum``: the one model closest to its n − f − 2 nearest others, f =
+  ``federation.krum_malicious_nodes`` (default 0; Blanchard et al. 2017).
+
+The server's recording (history, update screening) is kept for each: :func:`build_strategy`
+puts the server's recording FedAvg subclass in front of the chosen Flower class, whose own
+``aggregate_train`` then does the aggregation (all of them subclass FedAvg).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from flwr.serverapp.strategy import FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum
+
+from sleepfed.common.config_fields import ConfigError, get_field
+
+STRATEGIES: dict[str, type[FedAvg]] = {
+    "fedavg": FedAvg,
+    "fedprox": FedProx,
+    "fedmedian": FedMedian,
+    "fedtrimmedavg": FedTrimmedAvg,
+    "krum": Krum,
+}
+
+
+@dataclass(frozen=True)
+class StrategySettings:
+    name: str = "fedavg"
+    proximal_mu: float = 0.1
+    trimmed_beta: float = 0.2
+    krum_malicious_nodes: int = 0
+
+    def __post_init__(self) -> None:
+        if self.name not in STRATEGIES:
+            raise ConfigError(
+                f"federation.strategy: unknown strategy {self.name!r} "
+                f"(one of {', '.join(STRATEGIES)})"
+            )
+        if self.proximal_mu < 0:
+            raise ConfigError(f"federation.proximal_mu: must be >= 0, got {self.proximal_mu}")
+        if not 0.0 <= self.trimmed_beta < 0.5:
+            raise ConfigError(
+                f"federation.trimmed_beta: must be within 0..0.5 (excluded), "
+                f"got {self.trimmed_beta}"
+            )
+        if self.krum_malicious_nodes < 0:
+            raise ConfigError(
+                f"federation.krum_malicious_nodes: must be >= 0, got {self.krum_malicious_nodes}"
+            )
+
+
+STRATEGY_KEYS = ("strategy", "proximal_mu", "trimmed_beta", "krum_malicious_nodes")
+
+
+def parse_strategy(federation: dict[str, Any]) -> StrategySettings:
+    """The strategy fields of the ``[federation]`` table."""
+    default = StrategySettings()
+    return StrategySettings(
+        name=get_field(federation, "strategy", str, "federation", default.name),
+        proximal_mu=get_field(federation, "proximal_mu", float, "federation", default.proximal_mu),
+        trimmed_beta=get_field(
+            federation, "trimmed_beta", float, "federation", default.trimmed_beta
+        ),
+        krum_malicious_nodes=get_field(
+            federation, "krum_malicious_nodes", int, "federation", default.krum_malicious_nodes
+        ),
+    )
+
+
+def run_config_entries(settings: StrategySettings) -> dict[str, str | float | int]:
+    """The run config keys the ServerApp reads back with :func:`settings_from_run_config`."""
+    return {
+        "strategy": settings.name,
+        "proximal-mu": settings.proximal_mu,
+        "trimmed-beta": settings.trimmed_beta,
+        "krum-malicious-nodes": settings.krum_malicious_nodes,
+    }
+
+
+def settings_from_run_config(cfg: Any) -> StrategySettings:
+    default = StrategySettings()
+    return StrategySettings(
+        name=str(cfg.get("strategy", default.name)),
+        proximal_mu=float(cfg.get("proximal-mu", default.proximal_mu)),
+        trimmed_beta=float(cfg.get("trimmed-beta", default.trimmed_beta)),
+        krum_malicious_nodes=int(cfg.get("krum-malicious-nodes", default.krum_malicious_nodes)),
+    )
+
+
+def strategy_class(name: str, recording: type[FedAvg] | None = None) -> type[FedAvg]:
+    """Flower's class for ``name``, behind ``recording`` (a FedAvg subclass) when given."""
+    if name not in STRATEGIES:
+        raise ConfigError(f"federation.strategy: unknown strategy {name!r}")
+    flower_class = STRATEGIES[name]
+    if recording is None:
+        return flower_class
+    if flower_class is FedAvg:
+        return recording
+    return type(f"{recording.__name__}{flower_class.__name__}", (recording, flower_class), {})
+
+
+def build_strategy(
+    settings: StrategySettings, recording: type[FedAvg] | None = None, **common: Any
+) -> FedAvg:
+    """The chosen strategy; ``common`` holds the FedAvg arguments (fractions, minimums, …)
+    and any the recording class takes."""
+    extra: dict[str, Any] = {}
+    if settings.name == "fedprox":
+        extra["proximal_mu"] = settings.proximal_mu
+    elif settings.name == "fedtrimmedavg":
+        extra["beta"] = settings.trimmed_beta
+    elif settings.name == "krum":
+        extra["num_malicious_nodes"] = settings.krum_malicious_nodes
+    return strategy_class(settings.name, recording)(**common, **extra)

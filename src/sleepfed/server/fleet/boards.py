@@ -1,0 +1,210 @@
+"""The server's registry of enrolled boards (SQLite, in the state directory).
+
+The registry is the source of truth; the SuperLink follows it. Registering or revoking while
+the SuperLink runs takes effect at once (``flwr supernode register`` / ``unregister`` over
+the Control API); otherwise the change is pending and ``sleepfed-server run`` applies it when
+its SuperLink is up. Flower cannot register a key again once it was unregistered: a revoked
+board needs a new key pair (run ``sleepfed-enroll --new-key`` on it).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import re
+import sqlite3
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from sleepfed.common.flower_process import flower_bin, flower_environment
+from sleepfed.common.private_files import ensure_private_dir
+from sleepfed.provisioning.enroll import REQUEST_PREFIX, validate_board_id
+from sleepfed.server.ops.config import ServerConfig
+
+log = logging.getLogger("sleepfed.server")
+
+_PUBLIC_KEY = re.compile(r"^ecdsa-sha2-nistp(256|384|521) [A-Za-z0-9+/=]+$")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS boards (
+    board_id TEXT PRIMARY KEY,
+    public_key TEXT NOT NULL UNIQUE,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'registered', 'revoke-pending', 'revoked')),
+    node_id TEXT,
+    enrolled_at REAL NOT NULL,
+    changed_at REAL NOT NULL
+);
+"""
+
+
+class RegistryError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class EnrollmentRequest:
+    board_id: str
+    public_key: str
+
+    def line(self) -> str:
+        return f"{REQUEST_PREFIX} {self.board_id} {self.public_key}"
+
+
+def parse_request(text: str) -> EnrollmentRequest:
+    """``sleepfed-enroll-request/1 <board id> <OpenSSH EC public key>`` (one line)."""
+    parts = text.strip().split()
+    if len(parts) != 4 or parts[0] != REQUEST_PREFIX:
+        raise RegistryError(f"not an enrollment request: {text.strip()[:80]!r}")
+    _, board_id, key_type, key_data = parts
+    return _checked(board_id, f"{key_type} {key_data}")
+
+
+def _checked(board_id: str, public_key: str) -> EnrollmentRequest:
+    try:
+        validate_board_id(board_id)  # the rule sleepfed-enroll applies on the board
+    except ValueError as error:
+        raise RegistryError(str(error)) from None
+    if not _PUBLIC_KEY.match(public_key):
+        raise RegistryError(f"board {board_id}: not an OpenSSH EC public key")
+    return EnrollmentRequest(board_id, public_key)
+
+
+def parse_csv(path: Path) -> list[EnrollmentRequest]:
+    """A fleet's requests as CSV with the columns ``board_id,public_key``."""
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if rows and not {"board_id", "public_key"} <= set(rows[0]):
+        raise RegistryError(f"{path}: needs the columns board_id,public_key")
+    return [_checked(r["board_id"].strip(), r["public_key"].strip()) for r in rows]
+
+
+class Registry:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.sync_failures = 0
+        path = config.state_dir / "boards.db"
+        ensure_private_dir(path.parent)  # 0700: the registry holds every board's key
+        if not path.exists():
+            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+        self.conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode = WAL")
+        self.conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def boards(self) -> list[dict[str, object]]:
+        cursor = self.conn.execute("SELECT * FROM boards ORDER BY board_id")
+        names = [c[0] for c in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor]
+
+    def add(self, request: EnrollmentRequest) -> str:
+        """Record a request; returns what happened (added / unchanged)."""
+        row = self.conn.execute(
+            "SELECT public_key, status FROM boards WHERE board_id = ?", (request.board_id,)
+        ).fetchone()
+        now = time.time()
+        if row is not None:
+            key, status = row
+            if key == request.public_key and status in ("pending", "registered"):
+                return "unchanged"
+            if status not in ("revoked", "revoke-pending"):
+                raise RegistryError(
+                    f"board {request.board_id} is enrolled with another key: revoke it first"
+                )
+            if key == request.public_key:
+                raise RegistryError(
+                    f"board {request.board_id}: this key was revoked; the board needs a new key"
+                )
+            self.conn.execute(
+                "UPDATE boards SET public_key = ?, status = 'pending', node_id = NULL, "
+                "changed_at = ? WHERE board_id = ?",
+                (request.public_key, now, request.board_id),
+            )
+            return "re-enrolled"
+        other = self.conn.execute(
+            "SELECT board_id FROM boards WHERE public_key = ?", (request.public_key,)
+        ).fetchone()
+        if other is not None:
+            raise RegistryError(f"this key already belongs to board {other[0]}")
+        self.conn.execute(
+            "INSERT INTO boards VALUES (?, ?, 'pending', NULL, ?, ?)",
+            (request.board_id, request.public_key, now, now),
+        )
+        return "added"
+
+    def revoke(self, board_id: str) -> None:
+        row = self.conn.execute(
+            "SELECT status FROM boards WHERE board_id = ?", (board_id,)
+        ).fetchone()
+        if row is None:
+            raise RegistryError(f"no board {board_id}")
+        if row[0] in ("revoked", "revoke-pending"):
+            return
+        status = "revoked" if row[0] == "pending" else "revoke-pending"
+        self.conn.execute(
+            "UPDATE boards SET status = ?, changed_at = ? WHERE board_id = ?",
+            (status, time.time(), board_id),
+        )
+
+    # -- the SuperLink follows the registry ----------------------------------------------
+    def _flwr(self, *args: str) -> dict[str, object]:
+        result = subprocess.run(
+            [flower_bin("flwr"), "supernode", *args, "sleepfed", "--format", "json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=flower_environment(self.config.state_dir / "flwr"),
+        )
+        try:
+            payload = json.loads(result.stdout[result.stdout.index("{") :])
+        except ValueError:
+            payload = {}
+        if result.returncode != 0 or not payload.get("success"):
+            detail = (result.stdout + result.stderr).strip()[-400:]
+            raise RegistryError(f"flwr supernode {args[0]} failed: {detail}")
+        return payload
+
+    def sync(self) -> list[str]:
+        """Apply pending registrations and revocations to the running SuperLink.
+
+        Each board is applied on its own: one that fails (the SuperLink refuses the key, the
+        ``flwr`` call times out) is logged, counted in ``sync_failures`` and tried again at
+        the next sync, and does not hold up the boards after it."""
+        done = []
+        self.sync_failures = 0
+        for board in self.boards():
+            board_id, status = str(board["board_id"]), board["status"]
+            try:
+                if status == "pending":
+                    done.append(self._register(board_id, str(board["public_key"])))
+                elif status == "revoke-pending":
+                    done.append(self._unregister(board_id, str(board["node_id"])))
+            except (RegistryError, OSError, subprocess.SubprocessError) as error:
+                self.sync_failures += 1
+                log.error("board %s (%s) not applied to the SuperLink: %s", board_id, status, error)
+        return done
+
+    def _register(self, board_id: str, public_key: str) -> str:
+        key_file = self.config.state_dir / "flwr" / f"{board_id}.pub"
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(f"{public_key} {board_id}\n")
+        payload = self._flwr("register", str(key_file))
+        self.conn.execute(
+            "UPDATE boards SET status = 'registered', node_id = ?, changed_at = ? "
+            "WHERE board_id = ?",
+            (str(payload["node-id"]), time.time(), board_id),
+        )
+        return f"registered {board_id} (node {payload['node-id']})"
+
+    def _unregister(self, board_id: str, node_id: str) -> str:
+        self._flwr("unregister", node_id)
+        self.conn.execute(
+            "UPDATE boards SET status = 'revoked', changed_at = ? WHERE board_id = ?",
+            (time.time(), board_id),
+        )
+        return f"revoked {board_id} (node {node_id})"

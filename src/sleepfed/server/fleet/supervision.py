@@ -1,0 +1,107 @@
+"""What ``sleepfed-server run`` keeps running: the SuperLink (loopback), the fleet proxy (the
+boards' address), and the registry applied to the SuperLink.
+
+A supervising thread checks both processes every second and restarts one that exited, and
+applies the board registry to the SuperLink every ``reconcile_seconds`` (a revocation made
+while the SuperLink could not be reached still takes effect within that time). Stopping the
+server stops both processes; if the server itself is killed, they get SIGTERM from the
+kernel (``die_with_parent``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from sleepfed.server.fleet.fleet_proxy import FleetProxy
+from sleepfed.server.fleet.superlink import SuperLink
+from sleepfed.server.ops.config import ServerConfig
+
+log = logging.getLogger("sleepfed.server")
+
+CHECK_SECONDS = 1.0
+
+
+class ServerProcesses:
+    def __init__(self, config: ServerConfig, stopping: threading.Event | None = None) -> None:
+        """``stopping``: set when the server is asked to stop (its signal handler); from then
+        on a child that exits is not restarted (systemd signals the whole unit at once)."""
+        self.config = config
+        self.stopping = stopping or threading.Event()
+        self.superlink = SuperLink(config)
+        self.proxy = FleetProxy(config)
+        self.restarts = {"superlink": 0, "fleet_proxy": 0}
+        self.reconcile_failures = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> list[str]:
+        """Both processes up and the registry applied; returns what the registry sync did."""
+        if not self.config.node_auth:
+            log.warning(
+                "node authentication is OFF (server.node_auth = false): any node that reaches "
+                "%s may join and receive the model",
+                self.config.address,
+            )
+        self.proxy.check()  # a configuration nginx refuses stops us before anything runs
+        self.superlink.start()
+        # The registry before the proxy: a board that reached the SuperLink before its key was
+        # registered would be refused, and stay away for its refusal back-off.
+        try:
+            lines = self.reconcile()
+            self.proxy.start()
+        except Exception:
+            self.superlink.stop()
+            raise
+        self._thread = threading.Thread(target=self._supervise, name="supervision", daemon=True)
+        self._thread.start()
+        return lines
+
+    def alive(self) -> bool:
+        return self.superlink.alive() and self.proxy.alive()
+
+    def reconcile(self) -> list[str]:
+        """Apply pending registrations and revocations; a failure is logged, never raised."""
+        if not self.config.node_auth:
+            return []
+        from sleepfed.server.fleet.boards import Registry
+
+        try:
+            registry = Registry(self.config)
+        except Exception as error:  # a broken registry must not stop the federation loop
+            self.reconcile_failures += 1
+            log.error("board registry unreadable: %s", error)
+            return []
+        try:
+            lines = registry.sync()
+            self.reconcile_failures += registry.sync_failures
+            return lines
+        finally:
+            registry.close()
+
+    def _supervise(self) -> None:
+        next_reconcile = time.monotonic() + self.config.reconcile_seconds
+        while not self._stop.wait(CHECK_SECONDS):
+            for name, process in (("superlink", self.superlink), ("fleet_proxy", self.proxy)):
+                if process.alive() or self._stop.is_set() or self.stopping.is_set():
+                    continue
+                code = process.process.returncode if process.process is not None else None
+                log.warning("%s exited (status %s): restarting it", name, code)
+                self.restarts[name] += 1
+                try:
+                    process.stop()
+                    process.start()
+                except Exception as error:  # try again on the next check
+                    log.error("%s could not be restarted: %s", name, error)
+            if time.monotonic() >= next_reconcile and self.superlink.alive():
+                for line in self.reconcile():
+                    log.info("registry: %s", line)
+                next_reconcile = time.monotonic() + self.config.reconcile_seconds
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self.proxy.stop()
+        self.superlink.stop()
