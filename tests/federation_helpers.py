@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from sleepfed.board.buffer.store import Buffer
 from sleepfed.model.features import load_walch_subject, night_windows
+from sleepfed.provisioning import agent_toml
 from sleepfed.provisioning.pki import ensure_demo_pki
 
 PYTHON = sys.executable
@@ -101,10 +102,8 @@ def write_board(
     as the runbook's ``sleepfed-server boards register`` does."""
     board = root / name
     board.mkdir(parents=True, exist_ok=True)
-    key_line = ""
     if enrol:
         public_key = node_key(board / "node.key")
-        key_line = f'auth_private_key = "{board / "node.key"}"\n'
         server_config = root / "server" / "server.toml"
         if server_config.exists():
             register(server_config, name, public_key)
@@ -126,26 +125,24 @@ def write_board(
             None,
         )
         buffer.close()
-    config = board / "agent.toml"
-    config.write_text(
-        f"""[board]
-id = "{name}"
-
-[buffer]
-path = "{buffer_path}"
-
-[federation]
-server = "{server_host}:{server_port}"
-root_certificates = "{ca}"
-window = "{window}"
-min_new_labelled_windows = 1
-retry_initial_seconds = 0.5
-retry_max_seconds = {retry_max}
-session_idle_seconds = 300
-refused_retry_minutes = 0.1
-activation_patience_seconds = 8
-supernode_port = {free_port()}
-{key_line}{federation_extra}"""
+    federation: dict[str, object] = {
+        "server": f"{server_host}:{server_port}",
+        "root_certificates": str(ca),
+        "window": window,
+        "min_new_labelled_windows": 1,
+        "retry_initial_seconds": 0.5,
+        "retry_max_seconds": float(retry_max),
+        "session_idle_seconds": 300,
+        "refused_retry_minutes": 0.1,
+        "activation_patience_seconds": 8,
+        "supernode_port": free_port(),
+    }
+    if enrol:
+        federation["auth_private_key"] = str(board / "node.key")
+    document = {"board": {"id": name}, "buffer": {"path": str(buffer_path)}}
+    document["federation"] = federation
+    config = agent_toml.write(
+        board / "agent.toml", agent_toml.merged(document, f"[federation]\n{federation_extra}")
     )
     return config
 
@@ -174,7 +171,8 @@ def node_key(path: Path, curve: str = "p384") -> str:
 
 def register(server_config: Path, board_id: str, public_key: str) -> None:
     """The board's key in the server's registry (applied to the SuperLink when it runs)."""
-    from sleepfed.server.fleet.boards import EnrollmentRequest, Registry
+    from sleepfed.provisioning.request import EnrollmentRequest
+    from sleepfed.server.fleet.boards import Registry
     from sleepfed.server.ops.config import load_config
 
     registry = Registry(load_config(server_config))

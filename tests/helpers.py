@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from sleepfed.provisioning import agent_toml
+
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
 
@@ -41,27 +43,16 @@ def write_agent_config(
     extra: str = "",
 ) -> Path:
     """An agent.toml with one serial source per ``name -> port`` and no [federation]."""
-    lines = [
-        "[board]",
-        'id = "test-board"',
-        'timezone = "UTC"',
-        "",
-        "[buffer]",
-        f"path = {json.dumps(str(buffer))}",
-        "",
-        "[nights]",
-        f"settle_seconds = {float(settle_seconds)}",
-        "",
-    ]
-    for name, port in (ports or {}).items():
-        lines += [
-            "[[sources]]",
-            'type = "serial"',
-            f"name = {json.dumps(name)}",
-            f"port = {json.dumps(port)}",
-            "",
+    document: agent_toml.Document = {
+        "board": {"id": "test-board", "timezone": "UTC"},
+        "buffer": {"path": str(buffer)},
+        "nights": {"settle_seconds": float(settle_seconds)},
+    }
+    if ports:
+        document["sources"] = [
+            {"type": "serial", "name": name, "port": port} for name, port in ports.items()
         ]
-    path.write_text("\n".join(lines) + extra)
+    agent_toml.write(path, agent_toml.merged(document, extra))
     return path
 
 

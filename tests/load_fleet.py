@@ -39,8 +39,9 @@ from sleepfed.board.buffer.counter_classes import NODE_FAULT_CLASSES
 from sleepfed.board.buffer.store import Buffer
 from sleepfed.board.sources.protocol import Reading
 from sleepfed.model.features import walch_subjects
+from sleepfed.provisioning.request import EnrollmentRequest
 from sleepfed.server.app.history import History
-from sleepfed.server.fleet.boards import EnrollmentRequest, Registry
+from sleepfed.server.fleet.boards import Registry
 from sleepfed.server.ops.config import load_config
 
 # Replayed nights are long past and settle only an hour after their last reading: the

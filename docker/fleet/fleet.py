@@ -25,6 +25,9 @@ import sys
 import time
 from pathlib import Path
 
+from sleepfed.provisioning import agent_toml
+from sleepfed.provisioning.request import RequestError, parse_request
+
 PKI = Path(os.environ.get("FLEET_PKI", "/pki"))
 CA = Path(os.environ.get("FLEET_CA", "/ca"))
 REQUESTS = Path(os.environ.get("FLEET_REQUESTS", "/requests"))  # server: one folder per board
@@ -32,7 +35,6 @@ REQUEST = Path(os.environ.get("FLEET_REQUEST", "/request"))  # board: its own fo
 DATA = Path(os.environ.get("FLEET_DATA", "/data")) / "walch2019"
 PORT = int(os.environ.get("FLEET_PORT", "9093"))  # the public TLS proxy (nginx)
 SUPERLINK_PORT = int(os.environ.get("FLEET_SUPERLINK_PORT", str(PORT + 1)))  # on 127.0.0.1
-REQUEST_PREFIX = "sleepfed-enroll-request/1"
 
 
 def say(text: str) -> None:
@@ -66,12 +68,13 @@ def request_of(board_id: str) -> Path:
 def check_request(board_id: str, path: Path) -> None:
     """A board's volume may only hand in a request for that board: board1 cannot enroll a
     key as board2 by writing a request that names board2 into its own volume."""
-    fields = path.read_text().split()
-    if len(fields) < 2 or fields[0] != REQUEST_PREFIX:
-        raise SystemExit(f"fleet: {path} is not an enrollment request")
-    if fields[1] != board_id:
+    try:
+        request = parse_request(path.read_text())
+    except RequestError as error:
+        raise SystemExit(f"fleet: {path}: {error}") from None
+    if request.board_id != board_id:
         raise SystemExit(
-            f"fleet: the request in {board_id}'s volume names board {fields[1]!r}; refused"
+            f"fleet: the request in {board_id}'s volume names board {request.board_id!r}; refused"
         )
 
 
@@ -170,7 +173,7 @@ def board() -> int:
     request = (root / "etc" / "sleepfed" / "enrollment-request.txt").read_text()
     write_atomically(REQUEST / f"{board_id}.txt", request)
 
-    sources = ""
+    sources: list[dict[str, object]] = []
     marker = state / "replayed"
     replay = None
     if not marker.exists():
@@ -198,35 +201,28 @@ def board() -> int:
         first = replay.stdout.readline().split()
         if len(first) != 2 or first[0] != "PTY":
             raise SystemExit(f"fleet: replay did not print its PTY: {first}")
-        sources = f'[[sources]]\ntype = "serial"\nname = "wrist"\nport = "{first[1]}"\n'
+        sources = [{"type": "serial", "name": "wrist", "port": first[1]}]
         say(f"replaying Walch subject {subject} through {first[1]}")
-    config = state / "agent.toml"
-    config.write_text(
-        f"""[board]
-id = "{board_id}"
-timezone = "UTC"
-
-[buffer]
-path = "{state / "buffer.db"}"
-synchronous = "full"
-max_mb = 256
-
-{sources}
-[nights]
-settle_seconds = 3
-
-[federation]
-server = "127.0.0.1:{PORT}"
-root_certificates = "{CA / "ca.pem"}"
-auth_private_key = "{root / "etc" / "sleepfed" / "node.key"}"
-window = "always"
-min_new_labelled_windows = 10
-retry_initial_seconds = 1
-retry_max_seconds = 10
-session_idle_seconds = 600
-refused_retry_minutes = 0.2
-supernode_port = {int(os.environ.get("SUPERNODE_PORT", "9201"))}
-"""
+    config = agent_toml.write(
+        state / "agent.toml",
+        {
+            "board": {"id": board_id, "timezone": "UTC"},
+            "buffer": {"path": str(state / "buffer.db"), "synchronous": "full", "max_mb": 256},
+            "sources": sources,
+            "nights": {"settle_seconds": 3},
+            "federation": {
+                "server": f"127.0.0.1:{PORT}",
+                "root_certificates": str(CA / "ca.pem"),
+                "auth_private_key": str(root / "etc" / "sleepfed" / "node.key"),
+                "window": "always",
+                "min_new_labelled_windows": 10,
+                "retry_initial_seconds": 1,
+                "retry_max_seconds": 10,
+                "session_idle_seconds": 600,
+                "refused_retry_minutes": 0.2,
+                "supernode_port": int(os.environ.get("SUPERNODE_PORT", "9201")),
+            },
+        },
     )
     agent = subprocess.Popen(["sleepfed-agent", "run", "--config", str(config)])
     if replay is not None:

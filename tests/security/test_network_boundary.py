@@ -303,7 +303,7 @@ def test_the_run_loop_applies_the_registry_and_one_bad_entry_blocks_nothing(
             (time.time(), time.time()),
         )
         late = node_key(tmp_path / "late.key")
-        from sleepfed.server.fleet.boards import EnrollmentRequest
+        from sleepfed.provisioning.request import EnrollmentRequest
 
         registry.add(EnrollmentRequest("zzz-late", late))
     finally:

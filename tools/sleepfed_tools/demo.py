@@ -25,6 +25,7 @@ from pathlib import Path
 
 from sleepfed.board.sources.ble_parsing import MOVEMENT
 from sleepfed.model.features import night_quality, walch_subjects
+from sleepfed.provisioning import agent_toml
 from sleepfed.provisioning.pki import ensure_demo_pki
 from sleepfed_tools.replay import (
     PtyLink,
@@ -69,15 +70,15 @@ def _ble_address(index: int) -> str:
     return f"C0:FF:EE:00:00:{index + 1:02X}"
 
 
-def _sources(ble: bool, port: str, address: str) -> str:
+def _sources(ble: bool, port: str, address: str) -> list[dict[str, object]]:
     """The board's sources: a serial wearable, or a BLE wearable + a serial reference device."""
     if not ble:
-        return f'[[sources]]\ntype = "serial"\nname = "wrist"\nport = "{port}"\n'
-    return (
-        f'[[sources]]\ntype = "ble"\nname = "wearable"\n\n[[sources.devices]]\n'
-        f'name = "strap"\naddress = "{address}"\nmovement_characteristic = "{MOVEMENT}"\n\n'
-        f'[[sources]]\ntype = "serial"\nname = "reference"\nport = "{port}"\n'
-    )
+        return [{"type": "serial", "name": "wrist", "port": port}]
+    strap = {"name": "strap", "address": address, "movement_characteristic": MOVEMENT}
+    return [
+        {"type": "ble", "name": "wearable", "devices": [strap]},
+        {"type": "serial", "name": "reference", "port": port},
+    ]
 
 
 def enroll_boards(
@@ -224,33 +225,30 @@ subjects = {json.dumps(held_out)}
             link = PtyLink()
             links.append(link)
             board_dir = workdir / f"board{index + 1}"
-            config = _write(
+            config = agent_toml.write(
                 board_dir / "agent.toml",
-                f"""[board]
-id = "board{index + 1}"
-timezone = "UTC"
-
-[buffer]
-path = "{board_dir / "buffer.db"}"
-synchronous = "full"
-max_mb = 256
-
-{_sources(index in ble_boards, link.device_path, _ble_address(index))}
-[nights]
-settle_seconds = 3
-
-[federation]
-server = "127.0.0.1:{args.port}"
-root_certificates = "{pki["ca"]}"
-auth_private_key = "{keys[index]}"
-window = "always"
-min_new_labelled_windows = 10
-retry_initial_seconds = 1
-retry_max_seconds = 10
-session_idle_seconds = 600
-refused_retry_minutes = 0.2
-supernode_port = {9200 + index}
-""",
+                {
+                    "board": {"id": f"board{index + 1}", "timezone": "UTC"},
+                    "buffer": {
+                        "path": str(board_dir / "buffer.db"),
+                        "synchronous": "full",
+                        "max_mb": 256,
+                    },
+                    "sources": _sources(index in ble_boards, link.device_path, _ble_address(index)),
+                    "nights": {"settle_seconds": 3},
+                    "federation": {
+                        "server": f"127.0.0.1:{args.port}",
+                        "root_certificates": str(pki["ca"]),
+                        "auth_private_key": str(keys[index]),
+                        "window": "always",
+                        "min_new_labelled_windows": 10,
+                        "retry_initial_seconds": 1,
+                        "retry_max_seconds": 10,
+                        "session_idle_seconds": 600,
+                        "refused_retry_minutes": 0.2,
+                        "supernode_port": 9200 + index,
+                    },
+                },
             )
             configs.append(config)
             log = (board_dir / "agent.log").open("wb")

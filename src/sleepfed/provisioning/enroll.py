@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import tomli_w
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -39,29 +38,20 @@ from sleepfed.common.private_files import (
     read_no_follow,
     write_atomic,
 )
+from sleepfed.provisioning import agent_toml as agent_toml_file
+from sleepfed.provisioning.request import EnrollmentRequest, validate_board_id
 
 USER = "sleepfed"
-REQUEST_PREFIX = "sleepfed-enroll-request/1"
 UNIT_NAME = "sleepfed-agent.service"
 EXIT_REFUSED = 2  # also bad input: argparse's own status for a usage error
 
 # The one board-id rule of the fleet: the server's registry (sleepfed.server.fleet.boards) uses it
 # too.
 # fullmatch, not match with "$": "$" also matches before a trailing newline.
-BOARD_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _DNS_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _PORT = re.compile(r"[0-9]{1,5}")
 # IANA zone names are ASCII path segments; anything else is refused before zoneinfo sees it.
 _ZONE = re.compile(r"[A-Za-z0-9_+-]+(?:/[A-Za-z0-9_+-]+)*")
-
-
-def validate_board_id(text: str) -> str:
-    """``text`` if it is a valid board id, else ValueError saying what one looks like."""
-    if not BOARD_ID.fullmatch(text):
-        raise ValueError(
-            f"board id {text!r}: letters, digits, . _ - (at most 64), first a letter or digit"
-        )
-    return text
 
 
 def validate_server(text: str) -> str:
@@ -258,7 +248,7 @@ def agent_toml(args: argparse.Namespace) -> str:
             "min_new_labelled_windows": 20,
         },
     }
-    return AGENT_TOML_HEADER + tomli_w.dumps(document)
+    return agent_toml_file.render(document, AGENT_TOML_HEADER)
 
 
 def find_unit(given: str | None) -> Path | None:
@@ -361,7 +351,7 @@ def enroll(args: argparse.Namespace) -> int:
         report.step(f"config {config_path}", ensure_file(config_path, wanted, 0o640, group_owner))
     if not args.no_unit:
         install_unit(root, find_unit(args.unit_file), report)
-    request = f"{REQUEST_PREFIX} {args.board_id} {public_key}"
+    request = EnrollmentRequest(args.board_id, public_key).line()
     ensure_file(config_dir / "enrollment-request.txt", (request + "\n").encode(), 0o644, None)
     print("nothing changed: this board was already enrolled" if not report.changed else "done")
     print("Give this enrollment request to the operator (it holds no secret):")

@@ -13,21 +13,21 @@ import csv
 import json
 import logging
 import os
-import re
 import sqlite3
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from sleepfed.common.flower_process import flower_bin, flower_environment
 from sleepfed.common.private_files import ensure_private_dir
-from sleepfed.provisioning.enroll import REQUEST_PREFIX, validate_board_id
+from sleepfed.provisioning.request import (
+    EnrollmentRequest,
+    RequestError,
+    checked_request,
+)
 from sleepfed.server.ops.config import ServerConfig
 
 log = logging.getLogger("sleepfed.server")
-
-_PUBLIC_KEY = re.compile(r"^ecdsa-sha2-nistp(256|384|521) [A-Za-z0-9+/=]+$")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS boards (
@@ -41,36 +41,8 @@ CREATE TABLE IF NOT EXISTS boards (
 """
 
 
-class RegistryError(ValueError):
-    pass
-
-
-@dataclass(frozen=True)
-class EnrollmentRequest:
-    board_id: str
-    public_key: str
-
-    def line(self) -> str:
-        return f"{REQUEST_PREFIX} {self.board_id} {self.public_key}"
-
-
-def parse_request(text: str) -> EnrollmentRequest:
-    """``sleepfed-enroll-request/1 <board id> <OpenSSH EC public key>`` (one line)."""
-    parts = text.strip().split()
-    if len(parts) != 4 or parts[0] != REQUEST_PREFIX:
-        raise RegistryError(f"not an enrollment request: {text.strip()[:80]!r}")
-    _, board_id, key_type, key_data = parts
-    return _checked(board_id, f"{key_type} {key_data}")
-
-
-def _checked(board_id: str, public_key: str) -> EnrollmentRequest:
-    try:
-        validate_board_id(board_id)  # the rule sleepfed-enroll applies on the board
-    except ValueError as error:
-        raise RegistryError(str(error)) from None
-    if not _PUBLIC_KEY.match(public_key):
-        raise RegistryError(f"board {board_id}: not an OpenSSH EC public key")
-    return EnrollmentRequest(board_id, public_key)
+class RegistryError(RequestError):
+    """A registry change that cannot be made (or a request it cannot take)."""
 
 
 def parse_csv(path: Path) -> list[EnrollmentRequest]:
@@ -79,7 +51,7 @@ def parse_csv(path: Path) -> list[EnrollmentRequest]:
         rows = list(csv.DictReader(handle))
     if rows and not {"board_id", "public_key"} <= set(rows[0]):
         raise RegistryError(f"{path}: needs the columns board_id,public_key")
-    return [_checked(r["board_id"].strip(), r["public_key"].strip()) for r in rows]
+    return [checked_request(r["board_id"].strip(), r["public_key"].strip()) for r in rows]
 
 
 class Registry:

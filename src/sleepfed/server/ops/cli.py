@@ -214,7 +214,8 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def _cmd_boards(args: argparse.Namespace) -> int:
-    from sleepfed.server.fleet.boards import Registry, RegistryError, parse_csv, parse_request
+    from sleepfed.provisioning.request import RequestError, parse_request
+    from sleepfed.server.fleet.boards import Registry, parse_csv
     from sleepfed.server.ops.status import accepts_connections
 
     config = load_config(args.config)
@@ -248,7 +249,7 @@ def _cmd_boards(args: argparse.Namespace) -> int:
                     print(f"{b['board_id']:24s} {b['status']:15s} node {b['node_id'] or '-'}")
                 if not boards:
                     print("no boards enrolled")
-    except (RegistryError, OSError) as error:
+    except (RequestError, OSError) as error:
         print(f"sleepfed-server boards: {error}", file=sys.stderr)
         return 1
     finally:
