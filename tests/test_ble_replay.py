@@ -113,13 +113,12 @@ def test_a_walch_night_over_ble_gives_the_data_sets_windows(
 
 
 def test_replay_cli_ble_mode(tmp_path: Path, walch_dir: Path, agent_procs: Any) -> None:
-    """`sleepfed-agent replay --ble`: its own stand-in; an agent on that bus reads the night."""
+    """`sleepfed-replay --ble`: its own stand-in; an agent on that bus reads the night."""
     replayer = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "sleepfed.board.service.cli",
-            "replay",
+            "sleepfed_tools.replay",
             "--data",
             str(walch_dir),
             "--subject",

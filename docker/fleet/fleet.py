@@ -177,11 +177,12 @@ def board() -> int:
     marker = state / "replayed"
     replay = None
     if not marker.exists():
-        # the replayed night's sensor: a PTY in this container (sleepfed-agent replay --pty)
+        # the replayed night's sensor: a PTY in this container (sleepfed_tools.replay, at /tools)
         replay = subprocess.Popen(
             [
-                "sleepfed-agent",
-                "replay",
+                sys.executable,
+                "-m",
+                "sleepfed_tools.replay",
                 "--data",
                 str(DATA),
                 "--subject",

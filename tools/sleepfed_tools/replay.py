@@ -4,7 +4,7 @@ The replay turns one night of a public data set into the readings a sensor would
 writes them, at an accelerated rate, into a real serial device or a pseudo-terminal that
 the agent opens with pyserial like any sensor port::
 
-    sleepfed-agent replay --data ../shared/data/walch2019 --subject 1066528 --pty
+    sleepfed-replay --data ../shared/data/walch2019 --subject 1066528 --pty
 
 Two data sets (see ``../shared/data/README.md``):
 
@@ -569,7 +569,7 @@ def _resolve_data(data_dir: Path, fmt: str | None) -> tuple[Path, str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="sleepfed-agent replay",
+        prog="sleepfed-replay",
         description="Replay a real recording (Walch 2019 or MMASH) as SF1 serial lines.",
     )
     parser.add_argument("--data", required=True, type=Path, help="walch2019 or mmash folder")

@@ -1,4 +1,4 @@
-"""``sleepfed-agent``: run the daemon, show its status, record a morning report, replay data."""
+"""``sleepfed-agent``: run the daemon, show its status, record a morning report."""
 
 from __future__ import annotations
 
@@ -59,12 +59,6 @@ def _cmd_label(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_replay(argv: list[str]) -> int:
-    from sleepfed_tools.replay import main as replay_main
-
-    return replay_main(argv)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sleepfed-agent", description=__doc__)
     parser.add_argument("--log-level", default="INFO")
@@ -81,16 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("--config", required=True)
     label.add_argument("--night", required=True, help="the night's evening date, YYYY-MM-DD")
     label.add_argument("quality", choices=["good", "poor"])
-    sub.add_parser(
-        "replay", help="replay a real recording over a PTY (see: replay --help)", add_help=False
-    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "replay":
-        return _cmd_replay(argv[1:])
     args = build_parser().parse_args(argv)
     _setup_logging(args.log_level)
     handlers = {"run": _cmd_run, "status": _cmd_status, "label": _cmd_label}
