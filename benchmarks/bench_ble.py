@@ -42,9 +42,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psutil
+import record
 
 from sleepfed.board.buffer.store import Buffer
-from sleepfed.board.service.daemon import ACCEPTED_COUNTER
+from sleepfed.board.service.ingest import ACCEPTED_COUNTER
 from sleepfed.board.sources.ble_parsing import HEART_RATE_MEASUREMENT, parse_heart_rate_measurement
 from sleepfed.board.sources.ble_source import BleDeviceConfig, BleSource
 from sleepfed.board.sources.protocol import Kind, Reading
@@ -487,6 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     print(json.dumps(figures, sort_keys=False))
+    record.save(figures)
     return 0
 
 

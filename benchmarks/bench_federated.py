@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import record
+
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         "local_iterations": args.local_iterations,
         "learning_rate": args.learning_rate,
     }
-    figures: dict[str, Any] = {}
+    figures: dict[str, Any] = {"bench": "federated"}
 
     if not args.dp_only:
         started = time.perf_counter()
@@ -139,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("command: python benchmarks/bench_federated.py " + " ".join(sys.argv[1:] or argv or []))
     print(json.dumps(figures, default=float))
+    record.save(figures)
     return 0
 
 

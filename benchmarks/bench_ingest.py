@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psutil
+import record
 from sleepfed_tools.replay import PtyLink, replay, walch_readings
 
 from sleepfed.board.buffer.store import Buffer
@@ -396,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     print(json.dumps(figures, sort_keys=False))
+    record.save(figures)
     return 0
 
 

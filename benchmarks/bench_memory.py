@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+import record
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -350,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         "round_seconds": round(marks.get("server_exit", 0) - marks.get("server_start", 0), 1),
     }
     print(json.dumps(summary))
+    record.save(summary)
     return 0
 
 

@@ -86,3 +86,30 @@ def test_every_relative_link_and_anchor_resolves() -> None:
                 broken.append(f"{page.name}: {target} (no such anchor)")
     assert not broken, broken
     assert checked > 50, checked
+
+
+def test_the_key_tables_are_made_from_the_parsers_fields() -> None:
+    """docs/configuration.md's "Every key" section is what the parsers' field tables make:
+    a key, default or bound changed in code and not in the docs fails here."""
+    from sleepfed_tools.config_reference import current, render
+
+    text = (REPO / "docs" / "configuration.md").read_text()
+    assert current(text) == render(), "run: python -m sleepfed_tools.config_reference --write"
+    # every key the parsers know appears in the section, and it names them all
+    from sleepfed.board.service.config import REFERENCE as AGENT
+    from sleepfed.server.ops.config import REFERENCE as SERVER
+
+    keys = {f"`{f.key}`" for _, fields in (*AGENT, *SERVER) for f in fields}
+    assert len(keys) >= 60 and all(key in current(text) for key in keys)
+
+
+def test_the_benchmark_tables_are_made_from_the_results_files() -> None:
+    """docs/benchmarks.md's generated sections are what benchmarks/results/*.json (written
+    by `make bench`) make: a figure copied by hand or left stale fails here."""
+    from sleepfed_tools.bench_tables import TABLES, current, render
+
+    text = (REPO / "docs" / "benchmarks.md").read_text()
+    for bench in TABLES:
+        assert current(text, bench) == render(bench), (
+            f"{bench}: run python -m sleepfed_tools.bench_tables --write"
+        )

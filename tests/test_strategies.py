@@ -82,7 +82,7 @@ def test_strategy_config_errors_name_the_field(tmp_path: Path) -> None:
         _config("proximal_mu = -1.0", tmp_path)
     with pytest.raises(ConfigError, match=r"federation\.strategy: expected str"):
         _config("strategy = 3", tmp_path)
-    with pytest.raises(ConfigError, match=r"federation\.learning_rate: must be within"):
+    with pytest.raises(ConfigError, match=r"federation\.learning_rate: must be > 0"):
         _config("learning_rate = 0.0", tmp_path)
     with pytest.raises(ConfigError, match=r"federation\.local_iterations: must be >= 1"):
         _config("local_iterations = 0", tmp_path)

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import math
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -151,13 +152,100 @@ def get_field(
     return value
 
 
+REQUIRED: Any = ...  # a Field default: the key must be given
+
+
+@dataclass(frozen=True)
+class Field:
+    """One key of a config table: its type, default (``REQUIRED``: none), bounds and a line
+    of help. The parsers read every key through its Field, and the reference tables of
+    docs/configuration.md are made from the same Fields (``reference_table``), so a default
+    or a bound is stated once."""
+
+    key: str
+    kind: type | tuple[type, ...]
+    default: Any = REQUIRED
+    help: str = ""
+    low: float | None = None  # inclusive bounds ("must be within low..high")
+    high: float | None = None
+    above: float | None = None  # exclusive lower bound ("must be > above")
+    choices: tuple[str, ...] = ()
+
+    def read(self, table: dict[str, Any], section: str) -> Any:
+        name = f"{section}.{self.key}"
+        value = get_field(table, self.key, self.kind, section, self.default)
+        if self.choices and value not in self.choices:
+            raise ConfigError(f"{name}: one of {', '.join(self.choices)}, not {value!r}")
+        if self.low is not None and self.high is not None:
+            bounded(value, name, self.low, self.high)
+        elif self.low is not None and not value >= self.low:
+            raise ConfigError(f"{name}: must be >= {_number(self.low)}, got {value!r}")
+        elif self.high is not None and not value <= self.high:
+            raise ConfigError(f"{name}: must be <= {_number(self.high)}, got {value!r}")
+        if self.above is not None and not value > self.above:
+            raise ConfigError(f"{name}: must be > {self.above:g}, got {value}")
+        return value
+
+    def bounds(self) -> str:
+        if self.choices:
+            return " \\| ".join(self.choices)
+        parts = []
+        if self.above is not None:
+            parts.append(f"> {_number(self.above)}")
+        if self.low is not None and self.high is not None:
+            parts.append(f"{_number(self.low)}..{_number(self.high)}")
+        elif self.low is not None:
+            parts.append(f">= {_number(self.low)}")
+        elif self.high is not None:
+            parts.append(f"<= {_number(self.high)}")
+        return ", ".join(parts)
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def read_fields(table: dict[str, Any], section: str, fields: Iterable[Field]) -> dict[str, Any]:
+    """Every field of ``fields`` read from ``table`` (the ``section`` names it in errors)."""
+    return {f.key: f.read(table, section) for f in fields}
+
+
+def _default_text(field: Field) -> str:
+    value = field.default
+    if value is REQUIRED:
+        return "required"
+    if value is None:
+        return "(see meaning)"
+    if isinstance(value, bool):
+        return "`true`" if value else "`false`"
+    if isinstance(value, str):
+        return f'`"{value}"`'
+    if isinstance(value, list):
+        return "`[]`"
+    return f"`{_number(value)}`"
+
+
+def reference_table(label: str, fields: Iterable[Field]) -> str:
+    """A Markdown table of ``fields`` (``label``: the table's name): key, type, default,
+    bounds, meaning."""
+    rows = [f"{label} key | type | default | bounds | meaning", "--- | --- | --- | --- | ---"]
+    for f in fields:
+        kinds = f.kind if isinstance(f.kind, tuple) else (f.kind,)
+        kind = "/".join(k.__name__ for k in kinds)
+        rows.append(f"`{f.key}` | {kind} | {_default_text(f)} | {f.bounds()} | {f.help}")
+    return "\n".join(rows) + "\n"
+
+
+METRICS_FIELDS = (
+    Field("host", str, "127.0.0.1", "address of the Prometheus endpoint"),
+    Field("port", int, 0, "its port; 0: no endpoint", low=0, high=65535),
+)
+
+
 def parse_metrics(data: dict[str, Any]) -> tuple[str, int]:
     """``[metrics]``: (host, port) of the Prometheus endpoint; port 0 (the default) = off."""
     metrics = get_field(data, "metrics", dict, "config", {})
-    host = get_field(metrics, "host", str, "metrics", "127.0.0.1")
-    port = get_field(metrics, "port", int, "metrics", 0)
-    if not 0 <= port < 65536:
-        raise ConfigError(f"metrics.port: no such port {port} (0 = off)")
-    if not host:
+    values = read_fields(metrics, "metrics", METRICS_FIELDS)
+    if not values["host"]:
         raise ConfigError("metrics.host: empty (use 127.0.0.1)")
-    return host, port
+    return values["host"], values["port"]

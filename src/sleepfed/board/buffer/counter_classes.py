@@ -4,6 +4,7 @@ every known class, zeros included, so a script or an alert can rely on the names
 
 from __future__ import annotations
 
+from sleepfed.board.federation.outcome import FAILED_OUTCOMES, SessionOutcome
 from sleepfed.board.sources.ble_parsing import BleReason
 from sleepfed.board.sources.protocol import RejectReason
 
@@ -30,8 +31,12 @@ SOURCE_FAILURE_CLASSES: tuple[str, ...] = (
 )
 
 # How a participation session can end without the run finishing (``sessions_<outcome>``).
-FAILED_SESSION_OUTCOMES: tuple[str, ...] = ("gave_up", "refused", "error", "idle", "window_end")
-SESSION_OUTCOMES: tuple[str, ...] = ("finished", "shutdown", *FAILED_SESSION_OUTCOMES)
+FAILED_SESSION_OUTCOMES: tuple[str, ...] = tuple(o.value for o in FAILED_OUTCOMES)
+SESSION_OUTCOMES: tuple[str, ...] = (
+    SessionOutcome.FINISHED.value,
+    SessionOutcome.SHUTDOWN.value,
+    *FAILED_SESSION_OUTCOMES,
+)
 
 # What the agent reads in its running SuperNode's output
 # (sleepfed.board.federation.session.node_faults).
@@ -46,7 +51,7 @@ FAILURE_CLASSES: tuple[str, ...] = (
     "federation_retries",
     *NODE_FAULT_CLASSES,
     "model_unusable",
-    *(f"sessions_{outcome}" for outcome in FAILED_SESSION_OUTCOMES),
+    *(outcome.counter for outcome in FAILED_OUTCOMES),
 )
 
 

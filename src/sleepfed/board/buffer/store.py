@@ -1,7 +1,8 @@
 """The board's local buffer: one SQLite file (WAL mode) that holds everything the board keeps.
 
-Raw readings are the only thing ever evicted (oldest first, when the file passes its cap);
-stage labels, night reports, feature windows, models and predictions are kept.
+Raw readings are the only thing ever evicted (oldest first, when the file passes its cap or
+the disk runs low: sleepfed.board.buffer.disk_guard); stage labels, night reports, feature
+windows, models and predictions are kept.
 
 Durability: every batch is one transaction. With ``synchronous=FULL`` (the default) a
 committed batch survives a crash of the process *and* a power loss (the WAL is fsynced at
@@ -12,9 +13,7 @@ transaction committed.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -22,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from sleepfed.board.buffer.board_state import BoardState, encode_state
 from sleepfed.board.sources.protocol import Kind, Reading
 from sleepfed.common.sqlite_files import create_private, setting_up
 
@@ -29,12 +29,6 @@ SYNCHRONOUS_MODES = ("full", "normal", "extra")
 # A small WAL, checkpointed often and truncated after, leaves room on a small disk.
 WAL_AUTOCHECKPOINT_PAGES = 256
 WAL_SIZE_LIMIT_BYTES = 1 << 20
-# Held beside the buffer (``<buffer>.reserve``) and given up when the disk is full: evicting
-# needs room even on a full disk. Deleting rows writes to the WAL, and the checkpoint that
-# gives the space back first copies the WAL's pages into the file, which may grow it by up
-# to the WAL's size (1 MB): with a reserve of just that size evicting could still fail (seen
-# in tests/test_faults_disk.py), so it holds twice that.
-RESERVE_BYTES = 2 * WAL_SIZE_LIMIT_BYTES
 
 # Each entry migrates the schema from version i to i + 1 (PRAGMA user_version).
 MIGRATIONS: list[str] = [
@@ -238,14 +232,17 @@ class Buffer:
         return dict(self.conn.execute("SELECT name, value FROM counters ORDER BY name").fetchall())
 
     def set_state(self, **values: object) -> None:
+        """Update some of the board's state (keys: the fields of ``BoardState``)."""
+        rows = encode_state(values)
         with self.transaction() as conn:
-            conn.executemany(
-                "INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)",
-                [(k, json.dumps(v)) for k, v in values.items()],
-            )
+            conn.executemany("INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", rows)
 
     def state(self) -> dict[str, object]:
+        """The stored state as decoded JSON by key (what ``status --json`` shows)."""
         return {k: json.loads(v) for k, v in self.conn.execute("SELECT key, value FROM state")}
+
+    def board_state(self) -> BoardState:
+        return BoardState.decode(self.state())
 
     # -- size cap -----------------------------------------------------------------------
     def used_bytes(self) -> int:
@@ -255,84 +252,34 @@ class Buffer:
         return int((pages - free) * size)
 
     def enforce_cap(self, chunk_rows: int = 20_000) -> int:
-        """Evict the oldest raw readings until the used size is under the cap.
-        Never touches labels, windows, models or predictions. Returns rows evicted."""
-        if not self.max_bytes:
-            return 0
-        evicted = 0
-        while self.used_bytes() > self.max_bytes:
-            with self.transaction() as conn:
-                cursor = conn.execute(
-                    "DELETE FROM readings WHERE id IN "
-                    "(SELECT id FROM readings ORDER BY id LIMIT ?)",
-                    (chunk_rows,),
-                )
-                if cursor.rowcount == 0:
-                    break
-                evicted += cursor.rowcount
+        """Evict the oldest raw readings until the used size is under the cap
+        (sleepfed.board.buffer.disk_guard.enforce_cap). Returns rows evicted."""
+        from sleepfed.board.buffer.disk_guard import enforce_cap
+
+        return enforce_cap(self, chunk_rows)
+
+    # -- eviction (its policy: sleepfed.board.buffer.disk_guard) ---------------------------
+    def evict_oldest_readings(self, rows: int) -> int:
+        """Delete up to ``rows`` of the oldest raw readings in one transaction, counted as
+        ``evicted_readings``. Never touches labels, windows, models or predictions. Returns
+        the rows deleted."""
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                "DELETE FROM readings WHERE id IN (SELECT id FROM readings ORDER BY id LIMIT ?)",
+                (rows,),
+            )
+            if cursor.rowcount > 0:
                 self._bump(conn, {"evicted_readings": cursor.rowcount})
-        if evicted:
-            # executescript steps the pragma to its end (execute() frees one page per step)
-            self.conn.executescript("PRAGMA incremental_vacuum;")
-        return evicted
+        return max(cursor.rowcount, 0)
 
-    # -- a full disk ----------------------------------------------------------------------
-    @property
-    def reserve_path(self) -> Path:
-        return self.path.with_name(self.path.name + ".reserve")
-
-    def free_bytes(self) -> int:
-        """Bytes free for us on the buffer's filesystem."""
-        stat = os.statvfs(self.path.parent)
-        return stat.f_bavail * stat.f_frsize
-
-    def keep_reserve(self, size: int = RESERVE_BYTES) -> bool:
-        """Hold ``size`` bytes of the disk in ``<buffer>.reserve``; False if there is no
-        room for it (it is then retried later)."""
-        path = self.reserve_path
-        with contextlib.suppress(FileNotFoundError):
-            if path.stat().st_size >= size:
-                return True
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
-            try:
-                os.posix_fallocate(fd, 0, size)
-            finally:
-                os.close(fd)
-        except OSError:
-            self.release_reserve()  # never hold half a reserve
-            return False
-        return True
-
-    def release_reserve(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.reserve_path.unlink()
-
-    def make_room(self, min_free_bytes: int, chunk_rows: int = 5000) -> int:
-        """Evict the oldest raw readings until the filesystem has ``min_free_bytes`` free
-        or no raw reading is left (labels, windows, models and predictions stay). Returns
-        the rows evicted; raises sqlite3.Error if even evicting cannot write."""
-        evicted = 0
-        self.shrink()
-        while self.free_bytes() < min_free_bytes:
-            with self.transaction() as conn:
-                cursor = conn.execute(
-                    "DELETE FROM readings WHERE id IN "
-                    "(SELECT id FROM readings ORDER BY id LIMIT ?)",
-                    (chunk_rows,),
-                )
-                if cursor.rowcount > 0:
-                    self._bump(conn, {"evicted_readings": cursor.rowcount})
-            if cursor.rowcount <= 0:
-                break
-            evicted += cursor.rowcount
-            self.shrink()
-        return evicted
+    def release_free_pages(self) -> None:
+        # executescript steps the pragma to its end (execute() frees one page per step)
+        self.conn.executescript("PRAGMA incremental_vacuum;")
 
     def shrink(self) -> None:
         """Give free pages back to the filesystem: move them to the end of the file, copy
         the WAL into the file and truncate both (a reader may delay the truncation)."""
-        self.conn.executescript("PRAGMA incremental_vacuum;")
+        self.release_free_pages()
         self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     # -- queries --------------------------------------------------------------------------

@@ -12,7 +12,6 @@ configuration or authentication errors, and never past the window's end.
 
 from __future__ import annotations
 
-import copy
 import logging
 import socket
 import ssl
@@ -27,11 +26,12 @@ from tenacity import (
     Retrying,
     retry_if_exception_type,
     stop_before_delay,
-    wait_random_exponential,
 )
 
+from sleepfed.board.federation.outcome import SessionOutcome
 from sleepfed.board.service.config import FederationConfig
 from sleepfed.board.training.code_guard import guarded_environment
+from sleepfed.common import backoff
 from sleepfed.common.flower_process import flower_bin, flower_environment, stop_process_group
 
 log = logging.getLogger("sleepfed.federation")
@@ -174,12 +174,12 @@ class Session:
         # Attempts before the one whose node lost its server: the backoff starts afresh there.
         self.backoff_from = 0
 
-    def run(self) -> str:
+    def run(self) -> SessionOutcome:
         """Returns how the session ended: finished, window_end, idle, shutdown, gave_up
         (transient errors until the window's end) or refused (permanent error)."""
         budget = self.deadline - time.time()
         if budget <= 0:
-            return "window_end"
+            return SessionOutcome.WINDOW_END
 
         def before_sleep(state: RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
@@ -194,14 +194,13 @@ class Session:
             )
             self.on_retry(state.attempt_number, sleep, str(error))
 
-        backoff = wait_random_exponential(
-            multiplier=self.config.retry_initial_seconds, max=self.config.retry_max_seconds
-        )
-
         def wait(state: RetryCallState) -> float:
-            step = copy.copy(state)
-            step.attempt_number = state.attempt_number - self.backoff_from
-            return float(backoff(step))
+            # the board's one policy (common.backoff), restarted after a node lost its server
+            return backoff.delay(
+                state.attempt_number - self.backoff_from,
+                self.config.retry_initial_seconds,
+                self.config.retry_max_seconds,
+            )
 
         retrying = Retrying(
             retry=retry_if_exception_type(TransientError),
@@ -212,34 +211,34 @@ class Session:
             reraise=True,
         )
         try:
-            return str(retrying(self._attempt))
+            return SessionOutcome(retrying(self._attempt))
         except TransientError as error:
             if self.stop.is_set():
-                return "shutdown"
+                return SessionOutcome.SHUTDOWN
             log.error(
                 "federation gave up for this window: %s", error, extra={"ERROR_CLASS": "transient"}
             )
-            return "gave_up"
+            return SessionOutcome.GAVE_UP
         except PermanentError as error:
             log.error(
                 "federation refused, not retrying in this window: %s",
                 error,
                 extra={"ERROR_CLASS": "permanent"},
             )
-            return "refused"
+            return SessionOutcome.REFUSED
 
     def _sleep(self, seconds: float) -> None:
         if self.stop.wait(seconds):
             raise TransientError("shutdown while waiting to retry")
 
-    def _attempt(self) -> str:
+    def _attempt(self) -> SessionOutcome:
         self.attempt_times.append(time.time())
         if self.stop.is_set():
-            return "shutdown"
+            return SessionOutcome.SHUTDOWN
         probe_server(self.config)
         return self._supervise()
 
-    def _supervise(self) -> str:
+    def _supervise(self) -> SessionOutcome:
         command = supernode_command(self.config, self.buffer_path)
         flwr_home = self.state_dir / "flwr"
         flwr_home.mkdir(parents=True, exist_ok=True)
@@ -264,7 +263,7 @@ class Session:
                 if code is not None:
                     tail = _tail(self.log_path, log_start)
                     if self.finished():
-                        return "finished"
+                        return SessionOutcome.FINISHED
                     if any(marker in tail for marker in PERMANENT_MARKERS):
                         # Refused, unless the server itself went away meanwhile.
                         probe_server(self.config)
@@ -280,14 +279,14 @@ class Session:
                 if finished_at is None and self.finished():
                     finished_at = time.time()
                 if finished_at is not None and time.time() - finished_at >= FINISH_GRACE_SECONDS:
-                    return "finished"
+                    return SessionOutcome.FINISHED
                 if self.stop.is_set():
-                    return "shutdown"
+                    return SessionOutcome.SHUTDOWN
                 now = time.time()
                 if now >= self.deadline:
-                    return "window_end"
+                    return SessionOutcome.WINDOW_END
                 if now - started_at > self.config.session_idle_seconds:
-                    return "idle"
+                    return SessionOutcome.IDLE
                 # After the final round the server may leave: only watch it until then.
                 if finished_at is None and now - last_check >= self.config.server_check_seconds:
                     last_check = now

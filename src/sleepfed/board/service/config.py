@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,12 +13,14 @@ from sleepfed.board.buffer.store import SYNCHRONOUS_MODES
 from sleepfed.board.nights.schedule import ParticipationWindow
 from sleepfed.board.sources.ble_source import BleDeviceConfig
 from sleepfed.common.config_fields import (
+    METRICS_FIELDS,
     ConfigError,
-    bounded,
+    Field,
     checked_path,
     get_field,
     parse_metrics,
     parse_strictly,
+    read_fields,
     read_toml,
 )
 
@@ -51,6 +54,66 @@ def normalize_uuid(text: str, where: str) -> str:
     if not _UUID.match(value):
         raise ConfigError(f"{where}: not a Bluetooth UUID: {text!r}")
     return value
+
+
+BOARD_FIELDS = (
+    Field("id", str, "board", "the board's name in logs, status and the registry"),
+    Field("timezone", str, "UTC", "IANA zone: nights and participation windows are local"),
+)
+BUFFER_FIELDS = (
+    Field("path", str, help="the SQLite buffer (relative: to this file's folder)"),
+    Field("synchronous", str, "full", "SQLite durability", choices=SYNCHRONOUS_MODES),
+    Field("max_mb", (int, float), 0, "size cap; 0: none", low=0, high=10_000_000),
+    Field("min_free_mb", float, 16.0, "evict oldest raw readings to keep this free", 1, 100_000),
+    Field("unwritable_exit_seconds", float, 60.0, "exit 3 after this long unwritable", 1, 86_400),
+    Field("batch_max_readings", int, 2000, "commit after this many readings", 1, 1_000_000),
+    Field("batch_max_seconds", float, 0.2, "or after this long", low=0, high=60, above=0),
+)
+NIGHTS_FIELDS = (
+    Field("settle_seconds", float, 300.0, "a night ends this long after its last reading", 0,
+          7 * 86_400),
+)  # fmt: skip
+SERIAL_FIELDS = (
+    Field("port", str, help="device path or pyserial URL"),
+    Field("baudrate", int, 115200, low=1, high=1e8),
+    Field("send_acks", bool, True, "acknowledge committed readings (SF1 ACK lines)"),
+)
+BLE_FIELDS = (
+    Field("adapter", str, "hci0", "the BlueZ adapter"),
+    Field("scan_timeout_seconds", float, 10.0, "how long one scan looks", above=0),
+)
+BLE_DEVICE_FIELDS = (
+    Field("address", str, "", "AA:BB:CC:DD:EE:FF; or give service"),
+    Field("service", str, "", "a service UUID: the first device advertising it"),
+    Field("movement_characteristic", str, "", "UUID of a movement characteristic (optional)"),
+)
+FEDERATION_FIELDS = (
+    Field("server", str, help="HOST:PORT of the server's fleet proxy"),
+    Field("root_certificates", str, "", "the server's CA (PEM); required unless insecure"),
+    Field("insecure", bool, False, "no TLS (tests only)"),
+    Field("auth_private_key", str, "", "the board's node key (sleepfed-enroll makes it)"),
+    Field("window", str, "always", '"HH:MM-HH:MM" daily, local time, or "always"'),
+    Field("min_new_labelled_windows", int, 1, "join only with this many new labelled windows"),
+    Field("retry_initial_seconds", float, 1.0, "first retry delay", above=0),
+    Field("retry_max_seconds", float, 60.0, "longest retry delay", above=0),
+    Field("session_idle_seconds", float, 1800.0, "end a session idle this long", above=0),
+    Field("supernode_port", int, 9094, "the node's local runtime API port", 1, 65535),
+    Field("activation_patience_seconds", float, 75.0, "wait this long for activation", above=0),
+    Field("refused_retry_minutes", float, 60.0, "after a refusal, ask again later", above=0),
+    Field("server_check_seconds", float, 30.0, "probe the server this often", above=0),
+    Field("server_lost_seconds", float, 120.0, "stop the node after this long", above=0),
+)
+# (section, fields) in the order docs/configuration.md lists them
+REFERENCE = (
+    ("`[board]`", BOARD_FIELDS),
+    ("`[buffer]`", BUFFER_FIELDS),
+    ('`[[sources]]` `type = "serial"`', SERIAL_FIELDS),
+    ('`[[sources]]` `type = "ble"`', BLE_FIELDS),
+    ("`[[sources.devices]]`", BLE_DEVICE_FIELDS),
+    ("`[nights]`", NIGHTS_FIELDS),
+    ("`[federation]`", FEDERATION_FIELDS),
+    ("`[metrics]`", METRICS_FIELDS),
+)
 
 
 @dataclass(frozen=True)
@@ -90,21 +153,9 @@ class AgentConfig:
     metrics_port: int = 0  # Prometheus endpoint; 0 = off
 
 
-def _positive(value: float, name: str) -> float:
-    if value <= 0:
-        raise ConfigError(f"{name}: must be > 0, got {value}")
-    return value
-
-
 def _serial_source(src: dict[str, Any], where: str, index: int) -> SerialSourceConfig:
-    return SerialSourceConfig(
-        name=get_field(src, "name", str, where, f"serial{index}"),
-        port=get_field(src, "port", str, where),
-        baudrate=int(
-            bounded(get_field(src, "baudrate", int, where, 115200), f"{where}.baudrate", 1, 1e8)
-        ),
-        send_acks=get_field(src, "send_acks", bool, where, True),
-    )
+    values = read_fields(src, where, SERIAL_FIELDS)
+    return SerialSourceConfig(name=get_field(src, "name", str, where, f"serial{index}"), **values)
 
 
 def _ble_source(src: dict[str, Any], where: str, index: int) -> BleSourceConfig:
@@ -113,13 +164,14 @@ def _ble_source(src: dict[str, Any], where: str, index: int) -> BleSourceConfig:
         at = f"{where}.devices[{j}]"
         if not isinstance(dev, dict):
             raise ConfigError(f"{at}: expected a table")
-        address = get_field(dev, "address", str, at, "").upper() or None
-        service = get_field(dev, "service", str, at, "") or None
+        values = read_fields(dev, at, BLE_DEVICE_FIELDS)
+        address = values["address"].upper() or None
+        service = values["service"] or None
         if (address is None) == (service is None):
             raise ConfigError(f"{at}: give exactly one of address or service")
         if address is not None and not _ADDRESS.match(address):
             raise ConfigError(f"{at}.address: expected AA:BB:CC:DD:EE:FF, got {address!r}")
-        movement = get_field(dev, "movement_characteristic", str, at, "") or None
+        movement = values["movement_characteristic"] or None
         devices.append(
             BleDeviceConfig(
                 name=get_field(dev, "name", str, at, address or f"device{j}"),
@@ -134,47 +186,21 @@ def _ble_source(src: dict[str, Any], where: str, index: int) -> BleSourceConfig:
         raise ConfigError(f"{where}.devices: at least one device")
     return BleSourceConfig(
         name=get_field(src, "name", str, where, f"ble{index}"),
-        adapter=get_field(src, "adapter", str, where, "hci0"),
-        scan_timeout_seconds=_positive(
-            get_field(src, "scan_timeout_seconds", float, where, 10.0),
-            f"{where}.scan_timeout_seconds",
-        ),
         devices=devices,
+        **read_fields(src, where, BLE_FIELDS),
     )
 
 
-def parse_config(data: dict[str, Any], base_dir: Path) -> AgentConfig:
-    def path_of(text: str, name: str) -> Path:
-        return checked_path(text, name, base_dir)
-
-    board = get_field(data, "board", dict, "config", {})
-    board_id = get_field(board, "id", str, "board", "board")
-    tz_name = get_field(board, "timezone", str, "board", "UTC")
+def _board(data: dict[str, Any]) -> tuple[str, ZoneInfo]:
+    board = read_fields(get_field(data, "board", dict, "config", {}), "board", BOARD_FIELDS)
     try:
-        timezone = ZoneInfo(tz_name)
+        timezone = ZoneInfo(board["timezone"])
     except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a folder, e.g. "Europe"
-        raise ConfigError(f"board.timezone: unknown time zone {tz_name!r}") from None
+        raise ConfigError(f"board.timezone: unknown time zone {board['timezone']!r}") from None
+    return board["id"], timezone
 
-    buffer = get_field(data, "buffer", dict, "config")
-    synchronous = get_field(buffer, "synchronous", str, "buffer", "full")
-    if synchronous not in SYNCHRONOUS_MODES:
-        raise ConfigError(
-            f"buffer.synchronous: one of {', '.join(SYNCHRONOUS_MODES)}, not {synchronous!r}"
-        )
-    max_mb = get_field(buffer, "max_mb", (int, float), "buffer", 0)
-    if max_mb < 0:
-        raise ConfigError(f"buffer.max_mb: must be >= 0, got {max_mb}")
-    bounded(max_mb, "buffer.max_mb", 0, 10_000_000)  # 10 TB
-    min_free_mb = bounded(
-        get_field(buffer, "min_free_mb", float, "buffer", 16.0), "buffer.min_free_mb", 1, 100_000
-    )
-    unwritable_exit_seconds = bounded(
-        get_field(buffer, "unwritable_exit_seconds", float, "buffer", 60.0),
-        "buffer.unwritable_exit_seconds",
-        1,
-        86_400,
-    )
 
+def _sources(data: dict[str, Any]) -> list[SourceConfig]:
     sources: list[SourceConfig] = []
     for i, src in enumerate(get_field(data, "sources", list, "config", [])):
         where = f"sources[{i}]"
@@ -190,117 +216,55 @@ def parse_config(data: dict[str, Any], base_dir: Path) -> AgentConfig:
     names = [s.name for s in sources]
     if len(set(names)) != len(names):
         raise ConfigError(f"sources: names must be unique, got {names}")
+    return sources
 
+
+def _federation(fed: dict[str, Any], path_of: Callable[[str, str], Path]) -> FederationConfig:
+    values = read_fields(fed, "federation", FEDERATION_FIELDS)
+    if not values["insecure"] and not values["root_certificates"]:
+        raise ConfigError(
+            "federation.root_certificates: required (the server's CA, PEM) unless "
+            "federation.insecure = true"
+        )
+    try:
+        values["window"] = ParticipationWindow.parse(values["window"])
+    except ValueError as error:
+        raise ConfigError(f"federation.window: {error}") from None
+    if ":" not in values["server"]:
+        raise ConfigError(f"federation.server: expected HOST:PORT, got {values['server']!r}")
+    for key in ("root_certificates", "auth_private_key"):
+        values[key] = path_of(values[key], f"federation.{key}") if values[key] else None
+    values["refused_retry_seconds"] = 60.0 * values.pop("refused_retry_minutes")
+    return FederationConfig(**values)
+
+
+def parse_config(data: dict[str, Any], base_dir: Path) -> AgentConfig:
+    def path_of(text: str, name: str) -> Path:
+        return checked_path(text, name, base_dir)
+
+    board_id, timezone = _board(data)
+    buffer = read_fields(get_field(data, "buffer", dict, "config"), "buffer", BUFFER_FIELDS)
+    sources = _sources(data)
     federation = None
     if "federation" in data:
-        fed = get_field(data, "federation", dict, "config")
-        insecure = get_field(fed, "insecure", bool, "federation", False)
-        root = get_field(fed, "root_certificates", str, "federation", "")
-        if not insecure and not root:
-            raise ConfigError(
-                "federation.root_certificates: required (the server's CA, PEM) unless "
-                "federation.insecure = true"
-            )
-        window_text = get_field(fed, "window", str, "federation", "always")
-        try:
-            window = ParticipationWindow.parse(window_text)
-        except ValueError as error:
-            raise ConfigError(f"federation.window: {error}") from None
-        server = get_field(fed, "server", str, "federation")
-        if ":" not in server:
-            raise ConfigError(f"federation.server: expected HOST:PORT, got {server!r}")
-        federation = FederationConfig(
-            server=server,
-            root_certificates=path_of(root, "federation.root_certificates") if root else None,
-            insecure=insecure,
-            window=window,
-            min_new_labelled_windows=get_field(
-                fed, "min_new_labelled_windows", int, "federation", 1
-            ),
-            retry_initial_seconds=_positive(
-                get_field(fed, "retry_initial_seconds", float, "federation", 1.0),
-                "federation.retry_initial_seconds",
-            ),
-            retry_max_seconds=_positive(
-                get_field(fed, "retry_max_seconds", float, "federation", 60.0),
-                "federation.retry_max_seconds",
-            ),
-            session_idle_seconds=_positive(
-                get_field(fed, "session_idle_seconds", float, "federation", 1800.0),
-                "federation.session_idle_seconds",
-            ),
-            supernode_port=int(
-                bounded(
-                    get_field(fed, "supernode_port", int, "federation", 9094),
-                    "federation.supernode_port",
-                    1,
-                    65535,
-                )
-            ),
-            activation_patience_seconds=_positive(
-                get_field(fed, "activation_patience_seconds", float, "federation", 75.0),
-                "federation.activation_patience_seconds",
-            ),
-            server_check_seconds=_positive(
-                get_field(fed, "server_check_seconds", float, "federation", 30.0),
-                "federation.server_check_seconds",
-            ),
-            server_lost_seconds=_positive(
-                get_field(fed, "server_lost_seconds", float, "federation", 120.0),
-                "federation.server_lost_seconds",
-            ),
-            refused_retry_seconds=60.0
-            * _positive(
-                get_field(fed, "refused_retry_minutes", float, "federation", 60.0),
-                "federation.refused_retry_minutes",
-            ),
-            auth_private_key=(
-                path_of(key, "federation.auth_private_key")
-                if (key := get_field(fed, "auth_private_key", str, "federation", ""))
-                else None
-            ),
-        )
-
-    nights = get_field(data, "nights", dict, "config", {})
-    buffer_path = path_of(get_field(buffer, "path", str, "buffer"), "buffer.path")
+        federation = _federation(get_field(data, "federation", dict, "config"), path_of)
+    nights = read_fields(get_field(data, "nights", dict, "config", {}), "nights", NIGHTS_FIELDS)
+    buffer_path = path_of(buffer["path"], "buffer.path")
     metrics_host, metrics_port = parse_metrics(data)
     return AgentConfig(
         board_id=board_id,
         timezone=timezone,
         buffer_path=buffer_path,
-        synchronous=synchronous,
-        max_bytes=int(max_mb * 1024 * 1024) or None,
-        batch_max_readings=int(
-            _positive(
-                bounded(
-                    get_field(buffer, "batch_max_readings", int, "buffer", 2000),
-                    "buffer.batch_max_readings",
-                    1,
-                    1_000_000,
-                ),
-                "buffer.batch_max_readings",
-            )
-        ),
-        batch_max_seconds=_positive(
-            bounded(
-                get_field(buffer, "batch_max_seconds", float, "buffer", 0.2),
-                "buffer.batch_max_seconds",
-                0,
-                60,
-            ),
-            "buffer.batch_max_seconds",
-        ),
-        night_settle_seconds=bounded(
-            get_field(nights, "settle_seconds", float, "nights", 300.0),
-            "nights.settle_seconds",
-            0,
-            7 * 86_400,
-        ),
+        synchronous=buffer["synchronous"],
+        max_bytes=int(buffer["max_mb"] * 1024 * 1024) or None,
+        batch_max_readings=buffer["batch_max_readings"],
+        batch_max_seconds=buffer["batch_max_seconds"],
+        night_settle_seconds=nights["settle_seconds"],
         sources=sources,
         federation=federation,
         state_dir=buffer_path.parent,
-        min_free_bytes=int(min_free_mb * 1024 * 1024),
-        unwritable_exit_seconds=unwritable_exit_seconds,
+        min_free_bytes=int(buffer["min_free_mb"] * 1024 * 1024),
+        unwritable_exit_seconds=buffer["unwritable_exit_seconds"],
         metrics_host=metrics_host,
         metrics_port=metrics_port,
     )

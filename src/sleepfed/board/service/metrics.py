@@ -24,6 +24,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from sleepfed.board.buffer.board_state import BoardState
 from sleepfed.board.buffer.counter_classes import (
     FAILED_SESSION_OUTCOMES,
     NODE_FAULT_CLASSES,
@@ -80,7 +81,7 @@ class AgentCollector(Collector):
             buffer = Buffer(self.buffer_path, readonly=True)
             try:
                 counters = buffer.counters()
-                state = buffer.state()
+                state = buffer.board_state()
                 counts = buffer.counts()
                 receipts = buffer.model_receipts()
             finally:
@@ -208,8 +209,8 @@ class AgentCollector(Collector):
             value=latest[1] if latest else 0,
         )
 
-    def _daemon(self, state: dict[str, object]) -> Iterator[Metric]:
-        connected_text = str(state.get("sources_connected") or f"0/{self.sources}")
+    def _daemon(self, state: BoardState) -> Iterator[Metric]:
+        connected_text = state.sources_connected or f"0/{self.sources}"
         connected = int(connected_text.split("/")[0]) if "/" in connected_text else 0
         yield GaugeMetricFamily(
             "sleepfed_agent_sources_connected", "sensor sources connected", value=connected
@@ -217,8 +218,9 @@ class AgentCollector(Collector):
         yield GaugeMetricFamily(
             "sleepfed_agent_sources", "sensor sources configured", value=self.sources
         )
-        heartbeat = float(state.get("heartbeat_at", 0) or 0)  # type: ignore[arg-type]
-        healthy = state.get("health") == "ok" and time.time() - heartbeat < HEARTBEAT_STALE_SECONDS
+        healthy = (
+            state.health == "ok" and time.time() - state.heartbeat_at < HEARTBEAT_STALE_SECONDS
+        )
         yield GaugeMetricFamily(
             "sleepfed_agent_healthy",
             "1 if the daemon's last heartbeat is fresh and all its sources are connected",
@@ -227,7 +229,7 @@ class AgentCollector(Collector):
         yield GaugeMetricFamily(
             "sleepfed_agent_session_running",
             "1 while a participation session runs",
-            value=1.0 if state.get("session_running") else 0.0,
+            value=1.0 if state.session_running else 0.0,
         )
         if self.live is not None:
             for name, value in self.live().items():

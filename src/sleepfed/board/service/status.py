@@ -7,8 +7,10 @@ import os
 from datetime import datetime
 from typing import Any
 
+from sleepfed.board.buffer.board_state import BoardState
 from sleepfed.board.buffer.counter_classes import failure_classes, rejection_classes
 from sleepfed.board.buffer.store import Buffer
+from sleepfed.board.federation.outcome import SessionOutcome
 from sleepfed.board.service import clock
 from sleepfed.board.service.config import AgentConfig
 
@@ -17,9 +19,11 @@ EXIT_HEALTHY = 0
 EXIT_NOT_RUNNING = 1  # no daemon (or no buffer yet): nothing is being collected
 EXIT_DEGRADED = 3  # the daemon runs but a source is down or the last session failed
 SESSION_PROBLEMS = {
-    "refused": "the server refused this board (key not registered or revoked, or wrong CA)",
-    "gave_up": "the server stayed unreachable until the window's end",
-    "error": "the session crashed (see the agent's log)",
+    SessionOutcome.REFUSED: (
+        "the server refused this board (key not registered or revoked, or wrong CA)"
+    ),
+    SessionOutcome.GAVE_UP: "the server stayed unreachable until the window's end",
+    SessionOutcome.ERROR: "the session crashed (see the agent's log)",
 }
 
 
@@ -39,7 +43,7 @@ def collect(config: AgentConfig) -> dict[str, Any]:
     buffer = Buffer(config.buffer_path, readonly=True)
     try:
         counts = buffer.counts()
-        state = buffer.state()
+        state = buffer.board_state()
         counters = buffer.counters()
         latest = buffer.latest_model()
         predictions = buffer.latest_predictions()
@@ -50,9 +54,8 @@ def collect(config: AgentConfig) -> dict[str, Any]:
         labelled = buffer.windows(last_night, labelled_only=True) if last_night else []
     finally:
         buffer.close()
-    pid = int(state.get("daemon_pid", 0) or 0)
-    heartbeat = float(state.get("heartbeat_at", 0) or 0)
-    running = _pid_alive(pid) and clock.now() - heartbeat < 30
+    pid = state.daemon_pid
+    running = _pid_alive(pid) and clock.now() - state.heartbeat_at < 30
     prediction = predictions.get(last_night) if last_night else None
     fed = config.federation
     health, problems = _health(running, state)
@@ -63,8 +66,8 @@ def collect(config: AgentConfig) -> dict[str, Any]:
         "daemon": {
             "running": running,
             "pid": pid if running else None,
-            "health": state.get("health") if running else "not running",
-            "sources_connected": state.get("sources_connected"),
+            "health": state.health if running else "not running",
+            "sources_connected": state.sources_connected,
         },
         "buffer": {
             "path": str(config.buffer_path),
@@ -91,24 +94,24 @@ def collect(config: AgentConfig) -> dict[str, Any]:
             "joined": counters.get("rounds_trained", 0),
             "evaluated": counters.get("rounds_evaluated", 0),
             "last_global_round": latest[1] if latest else None,
-            "last_train_round": state.get("last_train_round"),
-            "last_train_at": state.get("last_train_at"),
+            "last_train_round": state.last_train_round,
+            "last_train_at": state.last_train_at,
             "retries": counters.get("federation_retries", 0),
-            "last_retry": state.get("last_retry"),
+            "last_retry": state.last_retry,
         },
         "federation": {
             "server": fed.server if fed else None,
             "window": str(fed.window) if fed else None,
-            "session_running": bool(state.get("session_running")) and running,
-            "last_participation_at": state.get("last_participation_at"),
-            "last_session_outcome": state.get("last_session_outcome"),
-            "next_window_at": state.get("next_window_at"),
+            "session_running": state.session_running and running,
+            "last_participation_at": state.last_participation_at,
+            "last_session_outcome": state.last_session_outcome,
+            "next_window_at": state.next_window_at,
         },
         "model": {
             "version": latest[0] if latest else None,
             "round": latest[1] if latest else None,
             # the prior of the night estimates (sleepfed.model.features.estimated_efficiency)
-            "population_good_share": state.get("population_good_share"),
+            "population_good_share": state.population_good_share,
         },
         "last_night": {
             "night": last_night,
@@ -124,17 +127,15 @@ def collect(config: AgentConfig) -> dict[str, Any]:
     }
 
 
-def _health(running: bool, state: dict[str, object]) -> tuple[str, list[str]]:
+def _health(running: bool, state: BoardState) -> tuple[str, list[str]]:
     """``ok``, ``degraded`` or ``not running``, and what is wrong in words."""
     if not running:
         return "not running", ["the daemon is not running (no heartbeat in 30 s)"]
     problems = []
-    if state.get("health") != "ok":
-        problems.append(
-            f"daemon health {state.get('health')}: sources {state.get('sources_connected')}"
-        )
-    outcome = state.get("last_session_outcome")
-    if outcome in SESSION_PROBLEMS:
+    if state.health != "ok":
+        problems.append(f"daemon health {state.health}: sources {state.sources_connected}")
+    outcome = state.last_session_outcome
+    if outcome is not None and outcome in SESSION_PROBLEMS:
         problems.append(f"last participation session {outcome}: {SESSION_PROBLEMS[outcome]}")
     return ("degraded" if problems else "ok"), problems
 
@@ -143,10 +144,10 @@ def exit_code(status: dict[str, Any]) -> int:
     return {"ok": EXIT_HEALTHY, "degraded": EXIT_DEGRADED}.get(status["health"], EXIT_NOT_RUNNING)
 
 
-def _when(value: object) -> str:
+def _when(value: float | None) -> str:
     if not value:
         return "never"
-    return datetime.fromtimestamp(float(value)).strftime("%Y-%m-%d %H:%M:%S")  # type: ignore[arg-type]
+    return datetime.fromtimestamp(float(value)).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def render(status: dict[str, Any]) -> str:

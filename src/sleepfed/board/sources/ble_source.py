@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -36,10 +35,12 @@ from sleepfed.board.sources.ble_parsing import (
     parse_movement,
 )
 from sleepfed.board.sources.protocol import Kind, LineRejected, checked_reading
+from sleepfed.common import backoff
 
 log = logging.getLogger("sleepfed.ble")
 
-# Per failure class: (first delay, cap) in seconds. Full jitter: uniform(0, min(cap, first*2^n)).
+# Per failure class: (first delay, cap) in seconds of the board's one backoff policy
+# (sleepfed.common.backoff: full jitter).
 BACKOFF: dict[str, tuple[float, float]] = {
     "not_found": (2.0, 60.0),
     "in_progress": (0.5, 5.0),
@@ -99,7 +100,7 @@ class DeviceLink:
         count = self.failures.get(failure, 0)
         self.failures[failure] = count + 1
         first, cap = BACKOFF[failure]
-        delay = random.uniform(0.0, min(cap, first * 2**count))
+        delay = backoff.delay(count + 1, first, cap)
         self.next_attempt = now + delay
         return delay
 

@@ -16,6 +16,7 @@ from sleepfed.board.sources.protocol import (
     format_ack,
     parse_line,
 )
+from sleepfed.common import backoff
 
 log = logging.getLogger("sleepfed.serial")
 
@@ -81,7 +82,7 @@ class SerialSource(Source):
         from sleepfed.board.sources.protocol import MAX_LINE_BYTES
 
         splitter = LineSplitter(MAX_LINE_BYTES)
-        delay = RECONNECT_INITIAL_SECONDS
+        failures = 0
         while not stop.is_set():
             try:
                 port = self._open()
@@ -93,11 +94,11 @@ class SerialSource(Source):
                     error,
                     extra=self._fields("open_failed"),
                 )
-                stop.wait(delay)
-                delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+                failures += 1
+                stop.wait(backoff.delay(failures, RECONNECT_INITIAL_SECONDS, RECONNECT_MAX_SECONDS))
                 continue
             log.info("source=%s port=%s connected", self.name, self.port_name, extra=self._fields())
-            delay = RECONNECT_INITIAL_SECONDS
+            failures = 0
             splitter.reset()
             with self._write_lock:
                 self._port = port

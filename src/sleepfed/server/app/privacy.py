@@ -36,7 +36,7 @@ from typing import Any
 
 from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, Strategy
 
-from sleepfed.common.config_fields import ConfigError, get_field
+from sleepfed.common.config_fields import ConfigError, Field, get_field, read_fields
 
 SIGMA_SEARCH_RANGE = (0.05, 500.0)
 
@@ -101,21 +101,35 @@ def noise_multiplier_for(target_epsilon: float, delta: float, rounds: int) -> fl
     return high
 
 
+# Bounds that hold only with DP or SecAgg+ on are checked in parse_privacy.
+_OFF = PrivacySettings()
+PRIVACY_FIELDS = (
+    Field("differential_privacy", bool, _OFF.dp, "central DP with client-side clipping"),
+    Field("secure_aggregation", bool, _OFF.secure_aggregation, "SecAgg+ (not with DP)"),
+    Field("clipping_norm", float, _OFF.clipping_norm, "DP: the norm C boards clip to (> 0)"),
+    Field("noise_multiplier", float, _OFF.noise_multiplier, "DP: σ; or give target_epsilon"),
+    Field("delta", float, _OFF.delta, "DP: δ, within (0, 1)"),
+    Field("target_epsilon", float, _OFF.target_epsilon, "DP: ε spent over budget_rounds; or σ"),
+    Field("budget_rounds", int, None, "DP: rounds the ε is for (default: federation.rounds)"),
+    Field("secagg_shares", float, _OFF.secagg_shares, "SecAgg+: share of boards a key goes to"),
+    Field("secagg_threshold", float, _OFF.secagg_threshold, "SecAgg+: share to reconstruct"),
+    Field("secagg_timeout_seconds", float, _OFF.secagg_timeout_seconds, "SecAgg+: stage timeout"),
+    Field("secagg_clipping_range", float, _OFF.secagg_clipping_range, "SecAgg+: clip to ± this"),
+    Field("secagg_max_weight", float, _OFF.secagg_max_weight, "SecAgg+: num-examples scale"),
+)
+
+
 def parse_privacy(data: dict[str, Any], rounds: int) -> PrivacySettings:
     """The ``[privacy]`` table of server.toml (absent: no DP, no secure aggregation)."""
     table = get_field(data, "privacy", dict, "config", {})
-    dp = get_field(table, "differential_privacy", bool, "privacy", False)
-    secagg = get_field(table, "secure_aggregation", bool, "privacy", False)
-    clipping = get_field(table, "clipping_norm", float, "privacy", 1.0)
-    sigma = get_field(table, "noise_multiplier", float, "privacy", 0.0)
-    delta = get_field(table, "delta", float, "privacy", 1e-5)
-    target = get_field(table, "target_epsilon", float, "privacy", 0.0)
-    budget_rounds = get_field(table, "budget_rounds", int, "privacy", rounds)
-    shares = get_field(table, "secagg_shares", float, "privacy", 1.0)
-    threshold = get_field(table, "secagg_threshold", float, "privacy", 0.67)
-    timeout = get_field(table, "secagg_timeout_seconds", float, "privacy", 120.0)
-    clip_range = get_field(table, "secagg_clipping_range", float, "privacy", 8.0)
-    max_weight = get_field(table, "secagg_max_weight", float, "privacy", 1000.0)
+    values = read_fields(table, "privacy", PRIVACY_FIELDS)
+    dp, secagg = values["differential_privacy"], values["secure_aggregation"]
+    clipping, sigma, delta = values["clipping_norm"], values["noise_multiplier"], values["delta"]
+    target = values["target_epsilon"]
+    budget_rounds = rounds if values["budget_rounds"] is None else values["budget_rounds"]
+    shares, threshold = values["secagg_shares"], values["secagg_threshold"]
+    timeout, clip_range = values["secagg_timeout_seconds"], values["secagg_clipping_range"]
+    max_weight = values["secagg_max_weight"]
     if dp and secagg:
         raise ConfigError(
             "privacy: differential_privacy and secure_aggregation cannot be combined yet"

@@ -24,7 +24,7 @@ from typing import Any
 
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum
 
-from sleepfed.common.config_fields import ConfigError, get_field
+from sleepfed.common.config_fields import ConfigError, Field, read_fields
 
 STRATEGIES: dict[str, type[FedAvg]] = {
     "fedavg": FedAvg,
@@ -61,22 +61,21 @@ class StrategySettings:
             )
 
 
-STRATEGY_KEYS = ("strategy", "proximal_mu", "trimmed_beta", "krum_malicious_nodes")
+_DEFAULT = StrategySettings()
+# Checked by StrategySettings; part of the [federation] table.
+STRATEGY_FIELDS = (
+    Field("strategy", str, _DEFAULT.name, f"aggregation: {', '.join(STRATEGIES)}"),
+    Field("proximal_mu", float, _DEFAULT.proximal_mu, "FedProx: μ", low=0),
+    Field("trimmed_beta", float, _DEFAULT.trimmed_beta, "FedTrimmedAvg: β, below 0.5", low=0),
+    Field("krum_malicious_nodes", int, _DEFAULT.krum_malicious_nodes, "Krum: f", low=0),
+)
+STRATEGY_KEYS = tuple(f.key for f in STRATEGY_FIELDS)
 
 
 def parse_strategy(federation: dict[str, Any]) -> StrategySettings:
     """The strategy fields of the ``[federation]`` table."""
-    default = StrategySettings()
-    return StrategySettings(
-        name=get_field(federation, "strategy", str, "federation", default.name),
-        proximal_mu=get_field(federation, "proximal_mu", float, "federation", default.proximal_mu),
-        trimmed_beta=get_field(
-            federation, "trimmed_beta", float, "federation", default.trimmed_beta
-        ),
-        krum_malicious_nodes=get_field(
-            federation, "krum_malicious_nodes", int, "federation", default.krum_malicious_nodes
-        ),
-    )
+    values = read_fields(federation, "federation", STRATEGY_FIELDS)
+    return StrategySettings(name=values.pop("strategy"), **values)
 
 
 def run_config_entries(settings: StrategySettings) -> dict[str, str | float | int]:

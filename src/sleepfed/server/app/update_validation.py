@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
-from sleepfed.common.config_fields import ConfigError, get_field
+from sleepfed.common.config_fields import ConfigError, Field, get_field, read_fields
 
 log = logging.getLogger("sleepfed.server")
 
@@ -321,41 +321,34 @@ def canonical_evaluate_replies(
     return kept
 
 
+_RULES = ValidationRules()
+VALIDATION_FIELDS = (
+    Field("mad_k", float, _RULES.mad_k, "reject updates this many MADs from the median",
+          above=0),
+    Field("max_update_norm", float, _RULES.max_update_norm, "reject longer updates; 0: no cap",
+          low=0),
+    Field("max_num_examples", int, _RULES.max_num_examples, "cap on a reply's num-examples",
+          low=1),
+    Field("max_examples_median_multiple", float, _RULES.max_examples_median_multiple,
+          "reject num-examples above this multiple of the round's median; 0: off"),
+)  # fmt: skip
+
+
 def parse_validation(data: dict[str, object]) -> ValidationRules:
     """The ``[validation]`` table of server.toml (absent: the defaults above)."""
     table = get_field(data, "validation", dict, "config", {})
-    mad_k = get_field(table, "mad_k", float, "validation", 3.5)
-    cap = get_field(table, "max_update_norm", float, "validation", 0.0)
-    max_examples = get_field(table, "max_num_examples", int, "validation", DEFAULT_MAX_NUM_EXAMPLES)
-    multiple = get_field(
-        table,
-        "max_examples_median_multiple",
-        float,
-        "validation",
-        DEFAULT_MAX_EXAMPLES_MEDIAN_MULTIPLE,
-    )
-    if mad_k <= 0:
-        raise ConfigError(f"validation.mad_k: must be > 0, got {mad_k}")
-    if cap < 0:
-        raise ConfigError(f"validation.max_update_norm: must be >= 0, got {cap}")
-    if max_examples < 1:
-        raise ConfigError(f"validation.max_num_examples: must be >= 1, got {max_examples}")
+    values = read_fields(table, "validation", VALIDATION_FIELDS)
+    multiple = values["max_examples_median_multiple"]
     if multiple != 0 and multiple < 1:
         raise ConfigError(
             f"validation.max_examples_median_multiple: must be >= 1 (0 = off), got {multiple}"
         )
-    return ValidationRules(
-        mad_k=mad_k,
-        max_update_norm=cap,
-        max_num_examples=max_examples,
-        max_examples_median_multiple=multiple,
-    )
+    return ValidationRules(**values)
 
 
 def run_config_entries(rules: ValidationRules) -> dict[str, float | int]:
     """The run-config keys the ServerApp reads back with :func:`rules_from_run_config`
-    (each must also be in src/sleepfed/server/app/flower_app/pyproject.toml: Flower refuses unknown
-    keys)."""
+    (each must also be in flower_app/pyproject.toml: Flower refuses unknown keys)."""
     return {
         "validation-mad-k": rules.mad_k,
         "validation-max-update-norm": rules.max_update_norm,

@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sleepfed.common.config_fields import ConfigError, get_field, parse_metrics
+from sleepfed.common.config_fields import (
+    METRICS_FIELDS,
+    ConfigError,
+    Field,
+    checked_path,
+    get_field,
+    parse_metrics,
+    parse_strictly,
+    read_fields,
+    read_toml,
+)
 from sleepfed.model import objective
-from sleepfed.server.app.privacy import PrivacySettings, parse_privacy
-from sleepfed.server.app.strategies import StrategySettings, parse_strategy
-from sleepfed.server.app.update_validation import ValidationRules, parse_validation
+from sleepfed.server.app.privacy import PRIVACY_FIELDS, PrivacySettings, parse_privacy
+from sleepfed.server.app.strategies import STRATEGY_FIELDS, StrategySettings, parse_strategy
+from sleepfed.server.app.update_validation import (
+    VALIDATION_FIELDS,
+    ValidationRules,
+    parse_validation,
+)
 
 __all__ = ["ConfigError", "ServerConfig", "load_config", "parse_config"]
 
@@ -63,98 +78,107 @@ class ServerConfig:
         return f"127.0.0.1:{self.superlink_port}"
 
 
-def parse_config(data: dict[str, Any], base: Path) -> ServerConfig:
-    from sleepfed.common.config_fields import checked_path
+SERVER_FIELDS = (
+    Field("state_dir", str, help="history, registry, SuperLink state (relative: to this file)"),
+    Field("host", str, "127.0.0.1", "the boards' address: the fleet proxy listens here"),
+    Field("port", int, 9093, "its port", 1, 65535),
+    Field("superlink_port", int, DEFAULT_SUPERLINK_PORT, "the SuperLink's, on 127.0.0.1", 1,
+          65535),
+    Field("insecure", bool, False, "no TLS (tests only)"),
+    Field("node_auth", bool, None, "only enrolled boards join (default: on unless insecure)"),
+    Field("certfile", str, None, "the server's certificate (PEM); required unless insecure"),
+    Field("keyfile", str, None, "its key (PEM); required unless insecure"),
+    Field("ca_certfile", str, None, "the CA boards pin (PEM); required unless insecure"),
+    Field("reconcile_seconds", float, 30.0, "apply the board registry this often", 1, 60),
+)  # fmt: skip
+RUN_FIELDS = (
+    Field("rounds", int, 5, "rounds per run", low=1),
+    Field("min_nodes", int, 2, "boards a round needs", low=1),
+    Field("fraction_train", float, 1.0, "share of boards sampled to train", 0, 1),
+    Field("fraction_evaluate", float, 1.0, "share of boards sampled to evaluate", 0, 1),
+    Field("local_iterations", int, objective.DEFAULT_STEPS, "a board's steps per round", low=1),
+    Field("learning_rate", float, objective.DEFAULT_LEARNING_RATE, "their step size", high=2,
+          above=0),
+    Field("round_timeout_seconds", float, 600.0, "a round waits this long for replies"),
+    Field("run_interval_minutes", float, 0.0, "start a new run this often; 0: one run"),
+)  # fmt: skip
+FEDERATION_FIELDS = (*RUN_FIELDS, *STRATEGY_FIELDS)
+EVALUATION_FIELDS = (
+    Field("data", str, "", "the Walch 2019 folder for held-out scoring; empty: none"),
+    Field("subjects", list, [], "held-out subject ids"),
+)
+# (label, fields) in the order docs/configuration.md lists them
+REFERENCE = (
+    ("`[server]`", SERVER_FIELDS),
+    ("`[federation]`", FEDERATION_FIELDS),
+    ("`[evaluation]`", EVALUATION_FIELDS),
+    ("`[validation]`", VALIDATION_FIELDS),
+    ("`[privacy]`", PRIVACY_FIELDS),
+    ("`[metrics]`", METRICS_FIELDS),
+)
 
+
+def _tls_paths(server: dict[str, Any], path_of: Callable[[str, str], Path]) -> dict[str, Any]:
+    if server["insecure"]:
+        return {key: None for key in ("certfile", "keyfile", "ca_certfile")}
+    paths = {}
+    for key in ("certfile", "keyfile", "ca_certfile"):
+        if server[key] is None:
+            raise ConfigError(f"server.{key}: missing")
+        paths[key] = path_of(server[key], f"server.{key}")
+    return paths
+
+
+def parse_config(data: dict[str, Any], base: Path) -> ServerConfig:
     def path_of(text: str, name: str) -> Path:
         return checked_path(text, name, base).resolve()
 
-    server = get_field(data, "server", dict, "config")
+    server = read_fields(get_field(data, "server", dict, "config"), "server", SERVER_FIELDS)
     fed = get_field(data, "federation", dict, "config", {})
-    evaluation = get_field(data, "evaluation", dict, "config", {})
-    insecure = get_field(server, "insecure", bool, "server", False)
-    node_auth = get_field(server, "node_auth", bool, "server", not insecure)
-    if node_auth and insecure:
+    core = read_fields(fed, "federation", RUN_FIELDS)
+    evaluation = read_fields(
+        get_field(data, "evaluation", dict, "config", {}), "evaluation", EVALUATION_FIELDS
+    )
+    node_auth = not server["insecure"] if server["node_auth"] is None else server["node_auth"]
+    if node_auth and server["insecure"]:
         raise ConfigError("server.node_auth: needs TLS (server.insecure = false)")
-    tls = {
-        key: (
-            path_of(get_field(server, key, str, "server"), f"server.{key}")
-            if not insecure
-            else None
-        )
-        for key in ("certfile", "keyfile", "ca_certfile")
-    }
-    rounds = get_field(fed, "rounds", int, "federation", 5)
-    min_nodes = get_field(fed, "min_nodes", int, "federation", 2)
-    if rounds < 1:
-        raise ConfigError(f"federation.rounds: must be >= 1, got {rounds}")
-    if min_nodes < 1:
-        raise ConfigError(f"federation.min_nodes: must be >= 1, got {min_nodes}")
-    fractions = {}
-    for key in ("fraction_train", "fraction_evaluate"):
-        value = get_field(fed, key, float, "federation", 1.0)
-        if not 0.0 <= value <= 1.0:
-            raise ConfigError(f"federation.{key}: must be within 0..1, got {value}")
-        fractions[key] = value
-    local_iterations = get_field(
-        fed, "local_iterations", int, "federation", objective.DEFAULT_STEPS
-    )
-    if local_iterations < 1:
-        raise ConfigError(f"federation.local_iterations: must be >= 1, got {local_iterations}")
-    learning_rate = get_field(
-        fed, "learning_rate", float, "federation", objective.DEFAULT_LEARNING_RATE
-    )
-    if not 0.0 < learning_rate <= 2.0:
-        raise ConfigError(f"federation.learning_rate: must be within (0, 2], got {learning_rate}")
-    port = get_field(server, "port", int, "server", 9093)
-    if not 0 < port < 65536:
-        raise ConfigError(f"server.port: no such port {port}")
-    superlink_port = get_field(server, "superlink_port", int, "server", DEFAULT_SUPERLINK_PORT)
-    if not 0 < superlink_port < 65536 or superlink_port == port:
+    tls = _tls_paths(server, path_of)
+    if server["superlink_port"] == server["port"]:
         raise ConfigError(
-            f"server.superlink_port: a free port other than server.port, got {superlink_port}"
+            f"server.superlink_port: a free port other than server.port, got "
+            f"{server['superlink_port']}"
         )
-    reconcile = get_field(server, "reconcile_seconds", float, "server", 30.0)
-    if not 1.0 <= reconcile <= 60.0:
-        raise ConfigError(f"server.reconcile_seconds: must be within 1..60, got {reconcile}")
-    data_dir = get_field(evaluation, "data", str, "evaluation", "")
-    subjects = get_field(evaluation, "subjects", list, "evaluation", [])
-    if not all(isinstance(s, str) for s in subjects):
+    if not all(isinstance(s, str) for s in evaluation["subjects"]):
         raise ConfigError("evaluation.subjects: expected a list of strings")
     metrics = parse_metrics(data)
     return ServerConfig(
-        state_dir=path_of(get_field(server, "state_dir", str, "server"), "server.state_dir"),
-        host=get_field(server, "host", str, "server", "127.0.0.1"),
-        port=port,
-        insecure=insecure,
+        state_dir=path_of(server["state_dir"], "server.state_dir"),
+        host=server["host"],
+        port=server["port"],
+        insecure=server["insecure"],
         node_auth=node_auth,
-        certfile=tls["certfile"],
-        keyfile=tls["keyfile"],
-        ca_certfile=tls["ca_certfile"],
-        rounds=rounds,
-        min_nodes=min_nodes,
-        fraction_train=fractions["fraction_train"],
-        fraction_evaluate=fractions["fraction_evaluate"],
-        local_iterations=local_iterations,
-        learning_rate=learning_rate,
-        round_timeout_seconds=get_field(fed, "round_timeout_seconds", float, "federation", 600.0),
-        run_interval_seconds=60.0
-        * get_field(fed, "run_interval_minutes", float, "federation", 0.0),
-        eval_data=path_of(data_dir, "evaluation.data") if data_dir else None,
-        eval_subjects=subjects,
-        privacy=parse_privacy(data, rounds),
+        **tls,
+        rounds=core["rounds"],
+        min_nodes=core["min_nodes"],
+        fraction_train=core["fraction_train"],
+        fraction_evaluate=core["fraction_evaluate"],
+        local_iterations=core["local_iterations"],
+        learning_rate=core["learning_rate"],
+        round_timeout_seconds=core["round_timeout_seconds"],
+        run_interval_seconds=60.0 * core["run_interval_minutes"],
+        eval_data=path_of(evaluation["data"], "evaluation.data") if evaluation["data"] else None,
+        eval_subjects=evaluation["subjects"],
+        privacy=parse_privacy(data, core["rounds"]),
         validation=parse_validation(data),
         strategy=parse_strategy(fed),
         metrics_host=metrics[0],
         metrics_port=metrics[1],
-        superlink_port=superlink_port,
-        reconcile_seconds=reconcile,
+        superlink_port=server["superlink_port"],
+        reconcile_seconds=server["reconcile_seconds"],
     )
 
 
 def load_config(path: str | Path) -> ServerConfig:
-    from sleepfed.common.config_fields import parse_strictly, read_toml
-
     path = Path(path)
     base = path.parent.resolve()
     return parse_strictly(read_toml(path), lambda data: parse_config(data, base))
