@@ -35,5 +35,5 @@ bench: install
 	$(PY) benchmarks/bench_fuzz.py
 	$(PY) benchmarks/bench_qemu_round.py --data $(abspath $(DATA))
 	$(PY) benchmarks/bench_federated.py --data $(abspath $(DATA))
-	# the docs' generated tables from benchmarks/results/*.json (tests/test_docs.py checks them)
+	# the docs' generated tables from benchmarks/results/*.json (tests/unit/test_docs.py checks them)
 	$(PY) -m sleepfed_tools.bench_tables --write

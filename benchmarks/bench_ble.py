@@ -51,10 +51,11 @@ from sleepfed.board.sources.ble_source import BleDeviceConfig, BleSource
 from sleepfed.board.sources.protocol import Kind, Reading
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
 
 from bench_ingest import fs_type  # noqa: E402
-from helpers import stop_agent, write_agent_config  # noqa: E402
+
+from tests.support.helpers import stop_agent, write_agent_config  # noqa: E402
 
 WEARABLE_MAX_PER_S = 4.0  # the fastest wearable: 4 notifications/s
 GOAL_HEADROOM = 1000.0

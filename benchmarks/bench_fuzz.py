@@ -1,5 +1,5 @@
 """Fuzzing throughput: a million mutated and random serial lines and a million BLE payloads
-through the agent's real parsers (tests/fuzzing.py), with every rejection counted by reason.
+through the agent's real parsers (tests/support/fuzzing.py), with every rejection counted by reason.
 
 Not a test: it prints a table, the rejection counts, and one final JSON line. Each rate is
 also given as a ratio to a baseline measured in the same run (valid lines, valid payloads
@@ -20,12 +20,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-
-from fuzzing import FuzzTally, _valid_line, _valid_payload, fuzz_ble, fuzz_serial  # noqa: E402
+sys.path.insert(0, str(REPO))
 
 from sleepfed.board.sources.ble_source import BleDeviceConfig, BleSource, DeviceLink  # noqa: E402
 from sleepfed.board.sources.serial_source import SerialSource  # noqa: E402
+from tests.support.fuzzing import FuzzTally, _valid_line, _valid_payload, fuzz_ble, fuzz_serial  # noqa: E402
 
 
 def timed(fn):  # type: ignore[no-untyped-def]

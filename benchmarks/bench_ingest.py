@@ -36,9 +36,9 @@ from sleepfed.board.sources.protocol import Kind, Reading, format_reading, parse
 from sleepfed.model.features import walch_subjects
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
 
-from helpers import stop_agent, write_agent_config  # noqa: E402
+from tests.support.helpers import stop_agent, write_agent_config  # noqa: E402
 
 GOAL_READINGS_PER_S = 100_000
 DEFAULT_BATCH = 2000  # sleepfed.board.service.config default buffer.batch_max_readings

@@ -5,7 +5,7 @@ Not a test: it prints tables and one final JSON line with every figure.
     python benchmarks/bench_load.py --data ../shared/data [--boards 20 --rounds 3 --rate 50]
 
 Each board is a real ``sleepfed-agent run`` daemon fed over its own PTY by a replay of real
-Walch 2019 nights at ``--rate`` readings/s for the whole run (tests/load_fleet.py), holding
+Walch 2019 nights at ``--rate`` readings/s for the whole run (tests/support/load_fleet.py), holding
 one extracted Walch night to train on, with its own P-384 node key registered in the
 server's board registry (node authentication), talking to one ``sleepfed-server run --once``
 (TLS SuperLink + ServerApp) through its own TLS-terminating capture proxy, which records
@@ -40,9 +40,10 @@ from pathlib import Path
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
 
-from load_fleet import (  # noqa: E402
+from sleepfed.board.buffer.counter_classes import NODE_FAULT_CLASSES  # noqa: E402
+from tests.support.load_fleet import (  # noqa: E402
     Fleet,
     RpcBytes,
     board_bytes,
@@ -58,8 +59,6 @@ from load_fleet import (  # noqa: E402
     tls_handshake_bytes,
     wait_connected,
 )
-
-from sleepfed.board.buffer.counter_classes import NODE_FAULT_CLASSES  # noqa: E402
 
 MB = 2**20
 GOAL_BYTES_PER_BOARD_ROUND = 10_000

@@ -6,7 +6,7 @@ to a bare Python interpreter measured in the same run.
 
     python benchmarks/bench_memory.py --data ../shared/data
 
-The federation is the one the tests start (tests/federation_helpers.py): a TLS SuperLink
+The federation is the one the tests start (tests/support/federation_helpers.py): a TLS SuperLink
 (``sleepfed-server run --once``, 1 round, min_nodes=2, held-out Walch subjects) and two
 agent daemons whose buffers already hold one extracted Walch night. psutil samples every
 0.2 s: the daemon process alone, the board's whole process tree (daemon + flower-supernode
@@ -34,9 +34,9 @@ import psutil
 import record
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
 
-from federation_helpers import (  # noqa: E402
+from tests.support.federation_helpers import (  # noqa: E402
     board_state,
     free_port,
     pki,

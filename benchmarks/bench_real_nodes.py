@@ -21,9 +21,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
 
-from node_fleet import run_fleet  # noqa: E402
+from tests.support.node_fleet import run_fleet  # noqa: E402
 
 
 def main() -> None:

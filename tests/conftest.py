@@ -1,4 +1,4 @@
-"""Fixtures shared by the test modules (helpers live in tests/helpers.py)."""
+"""Fixtures shared by the test modules (helpers live in tests/support/helpers.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import data_root, start_agent, stop_agent
 
-pytest_plugins = ["ci_no_skips"]
+from tests.support.helpers import data_root, start_agent, stop_agent
+
+pytest_plugins = ["tests.support.ci_no_skips"]
 
 
 @pytest.fixture(scope="session")
@@ -44,4 +45,4 @@ def agent_procs() -> Iterator[Callable[[Path], subprocess.Popen[bytes]]]:
         stop_agent(proc, timeout=5)
 
 
-from bluez.fixtures import bluez_fixture  # noqa: E402, F401  (the `bluez` fixture)
+from tests.bluez.fixtures import bluez_fixture  # noqa: E402, F401  (the `bluez` fixture)

@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 def bluez_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BlueZStandIn]:
     """A BlueZ stand-in on a private system bus (``DBUS_SYSTEM_BUS_ADDRESS`` set meanwhile).
 
-    Import it as ``from bluez.fixtures import bluez_fixture`` (the fixture is named ``bluez``).
+    Import it as ``from tests.bluez.fixtures import bluez_fixture``
+    (the fixture is named ``bluez``).
     The server's call log (every D-Bus call and signal) stays in pytest's temporary folder
     (``bluez.log_path``; ``bluez.log_text()``).
     """

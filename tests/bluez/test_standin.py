@@ -26,7 +26,6 @@ from bleak.exc import (
 )
 from sleepfed_tools.bluez_standin import BlueZStandIn
 
-from bluez.fixtures import bluez_fixture  # noqa: F401 - provides the fixture `bluez`
 from sleepfed.board.sources.ble_parsing import (
     ENVIRONMENTAL_SENSING_SERVICE,
     HEART_RATE_MEASUREMENT,
@@ -35,6 +34,7 @@ from sleepfed.board.sources.ble_parsing import (
     MOVEMENT,
     MOVEMENT_SERVICE,
 )
+from tests.bluez.fixtures import bluez_fixture  # noqa: F401 - provides the fixture `bluez`
 
 CCCD = "00002902-0000-1000-8000-00805f9b34fb"
 

@@ -7,7 +7,7 @@ resolved mounts) and real containers of the real images — the server and board
 real flow (`up -d server board2`: the server makes the PKI and hands out ca.pem, board2
 enrolls and hands in its request), then board1's container (`docker-compose run --no-deps
 board1`: exactly board1's mounts, user and image) probes everything it can reach.
-Gated as tests/test_docker_images.py (SLEEPFED_DOCKER_TESTS=1, the shared ``images``
+Gated as tests/system/test_docker_images.py (SLEEPFED_DOCKER_TESTS=1, the shared ``images``
 fixture): in CI it runs, and fails when docker is missing.
 """
 
@@ -25,7 +25,8 @@ from typing import Any
 
 import pytest
 import yaml
-from docker_helpers import COMPOSE, DOCKER_TESTS, REPO, docker, docker_env, images  # noqa: F401
+
+from tests.support.docker_helpers import COMPOSE, DOCKER_TESTS, REPO, docker, docker_env, images  # noqa: F401
 
 pytestmark = DOCKER_TESTS
 
@@ -221,8 +222,9 @@ def board_mounts(resolved: dict[str, Any], board: str) -> set[tuple[str, str, bo
 
 
 def test_boards_mount_only_their_own_volumes(resolved: dict[str, Any], attack: Attack) -> None:
-    """Every board: the data and fleet script read-only, the public CA read-only, its own
-    request and buffer volumes; nothing of the server's or another board's."""
+    """Every board: the data, the fleet script and the replay tool read-only, the public CA
+    read-only, its own request and buffer volumes; nothing of the server's or another
+    board's."""
     extra = {}
     for board in BOARDS:
         mounts = board_mounts(resolved, board)
@@ -233,7 +235,10 @@ def test_boards_mount_only_their_own_volumes(resolved: dict[str, Any], attack: A
         }
         named = {m for m in mounts if not m[0].startswith("/")}
         binds = {(t, ro) for s, t, ro in mounts if s.startswith("/")}
-        if named != allowed or binds != {("/data", True), ("/fleet", True)}:
+        # read-only binds: the data sets, the fleet script, the replay (a dev tool not in
+        # the image)
+        read_only = {("/data", True), ("/fleet", True), ("/tools/sleepfed_tools", True)}
+        if named != allowed or binds != read_only:
             extra[board] = sorted(named - allowed) + sorted(binds)
     attack(
         "board mounts what is not its own",
@@ -387,7 +392,7 @@ def test_board_cannot_reach_the_servers_loopback(
     """The SuperLink listens on the server's 127.0.0.1 only (superlink_port): a board must
     not reach it except through the fleet proxy. A stand-in listener on the server
     container's loopback; board1's container tries to connect to it."""
-    from federation_helpers import free_port
+    from tests.support.federation_helpers import free_port
 
     modes = sorted({str(s.get("network_mode")) for s in resolved["services"].values()})
     port = free_port()

@@ -22,13 +22,13 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from federation_helpers import free_port, pki
-from helpers import start_agent, stop_agent, wait_for, write_agent_config
-from test_enrollment import enroll, temp_root
 
 from sleepfed.common import private_files
 from sleepfed.provisioning.enroll import agent_toml
 from sleepfed.provisioning.pki import fingerprint_sha256
+from tests.support.federation_helpers import free_port, pki
+from tests.support.helpers import start_agent, stop_agent, wait_for, write_agent_config
+from tests.system.test_enrollment import enroll, temp_root
 
 PYTHON = sys.executable
 Attack = Callable[[str, str, str, bool], None]

@@ -1,6 +1,6 @@
 """A malicious *enrolled* board against the aggregation: a real agent, with its own key and in
 the server's registry, whose installed ClientApp lies about the scalars it reports
-(tests/adversarial_client_app.py). Its arrays are an ordinary update each time: only its
+(tests/support/adversarial_client_app.py). Its arrays are an ordinary update each time: only its
 ``num-examples`` and ``good-share`` are forged, the two scalars that weigh in the aggregation
 (FedAvg's weights, and π, the prior of every board's night estimates). One real federation
 of three boards and three rounds, one attack per round.
@@ -18,7 +18,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from federation_helpers import (
+from flwr.app import Message
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.proto import fleet_pb2, message_pb2
+from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
+
+from sleepfed.board.buffer.store import Buffer
+from sleepfed.board.training import client_app
+from sleepfed.model import logistic as model
+from sleepfed.server.app.history import History
+from sleepfed.server.ops.config import load_config
+from sleepfed.server.ops.metrics import ServerCollector
+from tests.support.federation_helpers import (
     free_port,
     pki,
     start_agent,
@@ -28,11 +39,7 @@ from federation_helpers import (
     write_board,
     write_server_config,
 )
-from flwr.app import Message
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
-from flwr.proto import fleet_pb2, message_pb2
-from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
-from privacy_helpers import (
+from tests.support.privacy_helpers import (
     append_to,
     board_update,
     fedavg,
@@ -40,14 +47,7 @@ from privacy_helpers import (
     patient,
     start_adversarial_agent,
 )
-from wire_capture import CaptureProxy, http_exchanges
-
-from sleepfed.board.buffer.store import Buffer
-from sleepfed.board.training import client_app
-from sleepfed.model import logistic as model
-from sleepfed.server.app.history import History
-from sleepfed.server.ops.config import load_config
-from sleepfed.server.ops.metrics import ServerCollector
+from tests.support.wire_capture import CaptureProxy, http_exchanges
 
 Attack = Callable[[str, str, str, bool], None]
 BOARD_SUBJECTS = ["4426783", "8258170", "9106476"]  # the last one is the attacker's
@@ -160,7 +160,7 @@ def test_a_board_forging_its_scalars_outweighs_no_one(
 
 # Two boards with different window counts, so that a weighted and an equal-weight mean differ
 SECAGG_SUBJECTS = ["4426783", "4018081"]  # 37 and 18 training windows
-# SecAgg+ quantisation: about 1e-4 on a coefficient (tests/test_secure_aggregation.py)
+# SecAgg+ quantisation: about 1e-4 on a coefficient (tests/system/test_secure_aggregation.py)
 QUANTISATION_TOLERANCE = 1e-3
 # The SecAgg+ protocol's own records (keys, shares, masked vector) and the reply status
 PROTOCOL_RECORDS = {RECORD_KEY_CONFIGS, "fitres.status", "evaluateres.status"}

@@ -21,7 +21,14 @@ from pathlib import Path
 import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
-from federation_helpers import (
+from flwr.proto.fleet_pb2 import ActivateNodeRequest
+from flwr.supercore.date import now
+from flwr.supercore.primitives.asymmetric import public_key_to_bytes, sign_message
+
+from sleepfed.common.flower_process import flower_bin, flower_environment
+from sleepfed.server.fleet.boards import Registry
+from sleepfed.server.ops.config import ServerConfig, load_config
+from tests.support.federation_helpers import (
     free_port,
     node_key,
     pki,
@@ -31,13 +38,6 @@ from federation_helpers import (
     wait_for,
     write_server_config,
 )
-from flwr.proto.fleet_pb2 import ActivateNodeRequest
-from flwr.supercore.date import now
-from flwr.supercore.primitives.asymmetric import public_key_to_bytes, sign_message
-
-from sleepfed.common.flower_process import flower_bin, flower_environment
-from sleepfed.server.fleet.boards import Registry
-from sleepfed.server.ops.config import ServerConfig, load_config
 
 Attack = Callable[[str, str, str, bool], None]
 HELD_OUT = ["1066528"]

@@ -10,7 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from federation_helpers import free_port, pki, write_server_config
+
+from tests.support.federation_helpers import free_port, pki, write_server_config
 
 Attack = Callable[[str, str, str, bool], None]
 INJECTED = "/tmp/x.pem;\\n        location /v1/control/ { proxy_pass https://127.0.0.1:9099; }"

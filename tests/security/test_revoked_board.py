@@ -13,7 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from federation_helpers import (
+
+from sleepfed.server.app.history import History
+from tests.support.federation_helpers import (
     board_state,
     free_port,
     pki,
@@ -24,8 +26,6 @@ from federation_helpers import (
     write_board,
     write_server_config,
 )
-
-from sleepfed.server.app.history import History
 
 Attack = Callable[[str, str, str, bool], None]
 SUBJECTS = {"board-a": "4426783", "board-b": "8258170", "board-c": "9106476"}

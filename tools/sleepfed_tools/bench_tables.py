@@ -1,6 +1,6 @@
 """The benchmark tables of docs/benchmarks.md, made from the figures ``make bench`` keeps in
 ``benchmarks/results/<bench>.json`` (benchmarks/record.py): ``python -m
-sleepfed_tools.bench_tables --write`` rewrites each generated section; tests/test_docs.py
+sleepfed_tools.bench_tables --write`` rewrites each generated section; tests/unit/test_docs.py
 fails when one differs from its results file."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The key tables of docs/configuration.md ("Every key"), made from the field tables the
 parsers read with (``REFERENCE`` of sleepfed.board.service.config and
 sleepfed.server.ops.config): ``python -m sleepfed_tools.config_reference --write`` rewrites
-the section; tests/test_docs.py fails when it is out of date."""
+the section; tests/unit/test_docs.py fails when it is out of date."""
 
 from __future__ import annotations
 

@@ -170,7 +170,8 @@ def estimated_efficiency(good_probabilities: np.ndarray, good_share: float | Non
     moved back to that prior (odds × π/(1−π)) and the estimate is their mean: the expected
     share of Good windows. Without it (no round has sent one yet), the share of windows whose
     probability is ≥ 0.5, which runs low for good sleepers (on Walch 2019, leave-subjects-out:
-    MAE 16.9 points against the PSG share of Good windows, 7.8 calibrated; tests/test_features.py).
+    MAE 16.9 points against the PSG share of Good windows, 7.8 calibrated;
+    tests/unit/test_features.py).
     """
     if len(good_probabilities) == 0:
         return float("nan")

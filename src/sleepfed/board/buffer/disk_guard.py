@@ -22,7 +22,7 @@ log = logging.getLogger("sleepfed.agent")
 # needs room even on a full disk. Deleting rows writes to the WAL, and the checkpoint that
 # gives the space back first copies the WAL's pages into the file, which may grow it by up
 # to the WAL's size (1 MB): with a reserve of just that size evicting could still fail (seen
-# in tests/test_faults_disk.py), so it holds twice that.
+# in tests/faults/test_faults_disk.py), so it holds twice that.
 RESERVE_BYTES = 2 * WAL_SIZE_LIMIT_BYTES
 CAP_CHUNK_ROWS = 20_000
 FREE_CHUNK_ROWS = 5000

@@ -1,0 +1,160 @@
+"""A real Walch night replayed as BLE notifications (through the BlueZ stand-in) plus its PSG
+labels over a serial reference device: the board's windows match the data set's."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import numpy as np
+from sleepfed_tools.bluez_standin import BlueZStandIn
+from sleepfed_tools.replay import (
+    PtyLink,
+    default_night_start,
+    replay,
+    replay_ble,
+    walch_ble_notifications,
+    walch_labels,
+)
+
+from sleepfed.board.buffer.store import Buffer
+from sleepfed.board.nights.schedule import night_of
+from sleepfed.board.nights.tracker import extract_night
+from sleepfed.board.sources.ble_parsing import MOVEMENT
+from sleepfed.model.features import load_walch_subject, night_windows
+from tests.support.helpers import agent_status, wait_connected, wait_for, write_agent_config
+
+SUBJECT = "1455390"
+ADDRESS = "C0:FF:EE:00:00:05"
+UTC = ZoneInfo("UTC")
+
+
+def board_config(tmp_path: Path, port: str) -> Path:
+    sources = f"""
+[[sources]]
+type = "ble"
+name = "wearable"
+
+[[sources.devices]]
+name = "strap"
+address = "{ADDRESS}"
+movement_characteristic = "{MOVEMENT}"
+"""
+    return write_agent_config(
+        tmp_path / "agent.toml",
+        buffer=tmp_path / "buffer.db",
+        ports={"reference": port},
+        settle_seconds=3600,
+        extra=sources,
+    )
+
+
+def compare_with_dataset(buffer_path: Path, walch_dir: Path, night_start: float) -> None:
+    night = night_of(night_start, UTC)
+    buffer = Buffer(buffer_path)
+    try:
+        extract_night(buffer, night, UTC)
+        rows = buffer.windows(night)
+    finally:
+        buffer.close()
+    expected = night_windows(load_walch_subject(walch_dir, SUBJECT))
+    got = np.array([r[2] for r in rows])
+    labels = np.array([-1 if r[3] is None else r[3] for r in rows])
+    assert got.shape == expected.features.shape
+    assert (labels == expected.labels).all()
+    # Activity, time and circadian features are exact (float32 counts); heart rate is sent
+    # as whole bpm over BLE, which moves its z-scores a little.
+    activity_and_time = [0, 1, 2, 3, 4, 5, 10, 11]
+    assert np.allclose(
+        got[:, activity_and_time], expected.features[:, activity_and_time], atol=1e-4
+    )
+    assert np.abs(got[:, 6:10] - expected.features[:, 6:10]).max() < 0.1
+
+
+def test_a_walch_night_over_ble_gives_the_data_sets_windows(
+    tmp_path: Path, walch_dir: Path, bluez: BlueZStandIn, agent_procs: Any
+) -> None:
+    bluez.add_heart_rate_sensor(ADDRESS, with_illuminance=False, with_current_time=True)
+    bluez.advertise(ADDRESS)
+    with PtyLink() as link:
+        config = board_config(tmp_path, link.device_path)
+        proc = agent_procs(config)
+        wait_connected(config, expected="2/2", timeout=30, proc=proc)
+        night_start = default_night_start()
+        labels = replay(
+            walch_labels(walch_dir, SUBJECT, night_start), link.write, None, drain=link.drain
+        )
+        sent = replay_ble(
+            walch_ble_notifications(walch_dir, SUBJECT, night_start),
+            lambda uuid, value: bluez.notify(ADDRESS, uuid, value),
+            lambda uuid: bluez.wait_until_notifying(ADDRESS, uuid, timeout=20),
+        )
+        epochs = len(load_walch_subject(walch_dir, SUBJECT).hr)
+        assert sent == 4 * epochs
+        wait_for(
+            lambda: (
+                (s := agent_status(config))
+                and s["accepted"].get("hr") == epochs
+                and s["accepted"].get("lbl") == labels
+            ),
+            60,
+            message="every heart rate and label committed",
+        )
+        status = agent_status(config)
+        assert status is not None
+        assert status["accepted"] == {"hr": epochs, "rr": epochs, "mov": epochs, "lbl": labels}
+        assert status["rejected"] == {}
+
+    compare_with_dataset(tmp_path / "buffer.db", walch_dir, night_start)
+
+
+def test_replay_cli_ble_mode(tmp_path: Path, walch_dir: Path, agent_procs: Any) -> None:
+    """`sleepfed-replay --ble`: its own stand-in; an agent on that bus reads the night."""
+    replayer = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sleepfed_tools.replay",
+            "--data",
+            str(walch_dir),
+            "--subject",
+            SUBJECT,
+            "--ble",
+            ADDRESS,
+            "--pty",
+            "--linger",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert replayer.stdout is not None
+        bus = replayer.stdout.readline().strip()
+        assert bus.startswith("DBUS_SYSTEM_BUS_ADDRESS=unix:")
+        assert replayer.stdout.readline().startswith(f"BLE wearable {ADDRESS}")
+        pty_line = replayer.stdout.readline().split()
+        assert pty_line[0] == "PTY"
+        config = board_config(tmp_path, pty_line[1])
+        os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = bus.split("=", 1)[1]
+        try:
+            agent_procs(config)
+        finally:
+            del os.environ["DBUS_SYSTEM_BUS_ADDRESS"]
+        out, _ = replayer.communicate(timeout=120)
+        assert replayer.returncode == 0, out
+        epochs = len(load_walch_subject(walch_dir, SUBJECT).hr)
+        assert f"replayed {4 * epochs} BLE notifications" in out
+        wait_for(
+            lambda: (s := agent_status(config)) and s["accepted"].get("hr") == epochs,
+            30,
+            message="the replayed heart rates",
+        )
+    finally:
+        if replayer.poll() is None:
+            replayer.kill()
