@@ -37,8 +37,7 @@ ARCHES = {"amd64": "linux/amd64", "arm64": "linux/arm64"}
 ROUND = """
 import json, time, sys
 t0 = time.perf_counter()
-import sleepfed.board.training.client_app  # noqa: F401  (flwr, numpy; what the ClientApp process
-imports)
+import sleepfed.board.training.client_app  # noqa: F401  (what the ClientApp process imports)
 from sleepfed.model import logistic as model
 from sleepfed.model.features import walch_dataset
 t1 = time.perf_counter()

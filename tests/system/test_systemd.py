@@ -346,8 +346,8 @@ import numpy as np
 import bleak, flwr, grpc, serial
 from cryptography.hazmat.primitives.asymmetric import ec
 from sklearn.linear_model import LogisticRegression
-import sleepfed.board.training.client_app, sleepfed.board.service.daemon,
-sleepfed.board.federation.session, sleepfed.model.logistic
+import sleepfed.board.training.client_app, sleepfed.board.service.daemon
+import sleepfed.board.federation.session, sleepfed.model.logistic
 x = np.random.default_rng(0).normal(size=(200, 4))
 print("fit", LogisticRegression().fit(x, x[:, 0] > 0).score(x, x[:, 0] > 0))
 db = sqlite3.connect("/var/lib/sleepfed/smoke.db")
