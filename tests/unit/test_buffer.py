@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from sleepfed.board.buffer.disk_guard import enforce_cap
 from sleepfed.board.buffer.store import SCHEMA_VERSION, Buffer, BufferError
 from sleepfed.board.sources.protocol import Kind, Reading
 
@@ -158,9 +159,9 @@ def test_size_cap_evicts_oldest_raw_readings_only(tmp_path: Path) -> None:
     assert buffer.counts().readings == n
     before = buffer.used_bytes()
 
-    assert buffer.enforce_cap() == 0  # no cap: nothing happens
+    assert enforce_cap(buffer) == 0  # no cap: nothing happens
     buffer.max_bytes = before // 3
-    evicted = buffer.enforce_cap()
+    evicted = enforce_cap(buffer)
     survivors = [r[0] for r in buffer.conn.execute("SELECT ts FROM readings ORDER BY id")]
     assert evicted > 0
     assert evicted + len(survivors) == n
@@ -176,11 +177,11 @@ def test_size_cap_evicts_oldest_raw_readings_only(tmp_path: Path) -> None:
 
     # A cap below what the kept tables need: every raw reading goes, nothing else does.
     buffer.max_bytes = 1
-    assert buffer.enforce_cap() == len(survivors)
+    assert enforce_cap(buffer) == len(survivors)
     assert buffer.counts().readings == 0
     assert buffer.counters()["evicted_readings"] == n
     assert _other_counts(buffer) == others
-    assert buffer.enforce_cap() == 0
+    assert enforce_cap(buffer) == 0
     buffer.close()
 
 

@@ -6,9 +6,10 @@ radio at the same moment do not come back in step."""
 
 from __future__ import annotations
 
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
-from tenacity import RetryCallState, wait_random_exponential
+if TYPE_CHECKING:  # tenacity is imported on the first retry, not on the daemon's idle path
+    from tenacity import RetryCallState, wait_random_exponential
 
 
 class _Attempt:
@@ -20,10 +21,12 @@ class _Attempt:
 
 def policy(first: float, cap: float) -> wait_random_exponential:
     """The policy as a tenacity wait (for ``tenacity.Retrying(wait=...)``)."""
+    from tenacity import wait_random_exponential
+
     return wait_random_exponential(multiplier=first, max=cap)
 
 
 def delay(attempt: int, first: float, cap: float) -> float:
     """Seconds to wait before retry ``attempt`` (1 = the first retry)."""
-    state = cast(RetryCallState, _Attempt(max(1, attempt)))
+    state = cast("RetryCallState", _Attempt(max(1, attempt)))
     return float(policy(first, cap)(state))

@@ -251,13 +251,6 @@ class Buffer:
         size = self.conn.execute("PRAGMA page_size").fetchone()[0]
         return int((pages - free) * size)
 
-    def enforce_cap(self, chunk_rows: int = 20_000) -> int:
-        """Evict the oldest raw readings until the used size is under the cap
-        (sleepfed.board.buffer.disk_guard.enforce_cap). Returns rows evicted."""
-        from sleepfed.board.buffer.disk_guard import enforce_cap
-
-        return enforce_cap(self, chunk_rows)
-
     # -- eviction (its policy: sleepfed.board.buffer.disk_guard) ---------------------------
     def evict_oldest_readings(self, rows: int) -> int:
         """Delete up to ``rows`` of the oldest raw readings in one transaction, counted as
