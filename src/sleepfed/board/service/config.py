@@ -73,6 +73,10 @@ NIGHTS_FIELDS = (
     Field("settle_seconds", float, 300.0, "a night ends this long after its last reading", 0,
           7 * 86_400),
 )  # fmt: skip
+SOURCE_FIELDS = (
+    Field("type", str, help='"serial" or "ble"', choices=("serial", "ble")),
+    Field("name", str, "", "the source's name in logs and status; empty: serial<N> or ble<N>"),
+)
 SERIAL_FIELDS = (
     Field("port", str, help="device path or pyserial URL"),
     Field("baudrate", int, 115200, low=1, high=1e8),
@@ -83,6 +87,7 @@ BLE_FIELDS = (
     Field("scan_timeout_seconds", float, 10.0, "how long one scan looks", above=0),
 )
 BLE_DEVICE_FIELDS = (
+    Field("name", str, "", "the device's name in logs; empty: its address or device<N>"),
     Field("address", str, "", "AA:BB:CC:DD:EE:FF; or give service"),
     Field("service", str, "", "a service UUID: the first device advertising it"),
     Field("movement_characteristic", str, "", "UUID of a movement characteristic (optional)"),
@@ -107,6 +112,7 @@ FEDERATION_FIELDS = (
 REFERENCE = (
     ("`[board]`", BOARD_FIELDS),
     ("`[buffer]`", BUFFER_FIELDS),
+    ("`[[sources]]`", SOURCE_FIELDS),
     ('`[[sources]]` `type = "serial"`', SERIAL_FIELDS),
     ('`[[sources]]` `type = "ble"`', BLE_FIELDS),
     ("`[[sources.devices]]`", BLE_DEVICE_FIELDS),
@@ -155,7 +161,8 @@ class AgentConfig:
 
 def _serial_source(src: dict[str, Any], where: str, index: int) -> SerialSourceConfig:
     values = read_fields(src, where, SERIAL_FIELDS)
-    return SerialSourceConfig(name=get_field(src, "name", str, where, f"serial{index}"), **values)
+    name = read_fields(src, where, SOURCE_FIELDS[1:])["name"] or f"serial{index}"
+    return SerialSourceConfig(name=name, **values)
 
 
 def _ble_source(src: dict[str, Any], where: str, index: int) -> BleSourceConfig:
@@ -166,6 +173,7 @@ def _ble_source(src: dict[str, Any], where: str, index: int) -> BleSourceConfig:
             raise ConfigError(f"{at}: expected a table")
         values = read_fields(dev, at, BLE_DEVICE_FIELDS)
         address = values["address"].upper() or None
+        name = values["name"] or address or f"device{j}"
         service = values["service"] or None
         if (address is None) == (service is None):
             raise ConfigError(f"{at}: give exactly one of address or service")
@@ -174,7 +182,7 @@ def _ble_source(src: dict[str, Any], where: str, index: int) -> BleSourceConfig:
         movement = values["movement_characteristic"] or None
         devices.append(
             BleDeviceConfig(
-                name=get_field(dev, "name", str, at, address or f"device{j}"),
+                name=name,
                 address=address,
                 service=normalize_uuid(service, f"{at}.service") if service else None,
                 movement_characteristic=(
@@ -185,7 +193,7 @@ def _ble_source(src: dict[str, Any], where: str, index: int) -> BleSourceConfig:
     if not devices:
         raise ConfigError(f"{where}.devices: at least one device")
     return BleSourceConfig(
-        name=get_field(src, "name", str, where, f"ble{index}"),
+        name=read_fields(src, where, SOURCE_FIELDS[1:])["name"] or f"ble{index}",
         devices=devices,
         **read_fields(src, where, BLE_FIELDS),
     )
