@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from sleepfed.board.federation.session import node_faults
+from sleepfed.board.federation.supernode import node_faults
 from sleepfed.server.app.history import History
 from tests.support.federation_helpers import (
     board_state,

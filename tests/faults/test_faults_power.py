@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from sleepfed_tools.replay import PtyLink
 
-from sleepfed.board.buffer.store import SCHEMA_VERSION
+from sleepfed.board.buffer.schema import SCHEMA_VERSION
 from tests.support.helpers import start_agent, stop_agent, write_agent_config
 
 T0_MS = 1_764_000_000_000

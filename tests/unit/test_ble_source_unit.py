@@ -30,6 +30,7 @@ from bleak_retry_connector import (
 )
 
 from sleepfed.board.sources import Item, SourceEvent, ble_source
+from sleepfed.board.sources.ble_link import BACKOFF, DeviceNotFound, classify
 from sleepfed.board.sources.ble_parsing import (
     CURRENT_TIME,
     HEART_RATE_MEASUREMENT,
@@ -39,13 +40,7 @@ from sleepfed.board.sources.ble_parsing import (
     MOVEMENT_SERVICE,
     format_current_time,
 )
-from sleepfed.board.sources.ble_source import (
-    BACKOFF,
-    BleDeviceConfig,
-    BleSource,
-    DeviceNotFound,
-    classify,
-)
+from sleepfed.board.sources.ble_source import BleDeviceConfig, BleSource
 from sleepfed.board.sources.protocol import Kind, Reading
 from tests.support.fake_bleak import FakePeripheral, FakeRadio
 

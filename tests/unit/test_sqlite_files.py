@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from sleepfed.board.buffer.store import SCHEMA_VERSION, Buffer
+from sleepfed.board.buffer.schema import SCHEMA_VERSION
+from sleepfed.board.buffer.store import Buffer
 from sleepfed.server.app.history import History
 
 OPENERS = 8

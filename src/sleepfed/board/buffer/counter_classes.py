@@ -39,7 +39,7 @@ SESSION_OUTCOMES: tuple[str, ...] = (
 )
 
 # What the agent reads in its running SuperNode's output
-# (sleepfed.board.federation.session.node_faults).
+# (sleepfed.board.federation.supernode.node_faults).
 NODE_FAULT_CLASSES: tuple[str, ...] = (
     "node_replies_lost",  # the SuperNode could not send a reply (the server answered 500)
     "node_restarts",  # the SuperNode's pulling ended on a server error: stopped and restarted

@@ -7,14 +7,14 @@ of the daemon's memory between windows. The SuperNode starts a fresh ClientApp p
 
 Connection attempts are wrapped in tenacity: exponential backoff with full jitter, capped,
 retried only on transient errors (server unreachable, node lost), given up at once on
-configuration or authentication errors, and never past the window's end.
+configuration or authentication errors, and never past the window's end. Which errors are
+which: sleepfed.board.federation.server_probe (the server) and
+sleepfed.board.federation.supernode (what the node's output says).
 """
 
 from __future__ import annotations
 
 import logging
-import socket
-import ssl
 import subprocess
 import threading
 import time
@@ -29,120 +29,24 @@ from tenacity import (
 )
 
 from sleepfed.board.federation.outcome import SessionOutcome
+from sleepfed.board.federation.server_probe import PermanentError, TransientError, probe_server
+from sleepfed.board.federation.supernode import (
+    PERMANENT_MARKERS,
+    log_tail,
+    node_faults,
+    supernode_command,
+    whole_lines_from,
+)
 from sleepfed.board.service.config import FederationConfig
 from sleepfed.board.training.code_guard import guarded_environment
 from sleepfed.common import backoff
-from sleepfed.common.flower_process import flower_bin, flower_environment, stop_process_group
+from sleepfed.common.flower_process import flower_environment, stop_process_group
 
 log = logging.getLogger("sleepfed.federation")
 
-PROBE_TIMEOUT_SECONDS = 5.0
 STOP_GRACE_SECONDS = 10.0
-# Flower refuses to activate a node whose previous connection it still counts as online
-# (until two 30-s heartbeats are missed: e.g. the server restarted before the node could
-# say goodbye). Such a refusal looks like an unknown or revoked key (exit code 305), so it is
-# retried for federation.activation_patience_seconds (75 s) before the session counts as
-# refused.
 # After the ClientApp stored the run's final model, the node still has to send its reply.
 FINISH_GRACE_SECONDS = 8.0
-# Text in the SuperNode's output that means retrying cannot help.
-# Text in the SuperNode's own output (this attempt's part of its log) that means retrying
-# cannot help: authentication refused (exit code 305: "Failed to activate SuperNode", an
-# unknown or revoked key), TLS verification, permission denied.
-PERMANENT_MARKERS = (
-    "Exit Code: 305",
-    "Failed to activate SuperNode",
-    "PERMISSION_DENIED",
-    "UNAUTHENTICATED",
-    "CERTIFICATE_VERIFY_FAILED",
-    "certificate verify failed",
-)
-
-# Text in the SuperNode's output, while it runs, that means it is hurt without exiting. Flower's
-# SuperNode does not retry an HTTP 500 from the SuperLink (e.g. "database is locked" in its
-# SQLite state under load): a failed push drops the board's reply, and a failed pull ends the
-# node's pulling while its process stays up, so it would never see another message.
-REPLY_LOST_MARKER = "Failed to send message"
-WEDGED_MARKER = "/v1/fleet/pull-messages"
-
-
-def node_faults(text: str) -> tuple[int, bool]:
-    """(replies the node failed to send, whether its pulling has ended) in SuperNode output."""
-    lines = text.splitlines()
-    lost = sum(REPLY_LOST_MARKER in line for line in lines)
-    wedged = any(WEDGED_MARKER in line and "ERROR" in line for line in lines)
-    return lost, wedged
-
-
-class TransientError(Exception):
-    """Worth retrying: the server is unreachable or the node lost it."""
-
-
-class PermanentError(Exception):
-    """Not worth retrying in this window: configuration, TLS or authentication."""
-
-
-def probe_server(config: FederationConfig, timeout: float = PROBE_TIMEOUT_SECONDS) -> None:
-    """Reach the server's Fleet endpoint and, unless insecure, complete a verified TLS
-    handshake with the pinned CA. Raises TransientError or PermanentError."""
-    host, _, port_text = config.server.rpartition(":")
-    host = host.strip("[]")
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise PermanentError(f"bad server address {config.server!r}") from None
-    try:
-        raw = socket.create_connection((host, port), timeout=timeout)
-    except TimeoutError as error:
-        raise TransientError(f"{config.server}: timed out ({error})") from None
-    except OSError as error:
-        if isinstance(error, socket.gaierror):
-            raise TransientError(f"{config.server}: name lookup failed ({error})") from None
-        raise TransientError(f"{config.server}: {error.strerror or error}") from None
-    with raw:
-        if config.insecure:
-            return
-        assert config.root_certificates is not None
-        try:
-            context = ssl.create_default_context(cafile=str(config.root_certificates))
-        except (OSError, ssl.SSLError) as error:
-            raise PermanentError(f"CA file {config.root_certificates}: {error}") from None
-        try:
-            with context.wrap_socket(raw, server_hostname=host):
-                pass
-        except ssl.SSLCertVerificationError as error:
-            raise PermanentError(
-                f"{config.server}: TLS verification failed ({error.verify_message})"
-            ) from None
-        except (ssl.SSLError, OSError) as error:
-            raise TransientError(f"{config.server}: TLS handshake: {error}") from None
-
-
-def supernode_command(config: FederationConfig, buffer_path: Path) -> list[str]:
-    command = [flower_bin("flower-supernode"), "--superlink", config.server]
-    if config.insecure:
-        command.append("--insecure")
-    else:
-        command += ["--root-certificates", str(config.root_certificates)]
-    if config.auth_private_key is not None:
-        command += ["--auth-supernode-private-key", str(config.auth_private_key)]
-    command += [
-        "--port",
-        str(config.supernode_port),
-        "--node-config",
-        f'buffer-path="{buffer_path}"',
-    ]
-    return command
-
-
-def _tail(path: Path, since: int, size: int = 4000) -> str:
-    """The last ``size`` bytes of the log written after offset ``since``."""
-    try:
-        with path.open("rb") as handle:
-            handle.seek(max(path.stat().st_size - size, since))
-            return handle.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
 
 
 class Session:
@@ -181,37 +85,8 @@ class Session:
         if budget <= 0:
             return SessionOutcome.WINDOW_END
 
-        def before_sleep(state: RetryCallState) -> None:
-            error = state.outcome.exception() if state.outcome else None
-            sleep = state.next_action.sleep if state.next_action else 0.0
-            log.warning(
-                "federation attempt=%d failed (%s); retrying in %.1fs (backoff step %d)",
-                state.attempt_number,
-                error,
-                sleep,
-                state.attempt_number - self.backoff_from,
-                extra={"ERROR_CLASS": "transient"},
-            )
-            self.on_retry(state.attempt_number, sleep, str(error))
-
-        def wait(state: RetryCallState) -> float:
-            # the board's one policy (common.backoff), restarted after a node lost its server
-            return backoff.delay(
-                state.attempt_number - self.backoff_from,
-                self.config.retry_initial_seconds,
-                self.config.retry_max_seconds,
-            )
-
-        retrying = Retrying(
-            retry=retry_if_exception_type(TransientError),
-            wait=wait,
-            stop=stop_before_delay(budget),
-            sleep=self._sleep,
-            before_sleep=before_sleep,
-            reraise=True,
-        )
         try:
-            return SessionOutcome(retrying(self._attempt))
+            return SessionOutcome(self._retrying(budget)(self._attempt))
         except TransientError as error:
             if self.stop.is_set():
                 return SessionOutcome.SHUTDOWN
@@ -227,6 +102,39 @@ class Session:
             )
             return SessionOutcome.REFUSED
 
+    def _retrying(self, budget: float) -> Retrying:
+        """Retry transient errors only, on the board's one backoff policy, never past the
+        window's end; each wait can be cut short by ``stop``."""
+        return Retrying(
+            retry=retry_if_exception_type(TransientError),
+            wait=self._wait,
+            stop=stop_before_delay(budget),
+            sleep=self._sleep,
+            before_sleep=self._before_sleep,
+            reraise=True,
+        )
+
+    def _wait(self, state: RetryCallState) -> float:
+        # the board's one policy (common.backoff), restarted after a node lost its server
+        return backoff.delay(
+            state.attempt_number - self.backoff_from,
+            self.config.retry_initial_seconds,
+            self.config.retry_max_seconds,
+        )
+
+    def _before_sleep(self, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        sleep = state.next_action.sleep if state.next_action else 0.0
+        log.warning(
+            "federation attempt=%d failed (%s); retrying in %.1fs (backoff step %d)",
+            state.attempt_number,
+            error,
+            sleep,
+            state.attempt_number - self.backoff_from,
+            extra={"ERROR_CLASS": "transient"},
+        )
+        self.on_retry(state.attempt_number, sleep, str(error))
+
     def _sleep(self, seconds: float) -> None:
         if self.stop.wait(seconds):
             raise TransientError("shutdown while waiting to retry")
@@ -239,20 +147,7 @@ class Session:
         return self._supervise()
 
     def _supervise(self) -> SessionOutcome:
-        command = supernode_command(self.config, self.buffer_path)
-        flwr_home = self.state_dir / "flwr"
-        flwr_home.mkdir(parents=True, exist_ok=True)
-        log.info("federation starting node: %s", " ".join(command))
-        with self.log_path.open("ab") as out:
-            log_start = out.tell()
-            self.process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=guarded_environment(flower_environment(flwr_home), self.state_dir),
-                start_new_session=True,
-            )
+        log_start = self._start_node()
         started_at = last_check = time.time()
         finished_at: float | None = None
         lost_since: float | None = None
@@ -261,21 +156,7 @@ class Session:
             while True:
                 code = self.process.poll()
                 if code is not None:
-                    tail = _tail(self.log_path, log_start)
-                    if self.finished():
-                        return SessionOutcome.FINISHED
-                    if any(marker in tail for marker in PERMANENT_MARKERS):
-                        # Refused, unless the server itself went away meanwhile.
-                        probe_server(self.config)
-                        now = time.time()
-                        self.first_refusal = self.first_refusal or now
-                        if now - self.first_refusal < self.config.activation_patience_seconds:
-                            raise TransientError(
-                                f"node refused (exit {code}); retrying: its previous "
-                                "connection may still count as online"
-                            )
-                        raise PermanentError(f"node exited with {code}: {tail[-300:].strip()}")
-                    raise TransientError(f"node exited with {code}")
+                    return self._node_exited(code, log_start)
                 if finished_at is None and self.finished():
                     finished_at = time.time()
                 if finished_at is not None and time.time() - finished_at >= FINISH_GRACE_SECONDS:
@@ -295,6 +176,49 @@ class Session:
                 self.stop.wait(0.5)
         finally:
             self.terminate()
+
+    def _start_node(self) -> int:
+        """Start this attempt's SuperNode, its output appended to ``supernode.log``.
+        Returns the log's offset where this attempt's output begins."""
+        command = supernode_command(self.config, self.buffer_path)
+        flwr_home = self.state_dir / "flwr"
+        flwr_home.mkdir(parents=True, exist_ok=True)
+        log.info("federation starting node: %s", " ".join(command))
+        with self.log_path.open("ab") as out:
+            log_start = out.tell()
+            self.process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=guarded_environment(flower_environment(flwr_home), self.state_dir),
+                start_new_session=True,
+            )
+        return log_start
+
+    def _node_exited(self, code: int, log_start: int) -> SessionOutcome:
+        """FINISHED if the run's final model is stored; else raises TransientError, or
+        PermanentError when the node was refused (past the activation patience)."""
+        tail = log_tail(self.log_path, log_start)
+        if self.finished():
+            return SessionOutcome.FINISHED
+        if not any(marker in tail for marker in PERMANENT_MARKERS):
+            raise TransientError(f"node exited with {code}")
+        # Refused, unless the server itself went away meanwhile.
+        probe_server(self.config)
+        # Flower refuses to activate a node whose previous connection it still counts as
+        # online (until two 30-s heartbeats are missed: e.g. the server restarted before the
+        # node could say goodbye). Such a refusal looks like an unknown or revoked key (exit
+        # code 305), so it is retried for federation.activation_patience_seconds (75 s)
+        # before the session counts as refused.
+        now = time.time()
+        self.first_refusal = self.first_refusal or now
+        if now - self.first_refusal < self.config.activation_patience_seconds:
+            raise TransientError(
+                f"node refused (exit {code}); retrying: its previous "
+                "connection may still count as online"
+            )
+        raise PermanentError(f"node exited with {code}: {tail[-300:].strip()}")
 
     def _check_server(self, lost_since: float | None) -> float | None:
         """Probe the server while the node runs. Flower's own node retries a lost server
@@ -321,13 +245,9 @@ class Session:
     def _scan_node_output(self, offset: int) -> int:
         """Count what the running SuperNode reported since ``offset``; a node whose pulling
         ended is stopped, and the session retries (a new node pulls again)."""
-        try:
-            with self.log_path.open("rb") as handle:
-                handle.seek(offset)
-                chunk = handle.read()
-        except OSError:
+        complete = whole_lines_from(self.log_path, offset)
+        if complete is None:
             return offset
-        complete = chunk[: chunk.rfind(b"\n") + 1]  # whole lines only
         lost, wedged = node_faults(complete.decode("utf-8", "replace"))
         if lost:
             log.warning(

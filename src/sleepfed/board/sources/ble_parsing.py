@@ -13,7 +13,7 @@ reason.
 * Current Time (0x2A2B, Current Time Service 0x1805), 10 bytes: year uint16, month, day,
   hours, minutes, seconds, day of week, fractions of 1/256 s, adjust reason. It is the
   device's local time; a board stamps readings with the device's clock when the device
-  offers it (see sleepfed.board.sources.ble_source).
+  offers it (see sleepfed.board.sources.ble_notifications).
 """
 
 from __future__ import annotations

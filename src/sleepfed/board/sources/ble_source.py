@@ -4,12 +4,10 @@ One source owns one adapter and every device configured on it: a single asyncio 
 scans and connects one device at a time (never a scan and a connect at once; BlueZ answers
 ``org.bluez.Error.InProgress`` otherwise), with bleak-retry-connector's
 ``establish_connection`` doing the connect itself (it knows BlueZ's transient failures).
-Notifications are parsed (sleepfed.board.sources.ble_parsing) and checked like serial readings.
-They are
-stamped with the device's clock when the device offers Current Time (0x2A2B: the last
-device time received plus the board's monotonic time since), else with the board's clock.
-Failures are classified, counted (``ble_<class>``) and each class backs off on its own
-schedule (exponential, full jitter, capped).
+Notifications become readings in sleepfed.board.sources.ble_notifications (parsed, stamped
+with the device's clock when it offers one, checked like serial readings). Failures are
+classified, counted (``ble_<class>``) and each class backs off on its own schedule
+(sleepfed.board.sources.ble_link).
 """
 
 from __future__ import annotations
@@ -20,92 +18,20 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, tzinfo
 from typing import Any
 
-from sleepfed.board.sources import Emit, Item, Rejection, Source, SourceEvent
-from sleepfed.board.sources.ble_parsing import (
-    CURRENT_TIME,
-    HEART_RATE_MEASUREMENT,
-    ILLUMINANCE,
-    parse_current_time,
-    parse_heart_rate_measurement,
-    parse_illuminance,
-    parse_movement,
-)
-from sleepfed.board.sources.protocol import Kind, LineRejected, checked_reading
-from sleepfed.common import backoff
+from sleepfed.board.sources import Emit, Source, SourceEvent
+from sleepfed.board.sources.ble_link import BleDeviceConfig, DeviceLink, DeviceNotFound, classify
+from sleepfed.board.sources.ble_notifications import BleNotifications
+from sleepfed.board.sources.ble_parsing import CURRENT_TIME, HEART_RATE_MEASUREMENT, ILLUMINANCE
 
 log = logging.getLogger("sleepfed.ble")
 
-# Per failure class: (first delay, cap) in seconds of the board's one backoff policy
-# (sleepfed.common.backoff: full jitter).
-BACKOFF: dict[str, tuple[float, float]] = {
-    "not_found": (2.0, 60.0),
-    "in_progress": (0.5, 5.0),
-    "aborted": (1.0, 30.0),
-    "connect_failed": (2.0, 60.0),
-    "adapter_missing": (2.0, 30.0),
-    "notify_failed": (2.0, 30.0),
-    "link_lost": (0.5, 10.0),
-}
 POLL_SECONDS = 0.2
 
 
-@dataclass(frozen=True)
-class BleDeviceConfig:
-    """A device to read: by address, or the first one advertising ``service``."""
-
-    name: str
-    address: str | None = None
-    service: str | None = None
-    movement_characteristic: str | None = None
-
-
-def classify(error: BaseException) -> str:
-    """The failure class of a scan or connect error (bleak gives few typed exceptions)."""
-    from bleak.exc import BleakBluetoothNotAvailableError, BleakDeviceNotFoundError
-    from bleak_retry_connector import BleakAbortedError, BleakNotFoundError
-
-    text = f"{type(error).__name__}: {error}"
-    lowered = text.lower()
-    if "InProgress" in text:
-        return "in_progress"
-    if isinstance(error, BleakBluetoothNotAvailableError) or "NotReady" in text:
-        return "adapter_missing"
-    if "no bluetooth adapters" in lowered or ("adapter" in lowered and "not found" in lowered):
-        return "adapter_missing"
-    if isinstance(error, BleakDeviceNotFoundError | BleakNotFoundError | DeviceNotFound):
-        return "not_found"
-    if isinstance(error, BleakAbortedError):
-        return "aborted"
-    return "connect_failed"
-
-
-class DeviceNotFound(Exception):
-    pass
-
-
-@dataclass
-class DeviceLink:
-    config: BleDeviceConfig
-    client: Any = None
-    next_attempt: float = 0.0
-    failures: dict[str, int] = field(default_factory=dict)
-    device_time: float | None = None  # the device's clock at device_time_at (monotonic)
-    device_time_at: float = 0.0
-
-    def back_off(self, failure: str, now: float) -> float:
-        count = self.failures.get(failure, 0)
-        self.failures[failure] = count + 1
-        first, cap = BACKOFF[failure]
-        delay = backoff.delay(count + 1, first, cap)
-        self.next_attempt = now + delay
-        return delay
-
-
-class BleSource(Source):
+class BleSource(BleNotifications, Source):
     def __init__(
         self,
         name: str,
@@ -293,62 +219,3 @@ class BleSource(Source):
             subscribed,
             extra=self._fields(link),
         )
-
-    # -- notifications ------------------------------------------------------------------------
-    def _stamp(self, link: DeviceLink) -> float:
-        if link.device_time is None:
-            return self.clock()
-        return link.device_time + (time.monotonic() - link.device_time_at)
-
-    def _on_current_time(self, link: DeviceLink, data: bytes) -> list[Item]:
-        try:
-            device_time = parse_current_time(data, self.timezone)
-        except LineRejected as rejected:
-            return [Rejection(rejected.reason, f"device={link.config.name} {rejected.detail}")]
-        link.device_time, link.device_time_at = device_time, time.monotonic()
-        return []
-
-    def _on_heart_rate(self, link: DeviceLink, data: bytes) -> list[Item]:
-        now = self._stamp(link)
-        try:
-            measurement = parse_heart_rate_measurement(data)
-        except LineRejected as rejected:
-            return [Rejection(rejected.reason, f"device={link.config.name} {rejected.detail}")]
-        if measurement.contact is False:
-            return [
-                SourceEvent("ble_no_contact", f"device={link.config.name} HR {measurement.bpm}")
-            ]
-        items: list[Item] = []
-        try:
-            items.append(checked_reading(now, Kind.HR, float(measurement.bpm)))
-        except LineRejected as rejected:
-            items.append(Rejection(rejected.reason, f"device={link.config.name} {rejected.detail}"))
-        # The RR intervals end at the notification, the last one last.
-        end = now
-        stamps = []
-        for rr in reversed(measurement.rr_ms):
-            stamps.append(end)
-            end -= rr / 1000.0
-        for rr, stamp in zip(measurement.rr_ms, reversed(stamps), strict=True):
-            try:
-                items.append(checked_reading(stamp, Kind.RR, rr))
-            except LineRejected as rejected:
-                items.append(
-                    Rejection(rejected.reason, f"device={link.config.name} {rejected.detail}")
-                )
-        return items
-
-    def _on_illuminance(self, link: DeviceLink, data: bytes) -> list[Item]:
-        try:
-            lux = parse_illuminance(data)
-        except LineRejected as rejected:
-            return [Rejection(rejected.reason, f"device={link.config.name} {rejected.detail}")]
-        if lux is None:
-            return [SourceEvent("ble_illuminance_unknown", f"device={link.config.name}")]
-        return [checked_reading(self._stamp(link), Kind.LUX, lux)]
-
-    def _on_movement(self, link: DeviceLink, data: bytes) -> list[Item]:
-        try:
-            return [checked_reading(self._stamp(link), Kind.MOV, parse_movement(data))]
-        except LineRejected as rejected:
-            return [Rejection(rejected.reason, f"device={link.config.name} {rejected.detail}")]
