@@ -22,9 +22,9 @@ import pytest
 from matplotlib import image as mpimg
 
 from sleepfed.model import logistic as model
-from sleepfed.model.features import walch_dataset
+from sleepfed.model.walch import walch_dataset
+from sleepfed.server.app.held_out import held_out_scores
 from sleepfed.server.app.history import History
-from sleepfed.server.app.server_app import held_out_scores
 from sleepfed.server.ops.report import FIGURE_DPI, FIGURE_INCHES
 from tests.support.federation_helpers import (
     free_port,

@@ -18,13 +18,13 @@ from sleepfed.board.training.privacy_mods import (
 )
 from sleepfed.common.config_fields import ConfigError
 from sleepfed.model import logistic as model
+from sleepfed.server.app.canonical_replies import UNIFORM_WEIGHT_KEY
 from sleepfed.server.app.history import History
 from sleepfed.server.app.secure_aggregation import RecordingSecAggFedAvg
 from sleepfed.server.app.server_app import RecordingFedAvg, dp_rules
 from sleepfed.server.app.update_validation import (
     DEFAULT_MAX_NUM_EXAMPLES,
     GOOD_SHARE_KEY,
-    UNIFORM_WEIGHT_KEY,
     ValidationRules,
     norm_limit,
     parse_validation,

@@ -1,11 +1,10 @@
 """The sleepfed ServerApp: FedAvg over the boards, every round persisted to the history.
 
 Started by the SuperLink for each run that ``sleepfed-server run`` submits. The run config
-(``src/sleepfed/server/app/flower_app/pyproject.toml``, overridden per run) names the history file,
-the
-number of rounds and the node minimums, and an optional held-out data set (Walch format)
-on which each round's global model is scored on the server: windows of people whose data
-was never used for training.
+(``src/sleepfed/server/app/flower_app/pyproject.toml``, overridden per run) names the history
+file, the number of rounds and the node minimums, and an optional held-out data set (Walch
+format) on which each round's global model is scored on the server
+(sleepfed.server.app.held_out).
 
 A run resumes from the last active round in the history: its model is the initial model
 and its rounds are numbered on from there. A run that never finished (the server was killed
@@ -16,39 +15,40 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, UserConfig
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from sleepfed.board.training.client_app import GOOD_SHARE_KEY
 from sleepfed.board.training.privacy_mods import WITHHOLD_METRICS_KEY
 from sleepfed.model import logistic as model
-from sleepfed.model.features import walch_dataset
+from sleepfed.server.app.canonical_replies import UNIFORM_WEIGHT_KEY
+from sleepfed.server.app.held_out import held_out_scores, held_out_set
 from sleepfed.server.app.history import History
-from sleepfed.server.app.privacy import round_privacy, settings_from_run_config, wrap_strategy
+from sleepfed.server.app.privacy import (
+    PrivacySettings,
+    round_privacy,
+    settings_from_run_config,
+    wrap_strategy,
+)
 from sleepfed.server.app.secure_aggregation import RecordingSecAggFedAvg, run_secure_rounds
 from sleepfed.server.app.strategies import build_strategy
 from sleepfed.server.app.strategies import (
     settings_from_run_config as strategy_settings_from_run_config,
 )
-from sleepfed.server.app.update_validation import (
-    UNIFORM_WEIGHT_KEY,
-    UpdateScreening,
-    ValidationRules,
-    rules_from_run_config,
-)
+from sleepfed.server.app.update_screening import UpdateScreening
+from sleepfed.server.app.update_validation import ValidationRules, rules_from_run_config
 
 log = logging.getLogger("sleepfed.server")
 app = ServerApp()
 
 
 class RecordingFedAvg(UpdateScreening, FedAvg):
-    """FedAvg that screens the boards' updates (sleepfed.server.app.update_validation) and
-    remembers each
-    round's aggregated client metrics, reply counts and rejections."""
+    """FedAvg that screens the boards' updates (sleepfed.server.app.update_screening) and
+    remembers each round's aggregated client metrics, reply counts and rejections."""
 
     def __init__(
         self,
@@ -122,36 +122,25 @@ def dp_rules(rules: ValidationRules, clipping_norm: float) -> ValidationRules:
     return replace(rules, max_update_norm=cap)
 
 
-def held_out_scores(
-    arrays: model.Arrays, features: np.ndarray, labels: np.ndarray
-) -> dict[str, float]:
-    probabilities = model.good_probability(arrays, features)
-    predicted = (probabilities >= 0.5).astype(int)
-    return {
-        "auc": model.auc(labels, probabilities),
-        "accuracy": float((predicted == labels).mean()),
-        "balanced_accuracy": model.balanced_accuracy(labels, predicted),
-        "loss": model.log_loss(arrays, features, labels),
-        "windows": float(len(labels)),
-    }
+@dataclass(frozen=True)
+class RunPlan:
+    """What one run does: where it starts, how many rounds, and what the boards are asked."""
+
+    run_id: str
+    start_round: int
+    num_rounds: int
+    initial: model.Arrays
+    min_nodes: int
+    training: dict[str, int | float]  # each round's train config
+    privacy: PrivacySettings
+
+    @property
+    def protected(self) -> bool:
+        return self.privacy.dp or self.privacy.secure_aggregation
 
 
-def _held_out_set(data_dir: str, subjects: str) -> tuple[np.ndarray, np.ndarray] | None:
-    if not data_dir:
-        return None
-    chosen = [s for s in subjects.replace(",", " ").split() if s] or None
-    nights = walch_dataset(data_dir, chosen)
-    features = np.vstack([n.features[n.labelled] for n in nights.values()])
-    labels = np.concatenate([n.labels[n.labelled] for n in nights.values()])
-    return features, labels
-
-
-@app.main()
-def main(grid: Grid, context: Context) -> None:
-    cfg = context.run_config
-    run_id = str(context.run_id)
-    history = History(str(cfg["history-path"]))
-    num_rounds = int(cfg["num-rounds"])
+def _resume(history: History, num_rounds: int) -> tuple[int, int, model.Arrays]:
+    """(start round, rounds to do, initial model): on from the last active round."""
     interrupted_end = history.interrupt_unfinished_runs()
     last = history.last_round()
     start_round = last.global_round if last else 0
@@ -162,45 +151,54 @@ def main(grid: Grid, context: Context) -> None:
             "resuming an interrupted run after round %d: %d rounds left", start_round, num_rounds
         )
     initial = model.arrays_from_bytes(last.arrays) if last else model.initial_arrays()
-    history.start_run(run_id, start_round, num_rounds)
-    held_out = _held_out_set(str(cfg.get("eval-data", "")), str(cfg.get("eval-subjects", "")))
-    min_nodes = int(cfg["min-nodes"])
+    return start_round, num_rounds, initial
+
+
+def _training_config(cfg: UserConfig) -> dict[str, int | float]:
     # what a board's training takes each round (sleepfed.board.training.client_app,
     # sleepfed.model.objective)
-    training: dict[str, int | float] = {
+    return {
         "local-iterations": int(cfg["local-iterations"]),
         "learning-rate": float(cfg["learning-rate"]),
     }
-    privacy = settings_from_run_config(cfg)
-    protected = privacy.dp or privacy.secure_aggregation
-    if protected:
-        # Boards send no scalar under DP or SecAgg+
-        # (sleepfed.board.training.privacy_mods.withhold_scalars_mod)
-        training[WITHHOLD_METRICS_KEY] = True
-    # the configured strategy (sleepfed.server.app.strategies), behind the recording and screening
-    # class
-    strategy = build_strategy(
+
+
+def _build_strategy(cfg: UserConfig, plan: RunPlan) -> FedAvg:
+    # the configured strategy (sleepfed.server.app.strategies), screened and recorded
+    privacy = plan.privacy
+    return build_strategy(
         strategy_settings_from_run_config(cfg),
         RecordingFedAvg,
         rules=dp_rules(rules_from_run_config(cfg), privacy.clipping_norm if privacy.dp else 0.0),
         uniform_weights=privacy.dp,
         fraction_train=float(cfg["fraction-train"]),
         fraction_evaluate=float(cfg["fraction-evaluate"]),
-        min_train_nodes=min_nodes,
-        min_evaluate_nodes=min_nodes,
-        min_available_nodes=min_nodes,
+        min_train_nodes=plan.min_nodes,
+        min_evaluate_nodes=plan.min_nodes,
+        min_available_nodes=plan.min_nodes,
     )
 
+
+@dataclass(frozen=True)
+class RoundRecorder:
+    """Writes each finished round to the history, with its held-out scores."""
+
+    history: History
+    plan: RunPlan
+    held_out: tuple[np.ndarray, np.ndarray] | None
+
     def persist(
-        source: RecordingFedAvg | RecordingSecAggFedAvg, server_round: int, ndarrays: model.Arrays
+        self,
+        source: RecordingFedAvg | RecordingSecAggFedAvg,
+        server_round: int,
+        ndarrays: model.Arrays,
     ) -> dict[str, float]:
-        scores = held_out_scores(ndarrays, *held_out) if held_out else {}
-        global_round = start_round + server_round
+        scores = held_out_scores(ndarrays, *self.held_out) if self.held_out else {}
         rejected = getattr(source, "rejections", {}).get(server_round, [])
-        earlier = [r.privacy for r in history.rounds()]
-        history.add_round(
-            global_round=global_round,
-            run_id=run_id,
+        earlier = [r.privacy for r in self.history.rounds()]
+        self.history.add_round(
+            global_round=self.plan.start_round + server_round,
+            run_id=self.plan.run_id,
             server_round=server_round,
             arrays=model.arrays_to_bytes(ndarrays),
             train_metrics=source.train_metrics.get(server_round, {}),
@@ -209,57 +207,91 @@ def main(grid: Grid, context: Context) -> None:
             train_nodes=source.train_nodes.get(server_round, 0),
             eval_nodes=source.eval_nodes.get(server_round, 0),
             rejected=[r.as_dict() for r in rejected],
-            privacy=round_privacy(earlier, privacy),
+            privacy=round_privacy(earlier, self.plan.privacy),
         )
         return scores
 
-    def evaluate_and_persist(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        if server_round == 0:
-            return None
-        scores = persist(strategy, server_round, arrays.to_numpy_ndarrays())
-        return MetricRecord({k: v for k, v in scores.items() if np.isfinite(v)})
+
+def _run_secure(grid: Grid, context: Context, plan: RunPlan, recorder: RoundRecorder) -> None:
+    """The rounds under SecAgg+ (Flower's legacy workflow)."""
+    cfg = context.run_config
 
     def evaluate_config(server_round: int) -> dict[str, int | bool]:
         return {
             "server-round": server_round,
-            "global-round-offset": start_round,
-            "final-global-round": start_round + num_rounds,
+            "global-round-offset": plan.start_round,
+            "final-global-round": plan.start_round + plan.num_rounds,
             WITHHOLD_METRICS_KEY: True,  # only used under SecAgg+ (the legacy workflow)
         }
 
+    run_secure_rounds(
+        grid,
+        context,
+        settings=plan.privacy,
+        initial=plan.initial,
+        num_rounds=plan.num_rounds,
+        min_nodes=plan.min_nodes,
+        fraction_train=float(cfg["fraction-train"]),
+        fraction_evaluate=float(cfg["fraction-evaluate"]),
+        train_config=lambda rnd: {"server-round": rnd, **plan.training},
+        evaluate_config=evaluate_config,
+        on_round_done=recorder.persist,
+    )
+
+
+def _run_screened(
+    grid: Grid, cfg: UserConfig, plan: RunPlan, strategy: FedAvg, recorder: RoundRecorder
+) -> None:
+    """The rounds of the screening strategy (under central DP if configured)."""
+
+    def evaluate_and_persist(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if server_round == 0:
+            return None
+        scores = recorder.persist(strategy, server_round, arrays.to_numpy_ndarrays())
+        return MetricRecord({k: v for k, v in scores.items() if np.isfinite(v)})
+
+    wrap_strategy(strategy, plan.privacy, plan.min_nodes).start(
+        grid=grid,
+        initial_arrays=ArrayRecord(plan.initial),
+        num_rounds=plan.num_rounds,
+        timeout=float(cfg["round-timeout"]),
+        train_config=ConfigRecord(plan.training),
+        evaluate_config=ConfigRecord(
+            {
+                "global-round-offset": plan.start_round,
+                "final-global-round": plan.start_round + plan.num_rounds,
+                **({WITHHOLD_METRICS_KEY: True} if plan.protected else {}),
+            }
+        ),
+        evaluate_fn=evaluate_and_persist,
+    )
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = context.run_config
+    run_id = str(context.run_id)
+    history = History(str(cfg["history-path"]))
+    start_round, num_rounds, initial = _resume(history, int(cfg["num-rounds"]))
+    history.start_run(run_id, start_round, num_rounds)
+    held_out = held_out_set(str(cfg.get("eval-data", "")), str(cfg.get("eval-subjects", "")))
+    min_nodes = int(cfg["min-nodes"])
+    training = _training_config(cfg)
+    privacy = settings_from_run_config(cfg)
+    if privacy.dp or privacy.secure_aggregation:
+        # Boards send no scalar under DP or SecAgg+
+        # (sleepfed.board.training.privacy_mods.withhold_scalars_mod)
+        training[WITHHOLD_METRICS_KEY] = True
+    plan = RunPlan(run_id, start_round, num_rounds, initial, min_nodes, training, privacy)
+    strategy = _build_strategy(cfg, plan)
+    recorder = RoundRecorder(history, plan, held_out)
     try:
         if privacy.secure_aggregation:
-            run_secure_rounds(
-                grid,
-                context,
-                settings=privacy,
-                initial=initial,
-                num_rounds=num_rounds,
-                min_nodes=min_nodes,
-                fraction_train=float(cfg["fraction-train"]),
-                fraction_evaluate=float(cfg["fraction-evaluate"]),
-                train_config=lambda rnd: {"server-round": rnd, **training},
-                evaluate_config=evaluate_config,
-                on_round_done=persist,
-            )
+            _run_secure(grid, context, plan, recorder)
             history.finish_run(run_id, "finished")
             history.close()
             return
-        wrap_strategy(strategy, privacy, min_nodes).start(
-            grid=grid,
-            initial_arrays=ArrayRecord(initial),
-            num_rounds=num_rounds,
-            timeout=float(cfg["round-timeout"]),
-            train_config=ConfigRecord(training),
-            evaluate_config=ConfigRecord(
-                {
-                    "global-round-offset": start_round,
-                    "final-global-round": start_round + num_rounds,
-                    **({WITHHOLD_METRICS_KEY: True} if protected else {}),
-                }
-            ),
-            evaluate_fn=evaluate_and_persist,
-        )
+        _run_screened(grid, cfg, plan, strategy, recorder)
     except BaseException:
         history.finish_run(run_id, "failed")
         raise

@@ -25,28 +25,26 @@ A reply is rejected, with one reason, when:
 Under differential privacy (``use_scalars=False``) the server weighs every update equally and
 uses none of a board's scalars, so the ``weight*`` and ``good-share`` rules do not apply.
 
-The accepted replies are then rewritten to one canonical form (their decoded arrays, and the
-numeric, finite metrics every accepted reply carries): Flower's FedAvg raises, and the
-ServerApp would fail, when the replies' records or metric keys differ. The round's π is the
-median of the accepted replies' ``good-share`` (:func:`robust_good_share`).
+The accepted replies are then rewritten to one canonical form
+(:mod:`sleepfed.server.app.canonical_replies`). The round's π is the median of the accepted
+replies' ``good-share`` (:func:`robust_good_share`). A strategy runs all of this through
+:class:`sleepfed.server.app.update_screening.UpdateScreening`.
 
 Replies that carry a Flower error are not updates and are left to the strategy.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import Message
 
 from sleepfed.common.config_fields import ConfigError, Field, get_field, read_fields
-
-log = logging.getLogger("sleepfed.server")
+from sleepfed.server.app.reply_records import arrays_of, finite_number, metrics_of
 
 MAD_SCALE = 1.4826  # MAD of a normal distribution → its standard deviation
 MAD_FLOOR_SHARE = 0.5
@@ -59,7 +57,6 @@ DEFAULT_MAX_EXAMPLES_MEDIAN_MULTIPLE = 10.0
 GOOD_SHARE_KEY = (
     "good-share"  # sleepfed.board.training.client_app.GOOD_SHARE_KEY (that module needs a board)
 )
-UNIFORM_WEIGHT_KEY = "dp-weight"
 
 
 @dataclass(frozen=True)
@@ -82,20 +79,6 @@ class Rejection:
         return {"node": self.node_id, "reason": self.reason, "detail": self.detail}
 
 
-def _arrays_of(reply: Message) -> ArrayRecord | None:
-    records = list(reply.content.array_records.values())
-    return records[0] if len(records) == 1 else None
-
-
-def _metrics_of(reply: Message) -> MetricRecord | None:
-    records = list(reply.content.metric_records.values())
-    return records[0] if len(records) == 1 else None
-
-
-def _finite_number(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
-
-
 def check_structure(
     reply: Message,
     global_arrays: list[np.ndarray],
@@ -105,7 +88,7 @@ def check_structure(
     """The reply's arrays if they are well formed, else the reason they are not.
     ``use_scalars``: the reply's weight and good-share are used, so they are checked too."""
     node = reply.metadata.src_node_id
-    record = _arrays_of(reply)
+    record = arrays_of(reply)
     if record is None:
         return None, Rejection(node, "structure", "expected exactly one ArrayRecord")
     try:
@@ -131,14 +114,14 @@ def check_structure(
             )
     if not use_scalars:
         return arrays, None
-    metrics = _metrics_of(reply)
+    metrics = metrics_of(reply)
     weight = metrics.get(rules.weight_key) if metrics is not None else None
-    if not _finite_number(weight) or weight <= 0:  # type: ignore[operator]
+    if not finite_number(weight) or weight <= 0:  # type: ignore[operator]
         return None, Rejection(node, "weight", f"{rules.weight_key} = {weight!r}")
     assert metrics is not None
     if rules.good_share_key in metrics:
         share = metrics[rules.good_share_key]
-        if not _finite_number(share) or not 0.0 <= share <= 1.0:  # type: ignore[operator]
+        if not finite_number(share) or not 0.0 <= share <= 1.0:  # type: ignore[operator]
             return None, Rejection(
                 node, "good-share", f"{rules.good_share_key} = {share!r}, not within [0, 1]"
             )
@@ -211,7 +194,7 @@ def validate_replies(
             rejections.append(rejection)
             continue
         assert arrays is not None
-        metrics = _metrics_of(reply) if use_scalars else None
+        metrics = metrics_of(reply) if use_scalars else None
         weight = float(metrics[rules.weight_key]) if metrics is not None else 1.0  # type: ignore[arg-type]
         well_formed.append((reply, update_norm(arrays, global_arrays), weight))
     norms = {r.metadata.src_node_id: n for r, n, _ in well_formed}
@@ -252,73 +235,11 @@ def robust_good_share(replies: Iterable[Message], key: str = GOOD_SHARE_KEY) -> 
     for reply in replies:
         if reply.has_error():
             continue
-        metrics = _metrics_of(reply)
+        metrics = metrics_of(reply)
         value = metrics.get(key) if metrics is not None else None
-        if _finite_number(value) and 0.0 <= value <= 1.0:  # type: ignore[operator]
+        if finite_number(value) and 0.0 <= value <= 1.0:  # type: ignore[operator]
             shares.append(float(value))  # type: ignore[arg-type]
     return float(np.median(shares)) if shares else None
-
-
-def _common_scalars(records: list[Mapping[str, Any]]) -> list[str]:
-    """The metric keys whose value is a finite number in every record."""
-    if not records:
-        return []
-    keys = [k for k, v in records[0].items() if _finite_number(v)]
-    return [k for k in keys if all(_finite_number(r.get(k)) for r in records[1:])]
-
-
-def canonical_train_replies(replies: list[Message], uniform_weights: bool) -> list[Message]:
-    """Every reply rewritten as ``{"arrays": its arrays, "metrics": ...}`` (error replies as
-    they are): the numeric, finite metrics all of them carry, or under ``uniform_weights``
-    only ``UNIFORM_WEIGHT_KEY`` = 1 (a board's scalars are not used under DP). Flower's
-    FedAvg raises when replies' records or metric keys differ."""
-    ok = [r for r in replies if not r.has_error()]
-    metrics = [_metrics_of(r) or MetricRecord() for r in ok]
-    keys = [] if uniform_weights else _common_scalars(metrics)
-    for reply, record in zip(ok, metrics, strict=True):
-        arrays = _arrays_of(reply)
-        assert arrays is not None  # validated
-        kept = MetricRecord({k: record[k] for k in keys})
-        if uniform_weights:
-            kept[UNIFORM_WEIGHT_KEY] = 1.0
-        reply.content = RecordDict(
-            {"arrays": ArrayRecord(arrays.to_numpy_ndarrays()), "metrics": kept}
-        )
-    return replies
-
-
-def canonical_evaluate_replies(
-    replies: list[Message], rules: ValidationRules, uniform_weights: bool
-) -> list[Message]:
-    """Evaluation replies as ``{"metrics": ...}``, weighted by their num-examples, or under
-    ``uniform_weights`` by 1 with no scalar kept. A reply without one MetricRecord holding a
-    positive finite num-examples is left out of the average (logged)."""
-    kept: list[Message] = []
-    for reply in replies:
-        if reply.has_error():
-            kept.append(reply)
-            continue
-        record = _metrics_of(reply)
-        weight = record.get(rules.weight_key) if record is not None else None
-        if uniform_weights:
-            reply.content = RecordDict({"metrics": MetricRecord({UNIFORM_WEIGHT_KEY: 1.0})})
-        elif not _finite_number(weight) or weight <= 0:  # type: ignore[operator]
-            log.warning(
-                "evaluation reply of node %d left out: %s = %r",
-                reply.metadata.src_node_id,
-                rules.weight_key,
-                weight,
-            )
-            continue
-        kept.append(reply)
-    if uniform_weights:
-        return kept
-    ok = [r for r in kept if not r.has_error()]
-    records = [_metrics_of(r) or MetricRecord() for r in ok]
-    keys = _common_scalars(records)
-    for reply, record in zip(ok, records, strict=True):
-        reply.content = RecordDict({"metrics": MetricRecord({k: record[k] for k in keys})})
-    return kept
 
 
 _RULES = ValidationRules()
@@ -367,61 +288,3 @@ def rules_from_run_config(cfg: Mapping[str, Any]) -> ValidationRules:
             cfg.get("validation-max-examples-median-multiple", default.max_examples_median_multiple)
         ),
     )
-
-
-class UpdateScreening:
-    """Mixed into a strategy: ``screen`` runs before its aggregation.
-
-    ``configure_train`` must store the round's global arrays in ``screening_arrays``.
-    Rejections are logged with the node id and reason and kept per round in ``rejections``;
-    the round's π (:func:`robust_good_share` of the accepted replies) in ``good_shares``.
-    With ``uniform_weights`` (differential privacy: the noise is calibrated to a mean of
-    equally weighted, clipped updates) every update gets weight 1 under
-    ``UNIFORM_WEIGHT_KEY``, no scalar of a board is kept, and a rejected update is replaced by
-    a zero update (the global model itself) so the mean keeps its calibrated denominator."""
-
-    screening_rules: ValidationRules = ValidationRules()
-    uniform_weights: bool = False
-
-    def init_screening(self, rules: ValidationRules, uniform_weights: bool) -> None:
-        self.screening_rules = rules
-        self.uniform_weights = uniform_weights
-        self.screening_arrays: list[np.ndarray] = []
-        self.rejections: dict[int, list[Rejection]] = {}
-        self.update_norms: dict[int, dict[int, float]] = {}
-        self.good_shares: dict[int, float | None] = {}
-
-    def screen(self, server_round: int, replies: list[Message]) -> list[Message]:
-        accepted, rejected, norms = validate_replies(
-            replies,
-            self.screening_arrays,
-            self.screening_rules,
-            use_scalars=not self.uniform_weights,
-        )
-        self.rejections[server_round] = rejected
-        self.update_norms[server_round] = norms
-        for rejection in rejected:
-            log.warning(
-                "round %d: rejected the update of node %d (%s: %s)",
-                server_round,
-                rejection.node_id,
-                rejection.reason,
-                rejection.detail,
-            )
-        if self.uniform_weights:
-            rejected_nodes = {r.node_id for r in rejected}
-            for reply in replies:
-                if not reply.has_error() and reply.metadata.src_node_id in rejected_nodes:
-                    reply.content = RecordDict({"arrays": ArrayRecord(self.screening_arrays)})
-                    accepted.append(reply)
-            self.good_shares[server_round] = None
-        else:
-            self.good_shares[server_round] = robust_good_share(
-                accepted, self.screening_rules.good_share_key
-            )
-        return canonical_train_replies(accepted, self.uniform_weights)
-
-    def weigh_evaluations(self, replies: list[Message]) -> list[Message]:
-        """Evaluation replies in one canonical form (weighted by num-examples; under
-        ``uniform_weights`` by 1 under ``UNIFORM_WEIGHT_KEY``, with no board's scalar kept)."""
-        return canonical_evaluate_replies(replies, self.screening_rules, self.uniform_weights)

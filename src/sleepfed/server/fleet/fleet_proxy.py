@@ -94,9 +94,9 @@ def _listen(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def render_config(config: ServerConfig, folder: Path) -> str:
-    """nginx's configuration for this server (every path absolute; nothing from /etc/nginx)."""
-    tls = not config.insecure
+def _proxied(config: ServerConfig, tls: bool) -> str:
+    """The directives of a proxied location: on to the SuperLink over loopback, its
+    certificate checked against the loopback CA under TLS."""
     upstream = f"{'https' if tls else 'http'}://127.0.0.1:{config.superlink_port}"
     upstream_tls = ""
     if tls:
@@ -106,23 +106,32 @@ def render_config(config: ServerConfig, folder: Path) -> str:
             proxy_ssl_trusted_certificate {_safe(loopback["ca"], "server.state_dir")};
             proxy_ssl_name {LOOPBACK_NAME};
             proxy_ssl_server_name on;"""
-    listen = _listen(config.host, config.port) + (" ssl" if tls else "")
-    server_tls = ""
-    if tls:
-        assert config.certfile is not None and config.keyfile is not None
-        _check_certificate(config.certfile)
-        server_tls = f"""
-        ssl_certificate {_safe(config.certfile, "server.certfile")};
-        ssl_certificate_key {_safe(config.keyfile, "server.keyfile")};
-        ssl_protocols TLSv1.2 TLSv1.3;
-        ssl_session_cache shared:fleet_tls:1m;"""
-    proxied = f"""
+    return f"""
             proxy_pass {upstream};
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_buffering off;
             proxy_request_buffering off;
             proxy_read_timeout 120s;{upstream_tls}"""
+
+
+def _server_tls(config: ServerConfig) -> str:
+    """The directives that terminate the boards' TLS with the operator's certificate."""
+    assert config.certfile is not None and config.keyfile is not None
+    _check_certificate(config.certfile)
+    return f"""
+        ssl_certificate {_safe(config.certfile, "server.certfile")};
+        ssl_certificate_key {_safe(config.keyfile, "server.keyfile")};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:fleet_tls:1m;"""
+
+
+def render_config(config: ServerConfig, folder: Path) -> str:
+    """nginx's configuration for this server (every path absolute; nothing from /etc/nginx)."""
+    tls = not config.insecure
+    proxied = _proxied(config, tls)
+    listen = _listen(config.host, config.port) + (" ssl" if tls else "")
+    server_tls = _server_tls(config) if tls else ""
     folder = Path(_safe(folder, "server.state_dir"))
     temp = folder / "tmp"
     return f"""# Written by sleepfed-server run (sleepfed.server.fleet.fleet_proxy) at every start.

@@ -15,7 +15,7 @@ from prometheus_client.registry import Collector
 
 from sleepfed.common.prometheus import ROUND_BUCKETS, histogram
 from sleepfed.server.ops.config import ServerConfig
-from sleepfed.server.ops.round_figures import board_counts, read_history
+from sleepfed.server.ops.round_figures import RoundFigures, board_counts, read_history
 
 log = logging.getLogger("sleepfed.metrics")
 
@@ -45,20 +45,7 @@ class ServerCollector(Collector):
             value=1.0 if self.superlink_alive() else 0.0,
         )
         if self.supervision is not None:
-            restarts, sync_failures = self.supervision()
-            family = CounterMetricFamily(
-                "sleepfed_server_process_restarts",
-                "times `run` restarted a child that had died (superlink, fleet_proxy)",
-                labels=["process"],
-            )
-            for name, count in sorted(restarts.items()):
-                family.add_metric([name], count)
-            yield family
-            yield CounterMetricFamily(
-                "sleepfed_server_registry_sync_failures",
-                "board registrations or revocations the SuperLink did not take (retried)",
-                value=sync_failures,
-            )
+            yield from _supervision_families(*self.supervision())
         try:
             rounds, runs, rolled_back = read_history(self.config.history_path)
             boards = board_counts(self.config.state_dir)
@@ -69,68 +56,9 @@ class ServerCollector(Collector):
             return
         yield from self._readable(True)
         last = rounds[-1] if rounds else None
-        yield GaugeMetricFamily(
-            "sleepfed_server_rounds", "active rounds in the history", value=len(rounds)
-        )
-        yield GaugeMetricFamily(
-            "sleepfed_server_rounds_rolled_back", "rounds rolled back", value=rolled_back
-        )
-        yield GaugeMetricFamily(
-            "sleepfed_server_model_global_round",
-            "global round of the current global model (0 = none yet)",
-            value=last.global_round if last else 0,
-        )
-        runs_family = GaugeMetricFamily(
-            "sleepfed_server_runs", "runs in the history, by status", labels=["status"]
-        )
-        for status in ("running", "finished", "failed", "interrupted"):
-            runs_family.add_metric([status], sum(1 for r in runs if r["status"] == status))
-        yield runs_family
-        yield histogram(
-            "sleepfed_server_round_duration_seconds",
-            "round durations (from the previous round of the run, or the run's start)",
-            [r.duration_seconds for r in rounds if r.duration_seconds is not None],
-            ROUND_BUCKETS,
-        )
-        per_round = GaugeMetricFamily(
-            "sleepfed_server_boards_last_round",
-            "boards whose reply the last round used, by phase",
-            labels=["phase"],
-        )
-        per_round.add_metric(["train"], last.train_nodes if last else 0)
-        per_round.add_metric(["evaluate"], last.eval_nodes if last else 0)
-        yield per_round
-        recorded = [r for r in rounds if r.rejected is not None]
-        if recorded:  # absent, not 0, when the history does not record rejections
-            yield CounterMetricFamily(
-                "sleepfed_server_rejected_updates",
-                "updates rejected before aggregation",
-                value=sum(r.rejected or 0 for r in recorded),
-            )
-            yield GaugeMetricFamily(
-                "sleepfed_server_rejected_updates_last_round",
-                "updates the last round rejected",
-                value=last.rejected or 0 if last else 0,
-            )
-            rejected = CounterMetricFamily(
-                "sleepfed_server_rejected_updates_by_reason",
-                "updates rejected before aggregation, by reason",
-                labels=["reason"],
-            )
-            reasons: dict[str, int] = {}
-            for r in recorded:
-                for reason, n in r.rejected_by_reason.items():
-                    reasons[reason] = reasons.get(reason, 0) + n
-            for reason, n in sorted(reasons.items()):
-                rejected.add_metric([reason], n)
-            yield rejected
-        for name, value, doc in (
-            ("auc", last.auc if last else None, "held-out AUC of the current global model"),
-            ("loss", last.loss if last else None, "held-out log loss of the global model"),
-            ("epsilon_spent", last.epsilon if last else None, "privacy budget ε spent so far"),
-        ):
-            if value is not None:
-                yield GaugeMetricFamily(f"sleepfed_server_{name}", doc, value=value)
+        yield from _round_families(rounds, runs, rolled_back, last)
+        yield from _rejection_families(rounds, last)
+        yield from _model_families(last)
         if boards is not None:
             family = GaugeMetricFamily(
                 "sleepfed_server_boards", "enrolled boards, by status", labels=["status"]
@@ -150,3 +78,98 @@ class ServerCollector(Collector):
             "scrapes that could not read the history",
             value=self.read_errors,
         )
+
+
+def _supervision_families(restarts: dict[str, int], sync_failures: int) -> Iterator[Metric]:
+    family = CounterMetricFamily(
+        "sleepfed_server_process_restarts",
+        "times `run` restarted a child that had died (superlink, fleet_proxy)",
+        labels=["process"],
+    )
+    for name, count in sorted(restarts.items()):
+        family.add_metric([name], count)
+    yield family
+    yield CounterMetricFamily(
+        "sleepfed_server_registry_sync_failures",
+        "board registrations or revocations the SuperLink did not take (retried)",
+        value=sync_failures,
+    )
+
+
+def _round_families(
+    rounds: list[RoundFigures],
+    runs: list[dict[str, object]],
+    rolled_back: int,
+    last: RoundFigures | None,
+) -> Iterator[Metric]:
+    """The rounds and runs in the history, round durations, boards in the last round."""
+    yield GaugeMetricFamily(
+        "sleepfed_server_rounds", "active rounds in the history", value=len(rounds)
+    )
+    yield GaugeMetricFamily(
+        "sleepfed_server_rounds_rolled_back", "rounds rolled back", value=rolled_back
+    )
+    yield GaugeMetricFamily(
+        "sleepfed_server_model_global_round",
+        "global round of the current global model (0 = none yet)",
+        value=last.global_round if last else 0,
+    )
+    runs_family = GaugeMetricFamily(
+        "sleepfed_server_runs", "runs in the history, by status", labels=["status"]
+    )
+    for status in ("running", "finished", "failed", "interrupted"):
+        runs_family.add_metric([status], sum(1 for r in runs if r["status"] == status))
+    yield runs_family
+    yield histogram(
+        "sleepfed_server_round_duration_seconds",
+        "round durations (from the previous round of the run, or the run's start)",
+        [r.duration_seconds for r in rounds if r.duration_seconds is not None],
+        ROUND_BUCKETS,
+    )
+    per_round = GaugeMetricFamily(
+        "sleepfed_server_boards_last_round",
+        "boards whose reply the last round used, by phase",
+        labels=["phase"],
+    )
+    per_round.add_metric(["train"], last.train_nodes if last else 0)
+    per_round.add_metric(["evaluate"], last.eval_nodes if last else 0)
+    yield per_round
+
+
+def _rejection_families(rounds: list[RoundFigures], last: RoundFigures | None) -> Iterator[Metric]:
+    recorded = [r for r in rounds if r.rejected is not None]
+    if not recorded:  # absent, not 0, when the history does not record rejections
+        return
+    yield CounterMetricFamily(
+        "sleepfed_server_rejected_updates",
+        "updates rejected before aggregation",
+        value=sum(r.rejected or 0 for r in recorded),
+    )
+    yield GaugeMetricFamily(
+        "sleepfed_server_rejected_updates_last_round",
+        "updates the last round rejected",
+        value=last.rejected or 0 if last else 0,
+    )
+    rejected = CounterMetricFamily(
+        "sleepfed_server_rejected_updates_by_reason",
+        "updates rejected before aggregation, by reason",
+        labels=["reason"],
+    )
+    reasons: dict[str, int] = {}
+    for r in recorded:
+        for reason, n in r.rejected_by_reason.items():
+            reasons[reason] = reasons.get(reason, 0) + n
+    for reason, n in sorted(reasons.items()):
+        rejected.add_metric([reason], n)
+    yield rejected
+
+
+def _model_families(last: RoundFigures | None) -> Iterator[Metric]:
+    """The current global model's held-out scores and the ε spent (absent when unknown)."""
+    for name, value, doc in (
+        ("auc", last.auc if last else None, "held-out AUC of the current global model"),
+        ("loss", last.loss if last else None, "held-out log loss of the global model"),
+        ("epsilon_spent", last.epsilon if last else None, "privacy budget ε spent so far"),
+    ):
+        if value is not None:
+            yield GaugeMetricFamily(f"sleepfed_server_{name}", doc, value=value)

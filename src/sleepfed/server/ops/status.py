@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from sleepfed.server.ops.config import ServerConfig
-from sleepfed.server.ops.round_figures import board_counts, read_history
+from sleepfed.server.ops.round_figures import RoundFigures, board_counts, read_history
 
 # Exit codes of ``sleepfed-server status`` (2 is a configuration error, as everywhere).
 EXIT_HEALTHY = 0
@@ -36,25 +36,17 @@ def superlink_up(config: ServerConfig, timeout: float = 2.0) -> bool:
     )
 
 
-def collect(config: ServerConfig) -> dict[str, Any]:
-    rounds, runs, rolled_back = read_history(config.history_path)
-    up = superlink_up(config)
-    last_run = runs[-1] if runs else None
-    last = rounds[-1] if rounds else None
-    recorded = [r.rejected for r in rounds if r.rejected is not None]
-    reasons: dict[str, int] = {}
-    for r in rounds:
-        for reason, n in r.rejected_by_reason.items():
-            reasons[reason] = reasons.get(reason, 0) + n
-    running = last_run is not None and last_run["status"] == "running"
-    if running:
-        assert last_run is not None
+def _next_round(rounds: list[RoundFigures], last_run: dict[str, Any] | None, up: bool) -> str:
+    """When the next round happens, in words."""
+    if last_run is not None and last_run["status"] == "running":
         done = sum(1 for r in rounds if r.run_id == last_run["run_id"])
-        next_round = f"round {done + 1} of {last_run['planned_rounds']} of the running run"
-    elif up:
-        next_round = "with the next run (sleepfed-server run submits one)"
-    else:
-        next_round = "when the server runs"
+        return f"round {done + 1} of {last_run['planned_rounds']} of the running run"
+    if up:
+        return "with the next run (sleepfed-server run submits one)"
+    return "when the server runs"
+
+
+def _problems(config: ServerConfig, up: bool, last_run: dict[str, Any] | None) -> list[str]:
     problems = []
     if not up:
         problems.append(
@@ -63,9 +55,49 @@ def collect(config: ServerConfig) -> dict[str, Any]:
         )
     if last_run is not None and last_run["status"] in BAD_RUN_STATUSES:
         problems.append(f"the last run {last_run['run_id']} {last_run['status']}")
-    health = "ok" if not problems else ("down" if not up else "degraded")
+    return problems
+
+
+def _rounds_summary(
+    rounds: list[RoundFigures], rolled_back: int, next_round: str
+) -> dict[str, Any]:
+    last = rounds[-1] if rounds else None
     return {
-        "health": health,
+        "in_history": len(rounds),
+        "rolled_back": rolled_back,
+        "last_global_round": last.global_round if last else 0,
+        "last_ended_at": last.ended_at if last else None,
+        "last_duration_seconds": last.duration_seconds if last else None,
+        "last_train_boards": last.train_nodes if last else None,
+        "last_eval_boards": last.eval_nodes if last else None,
+        "next_global_round": (last.global_round if last else 0) + 1,
+        "next": next_round,
+    }
+
+
+def _rejected_summary(rounds: list[RoundFigures]) -> dict[str, Any]:
+    """Updates rejected so far (None: the history does not record rejections)."""
+    recorded = [r.rejected for r in rounds if r.rejected is not None]
+    reasons: dict[str, int] = {}
+    for r in rounds:
+        for reason, n in r.rejected_by_reason.items():
+            reasons[reason] = reasons.get(reason, 0) + n
+    return {
+        "recorded": bool(recorded),
+        "total": sum(recorded) if recorded else None,
+        "last_round": rounds[-1].rejected if rounds else None,
+        "by_reason": reasons,
+    }
+
+
+def collect(config: ServerConfig) -> dict[str, Any]:
+    rounds, runs, rolled_back = read_history(config.history_path)
+    up = superlink_up(config)
+    last_run = runs[-1] if runs else None
+    last = rounds[-1] if rounds else None
+    problems = _problems(config, up, last_run)
+    return {
+        "health": "ok" if not problems else ("down" if not up else "degraded"),
         "problems": problems,
         "superlink": {
             "address": config.address,  # the boards' address (the fleet proxy)
@@ -78,29 +110,14 @@ def collect(config: ServerConfig) -> dict[str, Any]:
             status: sum(1 for r in runs if r["status"] == status)
             for status in sorted({str(r["status"]) for r in runs})
         },
-        "rounds": {
-            "in_history": len(rounds),
-            "rolled_back": rolled_back,
-            "last_global_round": last.global_round if last else 0,
-            "last_ended_at": last.ended_at if last else None,
-            "last_duration_seconds": last.duration_seconds if last else None,
-            "last_train_boards": last.train_nodes if last else None,
-            "last_eval_boards": last.eval_nodes if last else None,
-            "next_global_round": (last.global_round if last else 0) + 1,
-            "next": next_round,
-        },
+        "rounds": _rounds_summary(rounds, rolled_back, _next_round(rounds, last_run, up)),
         "model": {
             "global_round": last.global_round if last else 0,
             "auc": last.auc if last else None,
             "loss": last.loss if last else None,
             "accuracy": last.accuracy if last else None,
         },
-        "rejected_updates": {
-            "recorded": bool(recorded),
-            "total": sum(recorded) if recorded else None,
-            "last_round": last.rejected if last else None,
-            "by_reason": reasons,
-        },
+        "rejected_updates": _rejected_summary(rounds),
         "privacy": {"epsilon_spent": last.epsilon if last else None},
         "boards": board_counts(config.state_dir),
         "node_auth": config.node_auth,
