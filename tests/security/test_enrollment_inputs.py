@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from sleepfed.common import private_files
-from sleepfed.provisioning.enroll import agent_toml
+from sleepfed.provisioning.enroll_steps import agent_toml
 from sleepfed.provisioning.pki import fingerprint_sha256
 from tests.support.federation_helpers import free_port, pki
 from tests.support.helpers import start_agent, stop_agent, wait_for, write_agent_config

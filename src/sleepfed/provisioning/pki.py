@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from sleepfed.common.private_files import write_atomic
-from sleepfed.provisioning.enroll import ca_fingerprint
+from sleepfed.provisioning.fingerprint import ca_fingerprint
 
 CA_CERT_NAME = "ca.pem"
 CA_KEY_NAME = "ca.key"
@@ -100,6 +100,30 @@ def _san_entry(host: str) -> x509.GeneralName:
         return x509.DNSName(name.lower())
 
 
+def _name(common_name: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "sleepfed"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+def _key_usage(*, signs_certificates: bool) -> x509.KeyUsage:
+    """A CA signs certificates and CRLs only; a TLS server only signs its handshakes."""
+    return x509.KeyUsage(
+        digital_signature=not signs_certificates,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=signs_certificates,
+        crl_sign=signs_certificates,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
 def make_ca(
     out_dir: Path, common_name: str = "sleepfed demo CA", days: int = 825
 ) -> tuple[Path, Path]:
@@ -110,12 +134,7 @@ def make_ca(
     _check_days(days)
     out_dir = Path(out_dir)
     key = ec.generate_private_key(_CURVE)
-    name = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "sleepfed"),
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-        ]
-    )
+    name = _name(common_name)
     now = _now()
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     cert = (
@@ -127,20 +146,7 @@ def make_ca(
         .not_valid_before(now - CLOCK_SKEW)
         .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(signs_certificates=True), critical=True)
         .add_extension(ski, critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
@@ -152,6 +158,39 @@ def make_ca(
     _write_key(key_path, key)
     _write_cert(cert_path, cert)
     return cert_path, key_path
+
+
+def _load_issuer(
+    ca_cert: Path, ca_key: Path
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """The CA's certificate and its EC key, checked to belong together."""
+    issuer = _load_cert(ca_cert)
+    issuer_key = _load_key(ca_key)
+    if not isinstance(issuer_key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{ca_key}: expected an EC private key, got {type(issuer_key).__name__}")
+    _check_pair(issuer, issuer_key, ca_cert, ca_key)
+    return issuer, issuer_key
+
+
+def _unique_sans(hosts: list[str]) -> list[x509.GeneralName]:
+    """One subjectAltName entry per distinct host, in the order given."""
+    sans: list[x509.GeneralName] = []
+    for host in hosts:
+        entry = _san_entry(host)
+        if entry not in sans:
+            sans.append(entry)
+    return sans
+
+
+def _authority_key_id(
+    issuer: x509.Certificate, issuer_key: ec.EllipticCurvePrivateKey
+) -> x509.AuthorityKeyIdentifier:
+    """The CA's own subject key id if it has one (a CA made elsewhere may not)."""
+    try:
+        ca_ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski)
+    except x509.ExtensionNotFound:
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key())
 
 
 def make_server_cert(
@@ -167,61 +206,26 @@ def make_server_cert(
     if not hosts:
         raise ValueError("hosts must name at least one DNS name or IP address")
     out_dir = Path(out_dir)
-    issuer = _load_cert(ca_cert)
-    issuer_key = _load_key(ca_key)
-    if not isinstance(issuer_key, ec.EllipticCurvePrivateKey):
-        raise ValueError(f"{ca_key}: expected an EC private key, got {type(issuer_key).__name__}")
-    _check_pair(issuer, issuer_key, ca_cert, ca_key)
-
-    sans: list[x509.GeneralName] = []
-    for host in hosts:
-        entry = _san_entry(host)
-        if entry not in sans:
-            sans.append(entry)
-
+    issuer, issuer_key = _load_issuer(ca_cert, ca_key)
+    sans = _unique_sans(hosts)
     key = ec.generate_private_key(_CURVE)
     now = _now()
-    not_after = now + dt.timedelta(days=days)
-    not_after = min(not_after, issuer.not_valid_after_utc)  # never outlive the CA
-    try:
-        ca_ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-        aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski)
-    except x509.ExtensionNotFound:
-        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key())
+    # never outlive the CA
+    not_after = min(now + dt.timedelta(days=days), issuer.not_valid_after_utc)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(
-            x509.Name(
-                [
-                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "sleepfed"),
-                    x509.NameAttribute(NameOID.COMMON_NAME, hosts[0].strip()[:64]),
-                ]
-            )
-        )
+        .subject_name(_name(hosts[0].strip()[:64]))
         .issuer_name(issuer.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - CLOCK_SKEW)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(signs_certificates=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(aki, critical=False)
+        .add_extension(_authority_key_id(issuer, issuer_key), critical=False)
         .sign(issuer_key, _HASH)
     )
     cert_path = out_dir / SERVER_CERT_NAME
