@@ -79,7 +79,7 @@ def check_request(board_id: str, path: Path) -> None:
 
 
 def server() -> int:
-    from sleepfed.model.features import walch_subjects
+    from sleepfed.model.walch import walch_subjects
 
     boards = os.environ["FLEET_BOARDS"].split(",")
     board_subjects = set(os.environ.get("FLEET_BOARD_SUBJECTS", "").split(","))

@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from sleepfed.board.buffer.store import Buffer
-from sleepfed.model.features import load_walch_subject, night_windows
+from sleepfed.model.features import night_windows
+from sleepfed.model.walch import load_walch_subject
 from sleepfed.provisioning import agent_toml
 from sleepfed.provisioning.pki import ensure_demo_pki
 from tests.support import helpers

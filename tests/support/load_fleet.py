@@ -25,7 +25,7 @@ from sleepfed_tools.replay import PtyLink, replay, walch_readings
 from sleepfed.board.buffer.counter_classes import NODE_FAULT_CLASSES
 from sleepfed.board.buffer.store import Buffer
 from sleepfed.board.sources.protocol import Reading
-from sleepfed.model.features import walch_subjects
+from sleepfed.model.walch import walch_subjects
 from sleepfed.provisioning.request import EnrollmentRequest
 from sleepfed.server.app.history import History
 from sleepfed.server.fleet.boards import Registry

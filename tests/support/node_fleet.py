@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 
 from sleepfed.common.flower_process import flower_bin, flower_environment
-from sleepfed.model.features import walch_dataset
+from sleepfed.model.walch import walch_dataset
 from sleepfed.server.app.history import History
 from sleepfed.server.research.partitions import resample_boards
 from sleepfed.server.research.simulation import prepare_buffers

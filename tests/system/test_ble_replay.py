@@ -25,7 +25,8 @@ from sleepfed.board.buffer.store import Buffer
 from sleepfed.board.nights.schedule import night_of
 from sleepfed.board.nights.tracker import extract_night
 from sleepfed.board.sources.ble_parsing import MOVEMENT
-from sleepfed.model.features import load_walch_subject, night_windows
+from sleepfed.model.features import night_windows
+from sleepfed.model.walch import load_walch_subject
 from tests.support.helpers import agent_status, wait_connected, wait_for, write_agent_config
 
 SUBJECT = "1455390"

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sleepfed.model.features import walch_subjects
+from sleepfed.model.walch import walch_subjects
 
 SUBSET = 8
 

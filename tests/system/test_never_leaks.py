@@ -48,7 +48,8 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 from sleepfed.board.buffer.store import Buffer
 from sleepfed.board.sources.protocol import Kind, Reading
 from sleepfed.model import logistic as model
-from sleepfed.model.features import load_walch_subject, night_windows
+from sleepfed.model.features import night_windows
+from sleepfed.model.walch import load_walch_subject
 from sleepfed.server.app.history import History
 from tests.support.federation_helpers import (
     board_state,

@@ -23,7 +23,6 @@ from sleepfed_tools.replay import (  # noqa: E402
     reference_efficiency_walch,
     replay,
     walch_readings,
-    walch_subjects,
 )
 
 from sleepfed.board.sources.protocol import (  # noqa: E402
@@ -33,6 +32,7 @@ from sleepfed.board.sources.protocol import (  # noqa: E402
     format_reading,
     parse_line,
 )
+from sleepfed.model.walch import walch_subjects  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("SLEEPFED_DATA", REPO.parent / "shared" / "data"))

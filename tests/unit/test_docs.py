@@ -104,12 +104,13 @@ def test_the_key_tables_are_made_from_the_parsers_fields() -> None:
 
 
 def test_the_benchmark_tables_are_made_from_the_results_files() -> None:
-    """docs/benchmarks.md's generated sections are what benchmarks/results/*.json (written
-    by `make bench`) make: a figure copied by hand or left stale fails here."""
-    from sleepfed_tools.bench_tables import TABLES, current, render
+    """The docs' generated benchmark sections are what benchmarks/results/*.json (written
+    by `make bench`) make: a figure copied by hand, left stale, or without its results file
+    fails here."""
+    from sleepfed_tools.bench_tables import placed, problems
 
-    text = (REPO / "docs" / "benchmarks.md").read_text()
-    for bench in TABLES:
-        assert current(text, bench) == render(bench), (
-            f"{bench}: run python -m sleepfed_tools.bench_tables --write"
-        )
+    found = problems()
+    assert not found, f"{found}: run python -m sleepfed_tools.bench_tables --write"
+    # What `make bench` measures on any machine (its QEMU round needs root and the images).
+    for bench in ("ingest", "memory", "ble", "fuzz", "federated"):
+        assert placed(bench), f"{bench}: its page has no generated section"

@@ -18,12 +18,10 @@ from sleepfed.model import logistic as model
 from sleepfed.model.features import (
     N_FEATURES,
     estimated_efficiency,
-    load_walch_subject,
     night_windows,
     reference_efficiency,
-    walch_dataset,
-    walch_subjects,
 )
+from sleepfed.model.walch import load_walch_subject, walch_dataset, walch_subjects
 
 UTC = ZoneInfo("UTC")
 NIGHT_START = dt.datetime(2026, 11, 20, 22, 0, tzinfo=dt.UTC).timestamp()

@@ -7,7 +7,7 @@ from pathlib import Path
 from sleepfed.board.buffer.store import Buffer
 from sleepfed.board.nights.tracker import predict_nights
 from sleepfed.model import logistic as model
-from sleepfed.model.features import walch_dataset
+from sleepfed.model.walch import walch_dataset
 
 SUBJECT = "4426783"
 

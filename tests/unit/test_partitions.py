@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sleepfed.model.features import NightWindows, walch_dataset
+from sleepfed.model.features import NightWindows
+from sleepfed.model.walch import walch_dataset
 from sleepfed.server.research.partitions import MIN_WINDOWS, poor_shares, resample_boards
 
 

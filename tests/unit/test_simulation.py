@@ -11,7 +11,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from sleepfed.board.buffer.store import Buffer
 from sleepfed.board.training.client_app import buffer_path
-from sleepfed.model.features import walch_dataset, walch_subjects
+from sleepfed.model.walch import walch_dataset, walch_subjects
 from sleepfed.server.research.simulation import prepare_buffers, run_federated
 
 

@@ -18,8 +18,8 @@ from sleepfed.board.training.client_app import _is_held_out
 from sleepfed.common.config_fields import ConfigError
 from sleepfed.model import logistic as model
 from sleepfed.model import objective
-from sleepfed.model.features import walch_dataset
 from sleepfed.model.personalisation import personalise
+from sleepfed.model.walch import walch_dataset
 from sleepfed.server.app.server_app import RecordingFedAvg
 from sleepfed.server.app.strategies import STRATEGIES, StrategySettings, build_strategy
 from sleepfed.server.ops.config import parse_config

@@ -14,19 +14,32 @@ quality is printed beside its PSG reference.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sleepfed.board.sources.ble_parsing import MOVEMENT
-from sleepfed.model.features import night_quality, walch_subjects
+from sleepfed.model.walch import walch_subjects
 from sleepfed.provisioning import agent_toml
 from sleepfed.provisioning.pki import ensure_demo_pki
+from sleepfed_tools.demo_report import night_predicted, print_results
+from sleepfed_tools.demo_setup import (
+    PYTHON,
+    agent_status,
+    ble_address,
+    board_settings,
+    board_sources,
+    choose_subjects,
+    enroll_boards,
+    server_toml,
+    wait_until,
+    write_file,
+)
 from sleepfed_tools.replay import (
     PtyLink,
     default_night_start,
@@ -37,118 +50,196 @@ from sleepfed_tools.replay import (
     walch_readings,
 )
 
-PYTHON = sys.executable
+if TYPE_CHECKING:
+    from sleepfed_tools.bluez_standin import BlueZStandIn
 
 
-def _write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
+@dataclass
+class Demo:
+    """One demo run: what it was asked for, and the processes and links it has started."""
 
+    args: argparse.Namespace
+    walch_dir: Path
+    workdir: Path
+    board_subjects: list[str]
+    held_out: list[str]
+    pki: dict[str, Path]
+    server_config: Path
+    ble_boards: set[int]
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    links: list[PtyLink] = field(default_factory=list)
+    configs: list[Path] = field(default_factory=list)
+    standin: BlueZStandIn | None = None
 
-def _agent_status(config: Path) -> dict[str, object] | None:
-    result = subprocess.run(
-        [PYTHON, "-m", "sleepfed.board.service.cli", "status", "--json", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    # 1 (daemon not running) and 3 (degraded) still print the status.
-    return json.loads(result.stdout) if result.stdout.strip() else None
+    def run(self, started: float) -> int:
+        """Every step in order; 0 when the federation finished and every board predicted."""
+        if self.ble_boards:
+            from sleepfed_tools.bluez_standin import BlueZStandIn
 
+            # A private D-Bus system bus; the agents started below inherit its address.
+            self.standin = BlueZStandIn(log_dir=self.workdir).start()
+        keys = enroll_boards(self.workdir, self.server_config, self.pki, self.args)
+        server = self.start_server()
+        for index, subject in enumerate(self.board_subjects):
+            self.start_board(index, subject, keys[index])
+        wait_until(
+            lambda: all(self.connected(i) for i in range(len(self.configs))),
+            90,
+            "every agent to open its serial port and connect its BLE wearable",
+        )
+        self.replay_nights()
+        code = self.relay_server(server)
+        if code != 0:
+            print(f"server exited with {code}; see {self.workdir / 'server'}")
+            return 1
+        wait_until(
+            lambda: all(night_predicted(c) for c in self.configs),
+            60,
+            "every board's night prediction",
+        )
+        agree = print_results(self.configs, self.board_subjects, self.ble_boards)
+        print(
+            f"\n{agree}/{len(self.configs)} boards' night quality agrees with PSG; "
+            f"demo took {time.time() - started:.0f}s. Files: {self.workdir}"
+        )
+        return 0
 
-def _wait(predicate, timeout: float, what: str, interval: float = 0.5) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-def _ble_address(index: int) -> str:
-    return f"C0:FF:EE:00:00:{index + 1:02X}"
-
-
-def _sources(ble: bool, port: str, address: str) -> list[dict[str, object]]:
-    """The board's sources: a serial wearable, or a BLE wearable + a serial reference device."""
-    if not ble:
-        return [{"type": "serial", "name": "wrist", "port": port}]
-    strap = {"name": "strap", "address": address, "movement_characteristic": MOVEMENT}
-    return [
-        {"type": "ble", "name": "wearable", "devices": [strap]},
-        {"type": "serial", "name": "reference", "port": port},
-    ]
-
-
-def enroll_boards(
-    workdir: Path, server_config: Path, pki: dict[str, Path], args: argparse.Namespace
-) -> list[Path]:
-    """Each board makes its own key pair (sleepfed-enroll, below a root of its own: the demo
-    does not touch this machine's /etc), the operator registers the requests."""
-    from sleepfed.provisioning.pki import fingerprint_sha256
-
-    fingerprint = fingerprint_sha256(pki["ca"])
-    requests, keys = [], []
-    for index in range(args.boards):
-        root = workdir / f"board{index + 1}" / "root"
-        result = subprocess.run(
+    def start_server(self) -> subprocess.Popen[bytes]:
+        """``sleepfed-server run --once``; its stdout is relayed once the nights are in."""
+        server_log = (self.workdir / "server" / "server.log").open("wb")
+        server = subprocess.Popen(
             [
                 PYTHON,
                 "-m",
-                "sleepfed.provisioning.enroll",
-                "--board-id",
-                f"board{index + 1}",
-                "--server",
-                f"127.0.0.1:{args.port}",
-                "--ca-file",
-                str(pki["ca"]),
-                "--ca-fingerprint",
-                fingerprint,
-                "--root",
-                str(root),
-                "--no-system-user",
-                "--no-unit",
+                "sleepfed.server.ops.cli",
+                "run",
+                "--once",
+                "--config",
+                str(self.server_config),
             ],
-            capture_output=True,
-            text=True,
-            check=True,
+            stdout=subprocess.PIPE,
+            stderr=server_log,
+            start_new_session=True,
         )
-        request = root / "etc" / "sleepfed" / "enrollment-request.txt"
-        assert request.read_text().strip() == result.stdout.strip().splitlines()[-1]
-        requests.append(str(request))
-        keys.append(root / "etc" / "sleepfed" / "node.key")
-    subprocess.run(
-        [
-            PYTHON,
-            "-m",
-            "sleepfed.server.ops.cli",
-            "boards",
-            "register",
-            "--config",
-            str(server_config),
-            *requests,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    print(
-        f"{args.boards} boards enrolled: each made its key pair, the server registered them "
-        f"(node authentication on; CA fingerprint {fingerprint[:23]}...)"
-    )
-    return keys
+        self.processes.append(server)
+        return server
+
+    def start_board(self, index: int, subject: str, key: Path) -> None:
+        """A board: its PTY, its agent.toml and agent process, and for a BLE board its
+        wearable on the stand-in, advertising."""
+        link = PtyLink()
+        self.links.append(link)
+        board_dir = self.workdir / f"board{index + 1}"
+        ble = index in self.ble_boards
+        sources = board_sources(ble, link.device_path, ble_address(index))
+        settings = board_settings(index, board_dir, sources, self.pki["ca"], key, self.args.port)
+        config = agent_toml.write(board_dir / "agent.toml", settings)
+        self.configs.append(config)
+        log = (board_dir / "agent.log").open("wb")
+        self.processes.append(
+            subprocess.Popen(
+                [PYTHON, "-m", "sleepfed.board.service.cli", "run", "--config", str(config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
+        if ble:
+            assert self.standin is not None
+            self.standin.add_heart_rate_sensor(
+                ble_address(index), with_illuminance=False, with_current_time=True
+            )
+            self.standin.advertise(ble_address(index))
+            how = (
+                f"BLE wearable {ble_address(index)} (Heart Rate 0x2A37 + RR, movement, "
+                f"Current Time) + reference labels over serial {link.device_path}"
+            )
+        else:
+            how = f"serial {link.device_path}"
+        print(
+            f"board{index + 1}: agent pid {self.processes[-1].pid}, {how}, "
+            f"replaying Walch subject {subject} (no light channel in this data set)"
+        )
+
+    def connected(self, index: int) -> bool:
+        status = agent_status(self.configs[index])
+        expected = "2/2" if index in self.ble_boards else "1/1"
+        return bool(status and status["daemon"]["sources_connected"] == expected)
+
+    def replay_nights(self) -> None:
+        """Every board's night at once, one thread each; then wait until each committed some."""
+        night_start = default_night_start()
+        counts: dict[int, int] = {}
+        feeders = [
+            threading.Thread(target=self.feed, args=(i, night_start, counts))
+            for i in range(len(self.configs))
+        ]
+        replay_started = time.time()
+        for thread in feeders:
+            thread.start()
+        for thread in feeders:
+            thread.join()
+        for config in self.configs:
+            wait_until(
+                lambda c=config: (agent_status(c) or {}).get("buffer", {}).get("readings", 0) > 0,
+                30,
+                "readings to be committed",
+            )
+        print(
+            f"replayed {sum(counts.values())} readings and notifications into "
+            f"{len(self.configs)} boards in "
+            f"{time.time() - replay_started:.1f}s; boards extract their nights and join"
+        )
+
+    def feed(self, index: int, night_start: float, counts: dict[int, int]) -> None:
+        """One board's night: serial readings, or PSG labels over serial + BLE notifications."""
+        link, subject = self.links[index], self.board_subjects[index]
+        if index not in self.ble_boards:
+            counts[index] = replay(
+                walch_readings(self.walch_dir, subject, night_start),
+                link.write,
+                rate=None,
+                drain=link.drain,
+            )
+            return
+        standin = self.standin
+        assert standin is not None
+        address = ble_address(index)
+        labels = replay(
+            walch_labels(self.walch_dir, subject, night_start), link.write, None, drain=link.drain
+        )
+        counts[index] = labels + replay_ble(
+            walch_ble_notifications(self.walch_dir, subject, night_start),
+            lambda uuid, value: standin.notify(address, uuid, value),
+            lambda uuid: standin.wait_until_notifying(address, uuid, timeout=60),
+        )
+
+    def relay_server(self, server: subprocess.Popen[bytes]) -> int:
+        """Print the server's output as it federates; its exit code."""
+        assert server.stdout is not None
+        for raw in server.stdout:
+            line = raw.decode().rstrip()
+            print(f"  server | {line}", flush=True)
+        return server.wait()
+
+    def stop(self) -> None:
+        """SIGTERM every process (boards first), kill what has not exited in 20 s, close the
+        links and stop the stand-in."""
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        for link in self.links:
+            link.close()
+        if self.standin is not None:
+            self.standin.stop()
 
 
-def choose_subjects(walch_dir: Path, boards: int) -> tuple[list[str], list[str]]:
-    """Boards get the subjects with the longest nights; the rest are the held-out set."""
-    subjects = walch_subjects(walch_dir)
-    lengths = {s: sum(1 for _ in (walch_dir / f"{s}_psg_labels.out").open()) for s in subjects}
-    ranked = sorted(subjects, key=lambda s: (-lengths[s], s))
-    return ranked[:boards], [s for s in subjects if s not in ranked[:boards]]
-
-
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sleepfed-demo", description=__doc__)
     parser.add_argument("--data", required=True, help="the shared data folder (holds walch2019/)")
     parser.add_argument("--boards", type=int, default=5)
@@ -158,237 +249,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--ble-boards", type=int, default=1, help="how many boards read a BLE wearable"
     )
-    args = parser.parse_args(argv)
-    started = time.time()
-    walch_dir = Path(args.data).resolve() / "walch2019"
-    if not walch_subjects(walch_dir):
-        parser.error(f"no Walch 2019 subjects in {walch_dir}")
+    return parser
+
+
+def prepare(args: argparse.Namespace, walch_dir: Path) -> Demo:
+    """A fresh work directory, the subjects, the demo PKI and the server's configuration."""
     workdir = Path(args.workdir).resolve()
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     board_subjects, held_out = choose_subjects(walch_dir, args.boards)
     pki = ensure_demo_pki(workdir / "pki", ["127.0.0.1", "localhost"])
-    server_config = _write(
-        workdir / "server" / "server.toml",
-        f"""[server]
-state_dir = "{workdir / "server" / "state"}"
-host = "127.0.0.1"
-port = {args.port}
-certfile = "{pki["cert"]}"
-keyfile = "{pki["key"]}"
-ca_certfile = "{pki["ca"]}"
-
-[federation]
-rounds = {args.rounds}
-min_nodes = {args.boards}
-local_iterations = 20
-round_timeout_seconds = 300
-
-[evaluation]
-data = "{walch_dir}"
-subjects = {json.dumps(held_out)}
-""",
+    server_config = write_file(
+        workdir / "server" / "server.toml", server_toml(workdir, pki, args, walch_dir, held_out)
     )
+    ble_boards = set(range(max(args.boards - args.ble_boards, 0), args.boards))
+    return Demo(args, walch_dir, workdir, board_subjects, held_out, pki, server_config, ble_boards)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    started = time.time()
+    walch_dir = Path(args.data).resolve() / "walch2019"
+    if not walch_subjects(walch_dir):
+        parser.error(f"no Walch 2019 subjects in {walch_dir}")
+    demo = prepare(args, walch_dir)
     print(
         f"sleepfed demo: {args.boards} boards, {args.rounds} rounds, TLS on 127.0.0.1:{args.port}"
     )
-    print(f"held-out subjects scored by the server: {', '.join(held_out)}")
-    processes: list[subprocess.Popen[bytes]] = []
-    links: list[PtyLink] = []
-    ble_boards = set(range(max(args.boards - args.ble_boards, 0), args.boards))
-    standin = None
-    if ble_boards:
-        from sleepfed_tools.bluez_standin import BlueZStandIn
-
-        # A private D-Bus system bus; the agents started below inherit its address.
-        standin = BlueZStandIn(log_dir=workdir).start()
+    print(f"held-out subjects scored by the server: {', '.join(demo.held_out)}")
     try:
-        keys = enroll_boards(workdir, server_config, pki, args)
-        server_log = (workdir / "server" / "server.log").open("wb")
-        server = subprocess.Popen(
-            [
-                PYTHON,
-                "-m",
-                "sleepfed.server.ops.cli",
-                "run",
-                "--once",
-                "--config",
-                str(server_config),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=server_log,
-            start_new_session=True,
-        )
-        processes.append(server)
-        configs = []
-        for index, subject in enumerate(board_subjects):
-            link = PtyLink()
-            links.append(link)
-            board_dir = workdir / f"board{index + 1}"
-            config = agent_toml.write(
-                board_dir / "agent.toml",
-                {
-                    "board": {"id": f"board{index + 1}", "timezone": "UTC"},
-                    "buffer": {
-                        "path": str(board_dir / "buffer.db"),
-                        "synchronous": "full",
-                        "max_mb": 256,
-                    },
-                    "sources": _sources(index in ble_boards, link.device_path, _ble_address(index)),
-                    "nights": {"settle_seconds": 3},
-                    "federation": {
-                        "server": f"127.0.0.1:{args.port}",
-                        "root_certificates": str(pki["ca"]),
-                        "auth_private_key": str(keys[index]),
-                        "window": "always",
-                        "min_new_labelled_windows": 10,
-                        "retry_initial_seconds": 1,
-                        "retry_max_seconds": 10,
-                        "session_idle_seconds": 600,
-                        "refused_retry_minutes": 0.2,
-                        "supernode_port": 9200 + index,
-                    },
-                },
-            )
-            configs.append(config)
-            log = (board_dir / "agent.log").open("wb")
-            processes.append(
-                subprocess.Popen(
-                    [PYTHON, "-m", "sleepfed.board.service.cli", "run", "--config", str(config)],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            )
-            if index in ble_boards:
-                assert standin is not None
-                standin.add_heart_rate_sensor(
-                    _ble_address(index), with_illuminance=False, with_current_time=True
-                )
-                standin.advertise(_ble_address(index))
-                how = (
-                    f"BLE wearable {_ble_address(index)} (Heart Rate 0x2A37 + RR, movement, "
-                    f"Current Time) + reference labels over serial {link.device_path}"
-                )
-            else:
-                how = f"serial {link.device_path}"
-            print(
-                f"board{index + 1}: agent pid {processes[-1].pid}, {how}, "
-                f"replaying Walch subject {subject} (no light channel in this data set)"
-            )
-
-        def connected(index: int) -> bool:
-            status = _agent_status(configs[index])
-            expected = "2/2" if index in ble_boards else "1/1"
-            return bool(status and status["daemon"]["sources_connected"] == expected)  # type: ignore[index]
-
-        _wait(
-            lambda: all(connected(i) for i in range(len(configs))),
-            90,
-            "every agent to open its serial port and connect its BLE wearable",
-        )
-        night_start = default_night_start()
-        counts: dict[int, int] = {}
-
-        def feed(index: int) -> None:
-            link, subject = links[index], board_subjects[index]
-            if index not in ble_boards:
-                counts[index] = replay(
-                    walch_readings(walch_dir, subject, night_start),
-                    link.write,
-                    rate=None,
-                    drain=link.drain,
-                )
-                return
-            assert standin is not None
-            address = _ble_address(index)
-            labels = replay(
-                walch_labels(walch_dir, subject, night_start), link.write, None, drain=link.drain
-            )
-            counts[index] = labels + replay_ble(
-                walch_ble_notifications(walch_dir, subject, night_start),
-                lambda uuid, value: standin.notify(address, uuid, value),
-                lambda uuid: standin.wait_until_notifying(address, uuid, timeout=60),
-            )
-
-        feeders = [threading.Thread(target=feed, args=(i,)) for i in range(len(configs))]
-        replay_started = time.time()
-        for thread in feeders:
-            thread.start()
-        for thread in feeders:
-            thread.join()
-        for index, config in enumerate(configs):
-            _wait(
-                lambda c=config, n=counts[index]: (
-                    (_agent_status(c) or {}).get("buffer", {}).get("readings", 0) > 0
-                ),
-                30,
-                "readings to be committed",
-            )
-        print(
-            f"replayed {sum(counts.values())} readings and notifications into "
-            f"{len(configs)} boards in "
-            f"{time.time() - replay_started:.1f}s; boards extract their nights and join"
-        )
-
-        assert server.stdout is not None
-        for raw in server.stdout:
-            line = raw.decode().rstrip()
-            print(f"  server | {line}", flush=True)
-        code = server.wait()
-        if code != 0:
-            print(f"server exited with {code}; see {workdir / 'server'}")
-            return 1
-
-        def predicted(config: Path) -> bool:
-            status = _agent_status(config) or {}
-            night = status.get("last_night", {})
-            model = status.get("model", {})
-            return bool(night.get("predicted_quality")) and night.get("model_version") == model.get(
-                "version"
-            )  # type: ignore[union-attr]
-
-        _wait(lambda: all(predicted(c) for c in configs), 60, "every board's night prediction")
-        print()
-        print("SE = estimated sleep efficiency, the share of 10-min windows predicted Good;")
-        print("PSG: the share of windows that are Good by polysomnography, and the PSG SE")
-        print(
-            "board   via     subject   night        predicted        PSG windows   PSG SE"
-            "      trained in"
-        )
-        agree = 0
-        for index, config in enumerate(configs):
-            status = _agent_status(config) or {}
-            night = status["last_night"]
-            trained = status["counters"].get("rounds_trained", 0)  # type: ignore[union-attr]
-            via = "BLE" if index in ble_boards else "serial"
-            reference = night["reference_efficiency"]  # type: ignore[index]
-            predicted_q = night["predicted_quality"]  # type: ignore[index]
-            agree += predicted_q == night_quality(reference)
-            print(
-                f"board{index + 1:<2d} {via:7s} {board_subjects[index]:>8s}  {night['night']}   "  # type: ignore[index]
-                f"{predicted_q:4s} {100 * night['predicted_efficiency']:5.1f}%    "  # type: ignore[index]
-                f"{100 * night['reference_good_share']:5.1f}%       "  # type: ignore[index]
-                f"{night_quality(reference):4s} {100 * reference:5.1f}%   {trained} rounds"
-            )
-        print(
-            f"\n{agree}/{len(configs)} boards' night quality agrees with PSG; "
-            f"demo took {time.time() - started:.0f}s. Files: {workdir}"
-        )
-        return 0
+        return demo.run(started)
     finally:
-        for process in reversed(processes):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        for link in links:
-            link.close()
-        if standin is not None:
-            standin.stop()
+        demo.stop()
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -219,35 +218,3 @@ def epochs_from_readings(
             asleep[i] = 1.0 if stage > 0 else 0.0
     hours = np.arange(n_epochs) * EPOCH_SECONDS / 3600.0
     return EpochSeries(activity, hr, hours, asleep)
-
-
-# -- from the Walch 2019 data set --------------------------------------------------------------
-WALCH_FILES = ("count_feature", "hr_feature", "time_feature", "psg_labels")
-
-
-def walch_subjects(data_dir: str | Path) -> list[str]:
-    """Subject ids in a folder in the Walch 2019 format (every file of the set present)."""
-    folder = Path(data_dir)
-    ids = {p.name.split("_", 1)[0] for p in folder.glob("*_psg_labels.out")}
-    return sorted(i for i in ids if all((folder / f"{i}_{f}.out").exists() for f in WALCH_FILES))
-
-
-def load_walch_subject(data_dir: str | Path, subject: str) -> EpochSeries:
-    folder = Path(data_dir)
-    load = lambda name: np.loadtxt(folder / f"{subject}_{name}.out", ndmin=1)  # noqa: E731
-    count, hr, _, stages = (load(name) for name in WALCH_FILES)
-    n = min(len(count), len(hr), len(stages))
-    stages = stages[:n]
-    asleep = np.where(stages < 0, np.nan, (stages > 0).astype(float))
-    # Epochs are taken as consecutive (as the replay sends them): time_feature has gaps of
-    # up to 31 minutes in 14 subjects, which a device would never see.
-    hours = np.arange(n) * EPOCH_SECONDS / 3600.0
-    return EpochSeries(count[:n], hr[:n], hours, asleep)
-
-
-def walch_dataset(
-    data_dir: str | Path, subjects: list[str] | None = None
-) -> dict[str, NightWindows]:
-    """Window features of every (or the named) Walch subject, keyed by subject id."""
-    subjects = subjects if subjects is not None else walch_subjects(data_dir)
-    return {s: night_windows(load_walch_subject(data_dir, s)) for s in subjects}
