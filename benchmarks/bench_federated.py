@@ -39,6 +39,8 @@ from sleepfed.server.research.evaluate import EvaluationSettings, evaluate, form
 
 DP_EPSILONS = (1.0, 4.0, 8.0)
 DP_DELTA = 1e-5
+# The strategies' options in the comparison rows (FedTrimmedAvg keeps its default β).
+STRATEGY_OPTIONS: dict[str, Any] = {"proximal_mu": 0.1, "krum_malicious_nodes": 1}
 
 
 def _walch_folder(data: Path) -> Path:
@@ -59,7 +61,7 @@ def _row(name: str, figures: dict[str, Any], seconds: float) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True)
     parser.add_argument("--folds", type=int, default=5)
@@ -75,47 +77,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dp-only", action="store_true", help="only the DP rows (and the centralised reference)"
     )
-    args = parser.parse_args(argv)
-    import logging
+    return parser.parse_args(argv)
 
-    logging.getLogger("flwr").setLevel(logging.ERROR)
-    folder = _walch_folder(Path(args.data))
-    training: dict[str, Any] = {
-        "local_iterations": args.local_iterations,
-        "learning_rate": args.learning_rate,
-    }
-    figures: dict[str, Any] = {"bench": "federated"}
 
-    if not args.dp_only:
-        started = time.perf_counter()
-        main_settings = EvaluationSettings(folds=args.folds, rounds=args.rounds, **training)
-        main_result = evaluate(folder, main_settings)
-        figures["main"] = {**main_result, "seconds": time.perf_counter() - started}
-        print(format_table(main_result))
-        print()
+def main_table(folder: Path, args: argparse.Namespace, training: dict[str, Any]) -> dict[str, Any]:
+    """Federated vs centralised vs local-only with ``--folds``/``--rounds``, printed."""
+    started = time.perf_counter()
+    main_settings = EvaluationSettings(folds=args.folds, rounds=args.rounds, **training)
+    main_result = evaluate(folder, main_settings)
+    print(format_table(main_result))
+    print()
+    return {**main_result, "seconds": time.perf_counter() - started}
 
-    compare = {"folds": args.compare_folds, "rounds": args.compare_rounds, **training}
-    print(
-        f"Strategies and DP: {args.compare_folds} folds, {args.compare_rounds} rounds x "
-        f"{args.local_iterations} gradient steps of {args.learning_rate} (federated model; "
-        "centralised reference of the same folds in the last row)"
-    )
-    print("| federated | AUC | bal. acc. | SE MAE (pts) | rounds to 99% | seconds |")
-    print("|---|---|---|---|---|---|")
-    reference: dict[str, Any] = {}
-    for name in () if args.dp_only else STRATEGIES:
+
+def strategy_rows(folder: Path, compare: dict[str, Any], figures: dict[str, Any]) -> None:
+    """One row per strategy (into ``figures``), printed as it comes."""
+    for name in STRATEGIES:
         started = time.perf_counter()
         result = evaluate(
             folder,
-            EvaluationSettings(
-                **compare,
-                strategy=StrategySettings(name=name, proximal_mu=0.1, krum_malicious_nodes=1),
-            ),
+            EvaluationSettings(**compare, strategy=StrategySettings(name=name, **STRATEGY_OPTIONS)),
         )
         seconds = time.perf_counter() - started
-        reference = result["centralised"]
+        figures["centralised_compare"] = result["centralised"]
         figures[name] = {**result["federated"], "seconds": seconds}
         print(_row(name, result["federated"], seconds), flush=True)
+
+
+def dp_rows(
+    folder: Path, args: argparse.Namespace, compare: dict[str, Any], figures: dict[str, Any]
+) -> None:
+    """FedAvg with central DP at each ε (into ``figures``), printed as it comes."""
     for epsilon in DP_EPSILONS:
         label = f"fedavg + DP ε={epsilon:g}"
         if args.skip_dp:
@@ -134,12 +126,54 @@ def main(argv: list[str] | None = None) -> int:
             EvaluationSettings(**compare, privacy=privacy),
         )
         seconds = time.perf_counter() - started
-        reference = reference or result["centralised"]
-        figures[f"dp_eps_{epsilon:g}"] = {**result["federated"], "sigma": sigma}
+        figures.setdefault("centralised_compare", result["centralised"])
+        figures[f"dp_eps_{epsilon:g}"] = {**result["federated"], "sigma": sigma, "seconds": seconds}
         print(_row(f"{label} (σ={sigma:.2f})", result["federated"], seconds), flush=True)
-    print(_row("centralised (reference)", reference, 0.0))
+
+
+def compare_setup(args: argparse.Namespace, compare: dict[str, Any]) -> dict[str, Any]:
+    """What the strategy and DP rows ran with (the results file keeps it for the docs)."""
+    return {
+        **compare,
+        "strategy_options": {
+            **STRATEGY_OPTIONS,
+            "trimmed_beta": StrategySettings().trimmed_beta,
+        },
+        "dp_epsilons": list(DP_EPSILONS),
+        "dp_delta": DP_DELTA,
+        "dp_clipping_norm": args.dp_clipping_norm,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import logging
+
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+    folder = _walch_folder(Path(args.data))
+    training: dict[str, Any] = {
+        "local_iterations": args.local_iterations,
+        "learning_rate": args.learning_rate,
+    }
+    figures: dict[str, Any] = {"bench": "federated"}
+    if not args.dp_only:
+        figures["main"] = main_table(folder, args, training)
+
+    compare = {"folds": args.compare_folds, "rounds": args.compare_rounds, **training}
+    print(
+        f"Strategies and DP: {args.compare_folds} folds, {args.compare_rounds} rounds x "
+        f"{args.local_iterations} gradient steps of {args.learning_rate} (federated model; "
+        "centralised reference of the same folds in the last row)"
+    )
+    print("| federated | AUC | bal. acc. | SE MAE (pts) | rounds to 99% | seconds |")
+    print("|---|---|---|---|---|---|")
+    if not args.dp_only:
+        strategy_rows(folder, compare, figures)
+    dp_rows(folder, args, compare, figures)
+    print(_row("centralised (reference)", figures.get("centralised_compare", {}), 0.0))
     print()
     print("command: python benchmarks/bench_federated.py " + " ".join(sys.argv[1:] or argv or []))
+    figures["compare"] = compare_setup(args, compare)
     print(json.dumps(figures, default=float))
     record.save(figures)
     return 0

@@ -13,37 +13,33 @@ nights back to back) when the data folder is there, synthetic lines otherwise.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
 import random
 import shutil
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import psutil
 import record
-from sleepfed_tools.replay import PtyLink, replay, walch_readings
+from host import fs_type
+from ingest_daemon import bench_end_to_end
+from sleepfed_tools.replay import walch_readings
 
 from sleepfed.board.buffer.store import Buffer
 from sleepfed.board.sources.protocol import Kind, Reading, format_reading, parse_line
-from sleepfed.model.features import walch_subjects
+from sleepfed.model.walch import walch_subjects
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from tests.support.helpers import stop_agent, write_agent_config  # noqa: E402
-
 GOAL_READINGS_PER_S = 100_000
 DEFAULT_BATCH = 2000  # sleepfed.board.service.config default buffer.batch_max_readings
 REPEATS = 5  # parse timings: best of
-NIGHT_START = 1_700_000_000.0  # 2023-11-14 22:13 UTC; long past, settled by config (below)
+NIGHT_START = 1_700_000_000.0  # 2023-11-14 22:13 UTC; long past, settled by the agent config
+# The end-to-end figures kept in the results file as they are (rounded).
+E2E_KEPT = ("seconds", "send_seconds", "daemon_cpu_s_per_100k", "daemon_rss_mb")
+E2E_KEPT += ("daemon_rss_before_mb", "daemon_rss_peak_mb")
 
 
 def default_data() -> Path:
@@ -155,128 +151,6 @@ def bench_commits(
     return rows
 
 
-def agent_config(root: Path, port: str) -> Path:
-    # Night extraction stays out of the measurement (the replayed nights are in the past).
-    return write_agent_config(
-        root / "agent.toml", buffer=root / "buffer.db", ports={"bench": port}, settle_seconds=3600
-    )
-
-
-def wait_connected(config: Path, link: PtyLink, proc: subprocess.Popen[bytes]) -> float:
-    """Poll ``status --json`` (draining the PTY meanwhile) until the daemon has the port."""
-    start = time.monotonic()
-    while time.monotonic() - start < 60:
-        if proc.poll() is not None:
-            raise RuntimeError(f"agent exited with {proc.returncode}")
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "sleepfed.board.service.cli",
-                "status",
-                "--json",
-                "--config",
-                str(config),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        if result.returncode == 0:
-            daemon = json.loads(result.stdout).get("daemon", {})
-            if daemon.get("running") and daemon.get("sources_connected") == "1/1":
-                return time.monotonic() - start
-        link.wait(0.2)
-    raise RuntimeError("agent did not open the PTY within 60 s")
-
-
-def wait_ack(link: PtyLink, count: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ack = link.last_ack
-        if ack is not None and ack[1] >= count:
-            return True
-        link.wait(0.002)
-    return False
-
-
-def bench_end_to_end(root: Path, readings: list[Reading], warmup: Reading) -> dict[str, object]:
-    """The real ``sleepfed-agent run`` on a PTY: PTY -> parse -> batch -> commit -> ACK."""
-    n = len(readings)
-    root.mkdir(parents=True, exist_ok=True)
-    with PtyLink() as link:
-        config = agent_config(root, link.device_path)
-        log = (root / "agent.log").open("wb")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sleepfed.board.service.cli", "run", "--config", str(config)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
-        try:
-            startup = wait_connected(config, link, proc)
-            # One reading first: proves the link carries data and ACKs come back.
-            replay([warmup], link.write, None, drain=link.drain)
-            if not wait_ack(link, 1, 30):
-                raise RuntimeError("no ACK for the first reading")
-            daemon = psutil.Process(proc.pid)
-            rss_before = daemon.memory_info().rss
-            peak = [rss_before]
-            done = threading.Event()
-
-            def sample_rss() -> None:  # the daemon's peak RSS while it ingests
-                while not done.wait(0.05):
-                    with contextlib.suppress(psutil.Error):
-                        peak[0] = max(peak[0], daemon.memory_info().rss)
-
-            sampler = threading.Thread(target=sample_rss, daemon=True)
-            sampler.start()
-            cpu0 = daemon.cpu_times()
-            t0 = time.perf_counter()
-            sent = replay(readings, link.write, None, drain=link.drain)
-            t_sent = time.perf_counter()
-            ok = wait_ack(link, n + 1, 120)
-            t1 = time.perf_counter()
-            cpu1 = daemon.cpu_times()
-            done.set()
-            sampler.join()
-            rss = daemon.memory_info().rss
-            acks = link.acks.acks
-            last = link.last_ack
-        finally:
-            stop_agent(proc, timeout=30)
-            log.close()
-    if not ok:
-        tail = (root / "agent.log").read_text()[-2000:]
-        raise RuntimeError(f"only {last} acknowledged of {n + 1}; agent log:\n{tail}")
-    cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
-    buffer = Buffer(root / "buffer.db", readonly=True)
-    try:
-        stored = buffer.counts()
-        counters = buffer.counters()
-    finally:
-        buffer.close()
-    return {
-        "readings": n,
-        "sent": sent,
-        "seconds": t1 - t0,
-        "send_seconds": t_sent - t0,
-        "per_s": n / (t1 - t0),
-        "daemon_cpu_s": cpu,
-        "daemon_cpu_s_per_100k": cpu / n * 100_000,
-        "daemon_cpu_share": cpu / (t1 - t0),
-        "acks": acks,
-        "readings_per_ack": n / max(acks - 1, 1),
-        "stored_readings": stored.readings,
-        "stored_labels": stored.stage_labels,
-        "rejected": sum(v for k, v in counters.items() if k.startswith("rejected_")),
-        "startup_seconds": startup,
-        "daemon_rss_mb": rss / 2**20,
-        "daemon_rss_before_mb": rss_before / 2**20,
-        "daemon_rss_peak_mb": peak[0] / 2**20,
-    }
-
-
 # -- output -------------------------------------------------------------------------------------
 def print_table(title: str, rows: list[dict[str, object]], unit: str, baseline: str) -> None:
     print(f"\n{title}")
@@ -287,16 +161,92 @@ def print_table(title: str, rows: list[dict[str, object]], unit: str, baseline: 
         print(f"  {row['name']:38} {per_s:14,.0f} {ratio:24.2f}")
 
 
-def fs_type(path: Path) -> str:
-    best = ("?", "")
-    for part in psutil.disk_partitions(all=True):
-        mount = part.mountpoint
-        if str(path).startswith(mount) and len(mount) > len(best[1]):
-            best = (part.fstype, mount)
-    return best[0]
+def print_end_to_end(e2e: dict[str, object], base: float) -> None:
+    e2e_rate = float(e2e["per_s"])  # type: ignore[arg-type]
+    print_table(
+        "end to end: PTY -> sleepfed-agent run -> buffer (synchronous=full) -> ACK",
+        [
+            {"name": "1 reading/txn, full (baseline)", "per_s": base, "ratio": 1.0},
+            {"name": "daemon, end to end", "per_s": e2e_rate, "ratio": e2e_rate / base},
+        ],
+        "readings/s",
+        "1/txn full",
+    )
+    print(
+        f"  {e2e['readings']:,} readings in {e2e['seconds']:.2f} s (all written after "
+        f"{e2e['send_seconds']:.2f} s); {e2e['acks']:,} ACKs "
+        f"(~{e2e['readings_per_ack']:.0f} readings each); stored {e2e['stored_readings']:,} "
+        f"readings + {e2e['stored_labels']:,} labels, {e2e['rejected']} rejected\n"
+        f"  daemon CPU {e2e['daemon_cpu_s']:.2f} s = {e2e['daemon_cpu_s_per_100k']:.2f} s per "
+        f"100k readings ({e2e['daemon_cpu_share']:.0%} of one core); "
+        f"daemon RSS {e2e['daemon_rss_before_mb']:.1f} MB before, "
+        f"{e2e['daemon_rss_peak_mb']:.1f} MB peak, {e2e['daemon_rss_mb']:.1f} MB after"
+    )
 
 
-def main(argv: list[str] | None = None) -> int:
+def print_goal(e2e_rate: float, default_rate: float) -> None:
+    print(
+        f"\ngoal >= {GOAL_READINGS_PER_S:,} readings/s: buffer batch {DEFAULT_BATCH} full "
+        f"{default_rate:,.0f}/s ({default_rate / GOAL_READINGS_PER_S:.2f}x goal), "
+        f"end to end {e2e_rate:,.0f}/s ({e2e_rate / GOAL_READINGS_PER_S:.2f}x goal); "
+        f"end to end = {e2e_rate / default_rate:.2f}x the bare batch-{DEFAULT_BATCH} commit rate"
+    )
+
+
+# -- the results file ---------------------------------------------------------------------------
+def slug(name: object) -> str:
+    """A row's name as a key of the results file: "batch 100, full" -> "batch_100_full"."""
+    text = str(name).replace(" (baseline)", "").replace("/", "_per_")
+    return text.replace(", ", "_").replace(" ", "_").replace("+", "_")
+
+
+def by_name(rows: list[dict[str, object]], key: str, digits: int) -> dict[str, float]:
+    values = {slug(r["name"]): float(r[key]) for r in rows}  # type: ignore[arg-type]
+    return {k: round(v, digits) if digits else round(v) for k, v in values.items()}
+
+
+def end_to_end_figures(
+    e2e: dict[str, object], base: float, default_rate: float
+) -> dict[str, object]:
+    e2e_rate = float(e2e["per_s"])  # type: ignore[arg-type]
+    return {
+        "readings_per_s": round(e2e_rate),
+        "ratio_to_1_per_txn_full": round(e2e_rate / base, 2),
+        "ratio_to_goal": round(e2e_rate / GOAL_READINGS_PER_S, 3),
+        "ratio_to_batch_2000_full": round(e2e_rate / default_rate, 3),
+        **{key: round(float(e2e[key]), 3) for key in E2E_KEPT},  # type: ignore[arg-type]
+        "acks": e2e["acks"],
+        "rejected": e2e["rejected"],
+    }
+
+
+def summary(
+    readings: int,
+    origin: str,
+    parse_rows: list[dict[str, object]],
+    commit_rows: list[dict[str, object]],
+    e2e: dict[str, object],
+) -> dict[str, object]:
+    base = float(commit_rows[0]["per_s"])  # type: ignore[arg-type]
+    default_rate = float(default_batch(commit_rows)["per_s"])  # type: ignore[arg-type]
+    return {
+        "bench": "ingest",
+        "readings": readings,
+        "data": origin,
+        "goal_readings_per_s": GOAL_READINGS_PER_S,
+        "parse_lines_per_s": by_name(parse_rows, "per_s", 0),
+        "parse_ratio_to_bare_split": by_name(parse_rows, "ratio", 3),
+        "commit_readings_per_s": by_name(commit_rows, "per_s", 0),
+        "commit_ratio_to_1_per_txn_full": by_name(commit_rows, "ratio", 2),
+        "end_to_end": end_to_end_figures(e2e, base, default_rate),
+    }
+
+
+def default_batch(commit_rows: list[dict[str, object]]) -> dict[str, object]:
+    return next(r for r in commit_rows if r["name"] == f"batch {DEFAULT_BATCH}, full")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=default_data(), help="shared data folder")
     parser.add_argument("--readings", type=int, default=200_000, help="readings per measure")
@@ -304,8 +254,11 @@ def main(argv: list[str] | None = None) -> int:
         "--single", type=int, default=5_000, help="readings for the one-per-transaction baseline"
     )
     parser.add_argument("--tmpdir", type=Path, help="where the SQLite files go (default: $TMPDIR)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     began = time.perf_counter()
     # One more reading than measured: the first one goes out before the clock starts.
     readings, origin = realistic_readings(args.data, args.readings + 1)
@@ -328,74 +281,11 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(root, ignore_errors=True)
 
     base = float(commit_rows[0]["per_s"])  # type: ignore[arg-type]
-    batch_default = next(r for r in commit_rows if r["name"] == f"batch {DEFAULT_BATCH}, full")
-    e2e_rate = float(e2e["per_s"])  # type: ignore[arg-type]
-    print_table(
-        "end to end: PTY -> sleepfed-agent run -> buffer (synchronous=full) -> ACK",
-        [
-            {"name": "1 reading/txn, full (baseline)", "per_s": base, "ratio": 1.0},
-            {"name": "daemon, end to end", "per_s": e2e_rate, "ratio": e2e_rate / base},
-        ],
-        "readings/s",
-        "1/txn full",
-    )
-    print(
-        f"  {e2e['readings']:,} readings in {e2e['seconds']:.2f} s (all written after "
-        f"{e2e['send_seconds']:.2f} s); {e2e['acks']:,} ACKs "
-        f"(~{e2e['readings_per_ack']:.0f} readings each); stored {e2e['stored_readings']:,} "
-        f"readings + {e2e['stored_labels']:,} labels, {e2e['rejected']} rejected\n"
-        f"  daemon CPU {e2e['daemon_cpu_s']:.2f} s = {e2e['daemon_cpu_s_per_100k']:.2f} s per "
-        f"100k readings ({e2e['daemon_cpu_share']:.0%} of one core); "
-        f"daemon RSS {e2e['daemon_rss_before_mb']:.1f} MB before, "
-        f"{e2e['daemon_rss_peak_mb']:.1f} MB peak, {e2e['daemon_rss_mb']:.1f} MB after"
-    )
-    ratio_goal = e2e_rate / GOAL_READINGS_PER_S
-    default_rate = float(batch_default["per_s"])  # type: ignore[arg-type]
-    print(
-        f"\ngoal >= {GOAL_READINGS_PER_S:,} readings/s: buffer batch {DEFAULT_BATCH} full "
-        f"{default_rate:,.0f}/s ({default_rate / GOAL_READINGS_PER_S:.2f}x goal), "
-        f"end to end {e2e_rate:,.0f}/s ({ratio_goal:.2f}x goal); "
-        f"end to end = {e2e_rate / default_rate:.2f}x the bare batch-{DEFAULT_BATCH} commit rate"
-    )
+    print_end_to_end(e2e, base)
+    print_goal(float(e2e["per_s"]), float(default_batch(commit_rows)["per_s"]))  # type: ignore[arg-type]
     print(f"(took {time.perf_counter() - began:.0f} s)")
 
-    def slug(name: object) -> str:
-        text = str(name).replace(" (baseline)", "").replace("/", "_per_")
-        return text.replace(", ", "_").replace(" ", "_").replace("+", "_")
-
-    def by_name(rows: list[dict[str, object]], key: str, digits: int) -> dict[str, float]:
-        values = {slug(r["name"]): float(r[key]) for r in rows}  # type: ignore[arg-type]
-        return {k: round(v, digits) if digits else round(v) for k, v in values.items()}
-
-    figures: dict[str, object] = {
-        "bench": "ingest",
-        "readings": len(readings),
-        "data": origin,
-        "goal_readings_per_s": GOAL_READINGS_PER_S,
-        "parse_lines_per_s": by_name(parse_rows, "per_s", 0),
-        "parse_ratio_to_bare_split": by_name(parse_rows, "ratio", 3),
-        "commit_readings_per_s": by_name(commit_rows, "per_s", 0),
-        "commit_ratio_to_1_per_txn_full": by_name(commit_rows, "ratio", 2),
-        "end_to_end": {
-            "readings_per_s": round(e2e_rate),
-            "ratio_to_1_per_txn_full": round(e2e_rate / base, 2),
-            "ratio_to_goal": round(ratio_goal, 3),
-            "ratio_to_batch_2000_full": round(e2e_rate / default_rate, 3),
-            **{
-                key: round(float(e2e[key]), 3)  # type: ignore[arg-type]
-                for key in (
-                    "seconds",
-                    "send_seconds",
-                    "daemon_cpu_s_per_100k",
-                    "daemon_rss_mb",
-                    "daemon_rss_before_mb",
-                    "daemon_rss_peak_mb",
-                )
-            },
-            "acks": e2e["acks"],
-            "rejected": e2e["rejected"],
-        },
-    }
+    figures = summary(len(readings), origin, parse_rows, commit_rows, e2e)
     print(json.dumps(figures, sort_keys=False))
     record.save(figures)
     return 0

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import record
 from prometheus_client import CollectorRegistry, generate_latest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,6 +153,7 @@ def main() -> int:
         f"{server['scrape_ms']:.1f} | {server['ratio']:.0f} |"
     )
     print(json.dumps({"agent": agent, "server": server}))
+    record.save({"bench": "metrics", "agent": agent, "server": server})
     return 0
 
 

@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+import record
+
 REPO = Path(__file__).resolve().parents[1]
 SOCK = "/run/sleepfed-docker.sock"
 DOCKER = "/usr/bin/docker"
@@ -39,7 +41,7 @@ import json, time, sys
 t0 = time.perf_counter()
 import sleepfed.board.training.client_app  # noqa: F401  (what the ClientApp process imports)
 from sleepfed.model import logistic as model
-from sleepfed.model.features import walch_dataset
+from sleepfed.model.walch import walch_dataset
 t1 = time.perf_counter()
 night = walch_dataset("/data/walch2019", [sys.argv[1]])[sys.argv[1]]
 x, y = night.features[night.labelled], night.labels[night.labelled]
@@ -118,8 +120,11 @@ def main() -> None:
         native, emulated = results["amd64"][key], results["arm64"][key]
         ratios[key] = emulated / native if native > 0 else float("nan")
         print(f"{name:<28}{native:>16.2f}{emulated:>16.2f}{ratios[key]:>8.1f}")
-    print(json.dumps({"bench": "qemu_round", "subject": SUBJECT, "results": results,
-                      "ratio_arm64_over_amd64": ratios, "loadavg": load}))  # fmt: skip
+    figures = {"bench": "qemu_round", "subject": SUBJECT, "results": results,
+               "ratio_arm64_over_amd64": ratios, "loadavg": load,
+               "repeats": args.repeats, "iterations": args.iterations}  # fmt: skip
+    print(json.dumps(figures))
+    record.save(figures)
 
 
 if __name__ == "__main__":

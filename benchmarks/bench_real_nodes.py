@@ -19,11 +19,32 @@ import sys
 import tempfile
 from pathlib import Path
 
+import record
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO))
 
-from tests.support.node_fleet import run_fleet  # noqa: E402
+from tests.support.node_fleet import FleetRun, run_fleet  # noqa: E402
+
+
+def figures(run: FleetRun, rounds: int) -> dict[str, object]:
+    """The results file's figures (RSS in MB of 10^6 bytes, as printed)."""
+    mb = 1e6
+    return {
+        "bench": "real_nodes",
+        "nodes": run.nodes,
+        "rounds": rounds,
+        "server_exit": run.server_exit,
+        "run_seconds": round(run.run_seconds, 1),
+        "round_seconds": [round(s, 1) for s in run.round_seconds],
+        "train_nodes": run.train_nodes,
+        "eval_nodes": run.eval_nodes,
+        "superlink_rss_start_mb": round(run.superlink_at_start / mb, 1),
+        "superlink_rss_peak_mb": round(run.superlink_peak / mb, 1),
+        "server_tree_peak_mb": round(run.server_tree_peak / mb, 1),
+        "nodes_tree_peak_mb": round(run.nodes_tree_peak / mb, 1),
+    }
 
 
 def main() -> None:
@@ -73,6 +94,7 @@ def main() -> None:
             f"peak {run.nodes_tree_peak / mb:.0f} MB ({run.nodes_tree_peak / run.nodes / mb:.0f}"
             f" MB per node)"
         )
+    record.save(figures(run, args.rounds))
     if run.train_nodes != [args.nodes] * args.rounds:
         raise SystemExit(f"not every node trained in every round: {run.train_nodes}")
 

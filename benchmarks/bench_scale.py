@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
 import json
 import os
 import statistics
@@ -34,6 +33,8 @@ import time
 from pathlib import Path
 
 import psutil
+import record
+from scale_simulation import run_child
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -41,109 +42,9 @@ sys.path.insert(0, str(REPO))
 VARIANTS = ("stock", "indexed-dispatch")
 
 
-# -- child: one simulation ------------------------------------------------------------------
-def _patch_dispatch() -> None:
-    """One scan of the LinkState per poll instead of one per node (see module doc)."""
-    from flwr.server.superlink.fleet.vce import vce_api
-    from flwr.supercore.date import now
-
-    def add_messages_to_queue(state, queue, nodes_mapping, f_stop):  # type: ignore[no-untyped-def]
-        while not f_stop.is_set():
-            with state.lock:
-                pending = [
-                    m
-                    for m in state.message_ins_store.values()
-                    if m.metadata.delivered_at == "" and m.metadata.dst_node_id in nodes_mapping
-                ]
-                state._check_stored_messages({m.metadata.message_id for m in pending})
-                delivered_at = now().isoformat()
-                for message in pending:
-                    if message.metadata.message_id in state.message_ins_store:
-                        message.metadata.delivered_at = delivered_at
-                        queue.put(message)
-            f_stop.wait(0.1)
-
-    vce_api.add_messages_to_queue = add_messages_to_queue
-
-
-def run_child(args: argparse.Namespace) -> None:
-    os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
-    from flwr.serverapp import Grid, ServerApp
-    from flwr.simulation import run_simulation
-
-    from sleepfed.board.training import client_app as board_app
-    from sleepfed.model import logistic as model
-    from sleepfed.server.app.server_app import RecordingFedAvg
-
-    if args.variant == "indexed-dispatch":
-        _patch_dispatch()
-    boards = args.one
-    os.environ[board_app.SIM_BUFFER_DIR_ENV] = args.buffers
-    marks: list[float] = []
-    nodes: list[tuple[int, int]] = []
-    server_app = ServerApp()
-
-    @server_app.main()
-    def _main(grid: Grid, context: Context) -> None:
-        strategy = RecordingFedAvg(
-            fraction_train=1.0,
-            fraction_evaluate=1.0,
-            min_train_nodes=boards,
-            min_evaluate_nodes=boards,
-            min_available_nodes=boards,
-        )
-
-        def mark(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-            marks.append(time.perf_counter())
-            if server_round > 0:
-                nodes.append(
-                    (strategy.train_nodes[server_round], strategy.eval_nodes[server_round])
-                )
-            return None
-
-        strategy.start(
-            grid=grid,
-            initial_arrays=ArrayRecord(model.initial_arrays()),
-            num_rounds=args.rounds,
-            timeout=3600.0,
-            train_config=ConfigRecord({"local-iterations": 5}),
-            evaluate_fn=mark,
-        )
-
-    started = time.perf_counter()
-    run_simulation(
-        server_app=server_app,
-        client_app=board_app.app,
-        num_supernodes=boards,
-        backend_config={
-            "client_resources": {"num_cpus": args.client_cpus, "num_gpus": 0.0},
-            "init_args": {
-                "num_cpus": 2,
-                "include_dashboard": False,
-                "object_store_memory": 256 * 1024**2,
-            },
-        },
-    )
-    rounds = [b - a for a, b in itertools.pairwise(marks)]
-    print(
-        "RESULT "
-        + json.dumps(
-            {
-                "total_seconds": time.perf_counter() - started,
-                "round_seconds": rounds,
-                "nodes": nodes,
-                "startup_seconds": marks[0] - started if marks else None,
-            }
-        ),
-        flush=True,
-    )
-
-
 # -- parent: preparation, the ClientApp's own cost, and the runs ------------------------------
 def prepare(data: Path, boards: int, folder: Path) -> dict[str, float]:
-    from sleepfed.model.features import walch_dataset
+    from sleepfed.model.walch import walch_dataset
     from sleepfed.server.research.partitions import poor_shares, resample_boards
     from sleepfed.server.research.simulation import prepare_buffers
 
@@ -238,7 +139,7 @@ def run_one(
     return result
 
 
-def main() -> None:
+def parse_args() -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, help="folder holding walch2019/")
     parser.add_argument("--boards", type=int, nargs="+", default=[100, 1000])
@@ -252,7 +153,52 @@ def main() -> None:
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--variant", default="stock", help=argparse.SUPPRESS)
     parser.add_argument("--buffers", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser, parser.parse_args()
+
+
+def print_partition(largest: int, partition: dict[str, float]) -> None:
+    print(
+        f"{largest} virtual boards from walch2019 in {partition['prepare_seconds']:.1f} s: "
+        f"{partition['windows_mean']:.1f} windows each on average; Poor share per board "
+        f"min {partition['poor_share_min']:.2f} / median {partition['poor_share_median']:.2f}"
+        f" / max {partition['poor_share_max']:.2f}; "
+        f"{partition['boards_without_poor']} boards without a Poor window"
+    )
+
+
+def run_all(args: argparse.Namespace, buffers: Path, per_board: float) -> list[dict[str, object]]:
+    """Each configuration in its own child process, a table row printed as each ends."""
+    largest = max(args.boards)
+    print(
+        f"Ray: {2 / args.client_cpus:.0f} actors on 2 CPUs (num_cpus {args.client_cpus} "
+        f"per board); FedAvg, every board in every round, {args.rounds} rounds"
+    )
+    print(
+        f"{'boards':>7} {'variant':<17} {'round 1 s':>10} {'later rounds s':>15} "
+        f"{'s/board':>8} {'ClientApp share':>16} {'peak RSS MB':>12} {'accepted':>9}"
+    )
+    runs = [(n, "stock") for n in sorted(args.boards) if n != largest or "stock" in args.variants]
+    runs += [(largest, v) for v in args.variants if v != "stock"]
+    rows = []
+    for boards, variant in runs:
+        result = run_one(boards, args.rounds, variant, args.client_cpus, buffers)
+        rounds = result["round_seconds"]
+        # every board replied; the server may refuse an update with 0 training windows
+        accepted = min(t for t, _ in result["nodes"])
+        later = statistics.fmean(rounds[1:]) if len(rounds) > 1 else rounds[0]
+        floor = per_board * boards / (2 / args.client_cpus)
+        print(
+            f"{boards:>7} {variant:<17} {rounds[0]:>10.1f} {later:>15.1f} "
+            f"{later / boards * 1000:>6.1f}ms {floor / later:>15.0%} "
+            f"{result['peak_rss_mb']:>12.0f} {accepted:>9}",
+            flush=True,
+        )
+        rows.append({"boards": boards, "variant": variant, **result})
+    return rows
+
+
+def main() -> None:
+    parser, args = parse_args()
     # one BLAS thread per process, as Ray gives each 1-CPU actor (OMP_NUM_THREADS=1); set
     # before numpy loads, so the in-process ClientApp cost is measured the same way
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -268,44 +214,20 @@ def main() -> None:
         largest = max(args.boards)
         buffers = work / "buffers"
         partition = prepare(args.data, largest, buffers)
-        print(
-            f"{largest} virtual boards from walch2019 in {partition['prepare_seconds']:.1f} s: "
-            f"{partition['windows_mean']:.1f} windows each on average; Poor share per board "
-            f"min {partition['poor_share_min']:.2f} / median {partition['poor_share_median']:.2f}"
-            f" / max {partition['poor_share_max']:.2f}; "
-            f"{partition['boards_without_poor']} boards without a Poor window"
-        )
+        print_partition(largest, partition)
         per_board = clientapp_cost(buffers, min(200, largest))
         print(f"ClientApp alone (in-process, train + evaluate): {per_board * 1000:.1f} ms/board")
-        print(
-            f"Ray: {2 / args.client_cpus:.0f} actors on 2 CPUs (num_cpus {args.client_cpus} "
-            f"per board); FedAvg, every board in every round, {args.rounds} rounds"
-        )
-        print(
-            f"{'boards':>7} {'variant':<17} {'round 1 s':>10} {'later rounds s':>15} "
-            f"{'s/board':>8} {'ClientApp share':>16} {'peak RSS MB':>12} {'accepted':>9}"
-        )
-        runs = [
-            (n, "stock") for n in sorted(args.boards) if n != largest or "stock" in args.variants
-        ]
-        runs += [(largest, v) for v in args.variants if v != "stock"]
-        rows = []
-        for boards, variant in runs:
-            result = run_one(boards, args.rounds, variant, args.client_cpus, buffers)
-            rounds = result["round_seconds"]
-            # every board replied; the server may refuse an update with 0 training windows
-            accepted = min(t for t, _ in result["nodes"])
-            later = statistics.fmean(rounds[1:]) if len(rounds) > 1 else rounds[0]
-            floor = per_board * boards / (2 / args.client_cpus)
-            print(
-                f"{boards:>7} {variant:<17} {rounds[0]:>10.1f} {later:>15.1f} "
-                f"{later / boards * 1000:>6.1f}ms {floor / later:>15.0%} "
-                f"{result['peak_rss_mb']:>12.0f} {accepted:>9}",
-                flush=True,
-            )
-            rows.append({"boards": boards, "variant": variant, **result})
-        print(
-            "JSON " + json.dumps({"partition": partition, "clientapp_s": per_board, "runs": rows})
+        rows = run_all(args, buffers, per_board)
+        payload = {"partition": partition, "clientapp_s": per_board, "runs": rows}
+        print("JSON " + json.dumps(payload))
+        record.save(
+            {
+                "bench": "scale",
+                "boards": largest,
+                "rounds": args.rounds,
+                "client_cpus": args.client_cpus,
+                **payload,
+            }
         )
 
 

@@ -12,7 +12,11 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# SLEEPFED_BENCH_RESULTS sends a trial run's file elsewhere, so that it does not replace the
+# figures the docs are made from.
+RESULTS = Path(
+    os.environ.get("SLEEPFED_BENCH_RESULTS") or Path(__file__).resolve().parent / "results"
+)
 
 
 def machine() -> dict[str, Any]:
@@ -26,7 +30,7 @@ def machine() -> dict[str, Any]:
 
 def commit() -> str:
     result = subprocess.run(
-        ["git", "-C", str(RESULTS.parent), "rev-parse", "--short", "HEAD"],
+        ["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "--short", "HEAD"],
         capture_output=True,
         text=True,
     )
@@ -35,12 +39,13 @@ def commit() -> str:
 
 def save(figures: dict[str, Any]) -> Path:
     """Write ``figures`` (which name their ``bench``) with date, machine and commit."""
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{figures['bench']}.json"
     record = {
         "bench": figures["bench"],
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
+        "load_average": [round(v, 2) for v in os.getloadavg()],
         "commit": commit(),
         "figures": figures,
     }

@@ -1,19 +1,51 @@
-"""The benchmark tables of docs/benchmarks.md, made from the figures ``make bench`` keeps in
+"""The benchmark sections of the docs, made from the figures each benchmark keeps in
 ``benchmarks/results/<bench>.json`` (benchmarks/record.py): ``python -m
-sleepfed_tools.bench_tables --write`` rewrites each generated section; tests/unit/test_docs.py
-fails when one differs from its results file."""
+sleepfed_tools.bench_tables --write`` rewrites every generated section, the text between
+``<!-- BEGIN <bench>: … -->`` and ``<!-- END <bench> -->`` in the page that holds it;
+tests/unit/test_docs.py fails when one differs from its results file, or has none.
+
+A results file whose page has no section yet (a benchmark outside ``make bench`` run by hand,
+or the QEMU round, which needs root and the images) is reported, not placed: its section
+goes in by hand, between the two markers, once; ``python -m sleepfed_tools.bench_tables``
+prints what it would hold."""
 
 from __future__ import annotations
 
 import argparse
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from sleepfed_tools import bench_tables_board as board
+from sleepfed_tools import bench_tables_fleet as fleet
+from sleepfed_tools.bench_tables_format import Record
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "benchmarks" / "results"
-DOC = REPO / "docs" / "benchmarks.md"
+DOCS = REPO / "docs"
+
+
+@dataclass(frozen=True)
+class Section:
+    """A generated section: the page that holds it and what makes its text."""
+
+    doc: Path
+    make: Callable[[Record], str]
+
+
+TABLES: dict[str, Section] = {
+    "ingest": Section(DOCS / "benchmarks.md", board.ingest),
+    "memory": Section(DOCS / "benchmarks.md", board.memory),
+    "ble": Section(DOCS / "benchmarks.md", board.ble),
+    "fuzz": Section(DOCS / "benchmarks.md", board.fuzz),
+    "federated": Section(DOCS / "evaluation.md", fleet.federated),
+    "qemu_round": Section(REPO / "docker" / "README.md", fleet.qemu_round),
+    "load": Section(DOCS / "benchmarks.md", fleet.load),
+    "scale": Section(DOCS / "benchmarks.md", fleet.scale),
+    "real_nodes": Section(DOCS / "benchmarks.md", fleet.real_nodes),
+    "metrics": Section(DOCS / "operations.md", board.metrics),
+}
 
 
 def begin(bench: str) -> str:
@@ -24,51 +56,13 @@ def end(bench: str) -> str:
     return f"<!-- END {bench} -->"
 
 
-def _provenance(record: dict[str, Any]) -> str:
-    machine = record["machine"]
-    return (
-        f"Measured {record['date']} on {machine['arch']}, {machine['cpus']} CPUs, Python "
-        f"{machine['python']}, commit {record['commit']} "
-        f"(`benchmarks/results/{record['bench']}.json`)."
-    )
-
-
-def ingest(record: dict[str, Any]) -> str:
-    figures = record["figures"]
-    rate, ratio = figures["commit_readings_per_s"], figures["commit_ratio_to_1_per_txn_full"]
-    e2e = figures["end_to_end"]
-    rows = [
-        ("one transaction per reading, `synchronous=full` (baseline)", "1_reading_per_txn_full"),
-        ("batches of 100, full", "batch_100_full"),
-        ("batches of 2,000 (the default), full", "batch_2000_full"),
-        ("batches of 2,000, normal", "batch_2000_normal"),
-    ]
-    lines = ["| path | readings/s | × baseline |", "| --- | ---: | ---: |"]
-    lines += [f"| {label} | {rate[key]:,.0f} | {ratio[key]:.1f} |" for label, key in rows]
-    lines.append(
-        "| **end to end**: PTY → `sleepfed-agent run` → SQLite (full) → ACK | "
-        f"**{e2e['readings_per_s']:,}** | {e2e['ratio_to_1_per_txn_full']:.1f} |"
-    )
-    parse = figures["parse_lines_per_s"]
-    return (
-        "\n".join(lines)
-        + "\n\n"
-        + f"Against the goal of {figures['goal_readings_per_s']:,} readings/s: batched commits "
-        f"{rate['batch_2000_full'] / figures['goal_readings_per_s']:.1f}×, end to end "
-        f"{e2e['ratio_to_goal']:.2f}×. "
-        + f"End to end the daemon uses {e2e['daemon_cpu_s_per_100k']:.2f} s of CPU per 100,000 "
-        f"readings; `parse_line` alone does {parse['parse_line']:,.0f} lines/s "
-        f"({figures['parse_ratio_to_bare_split']['parse_line']:.2f}× a bare `split` + `float`). "
-        + _provenance(record)
-    )
-
-
-TABLES: dict[str, Callable[[dict[str, Any]], str]] = {"ingest": ingest}
+def results_file(bench: str) -> Path:
+    return RESULTS / f"{bench}.json"
 
 
 def render(bench: str) -> str:
-    record = json.loads((RESULTS / f"{bench}.json").read_text())
-    return f"{begin(bench)}\n{TABLES[bench](record)}\n{end(bench)}"
+    record = json.loads(results_file(bench).read_text())
+    return f"{begin(bench)}\n{TABLES[bench].make(record)}\n{end(bench)}"
 
 
 def current(text: str, bench: str) -> str:
@@ -78,21 +72,52 @@ def current(text: str, bench: str) -> str:
     return text[text.index(begin(bench)) : text.index(end(bench)) + len(end(bench))]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--write", action="store_true", help="rewrite docs/benchmarks.md")
-    args = parser.parse_args()
-    text = DOC.read_text()
-    for bench in TABLES:
-        if not args.write:
-            print(render(bench))
+def placed(bench: str) -> bool:
+    """Whether the page of ``bench`` holds its generated section."""
+    return bool(current(TABLES[bench].doc.read_text(), bench))
+
+
+def problems() -> list[str]:
+    """Sections that differ from their results file or have none (what the test checks)."""
+    found = []
+    for bench, section in TABLES.items():
+        text = section.doc.read_text()
+        if not current(text, bench):
             continue
+        where = section.doc.relative_to(REPO)
+        if not results_file(bench).exists():
+            found.append(f"{where}: the {bench} section has no {results_file(bench).name}")
+        elif current(text, bench) != render(bench):
+            found.append(f"{where}: the {bench} section is stale")
+    return found
+
+
+def write() -> None:
+    """Rewrite every placed section whose results file exists; name the ones left out."""
+    for bench, section in TABLES.items():
+        if not results_file(bench).exists():
+            continue
+        text = section.doc.read_text()
         old = current(text, bench)
         if not old:
-            raise SystemExit(f"{DOC}: no generated section for {bench}")
-        text = text.replace(old, render(bench))
+            print(f"{bench}: {section.doc.relative_to(REPO)} has no generated section (not placed)")
+            continue
+        new = render(bench)
+        if new != old:
+            section.doc.write_text(text.replace(old, new))
+            print(f"{bench}: {section.doc.relative_to(REPO)} rewritten")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--write", action="store_true", help="rewrite the generated sections")
+    args = parser.parse_args()
     if args.write:
-        DOC.write_text(text)
+        write()
+        return 0
+    for bench in TABLES:
+        if results_file(bench).exists():
+            print(render(bench), end="\n\n")
     return 0
 
 
