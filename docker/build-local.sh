@@ -1,9 +1,9 @@
 #!/bin/bash
 # Build the sleepfed images on this machine, with no registry: Debian bookworm base images
-# made with debootstrap (amd64, arm64; armhf with --armhf), then docker/agent.Dockerfile and
-# docker/server.Dockerfile on them via --build-arg BASE_IMAGE=..., arm64/armv7 under QEMU.
+# made with debootstrap (amd64, arm64), then docker/agent.Dockerfile and
+# docker/server.Dockerfile on them via --build-arg BASE_IMAGE=..., arm64 under QEMU.
 #
-#   docker/build-local.sh [--armhf] [--arch amd64,arm64] [--only agent|server]
+#   docker/build-local.sh [--arch amd64,arm64] [--only agent|server]
 #                         [--keep-daemon] [--no-build]
 #
 # Runs as root; installs docker.io, docker-compose, qemu-user-static, binfmt-support and
@@ -29,7 +29,6 @@ BUILD=1
 
 while [ $# -gt 0 ]; do
     case $1 in
-        --armhf) ARCHES="$ARCHES,armhf" ;;
         --arch) ARCHES=$2; shift ;;
         --only) COMPONENTS=$2; shift ;;
         --keep-daemon) KEEP_DAEMON=1 ;;
@@ -57,8 +56,8 @@ step() {  # step NAME COMMAND... : run it, print and record how long it took
     printf '%-44s %4dm %02ds\n' "$name" $((took / 60)) $((took % 60)) | tee -a "$SUMMARY"
 }
 
-platform_of() { case $1 in amd64) echo linux/amd64 ;; arm64) echo linux/arm64 ;; armhf) echo linux/arm/v7 ;; esac; }
-qemu_of() { case $1 in arm64) echo qemu-aarch64 ;; armhf) echo qemu-arm ;; *) echo "" ;; esac; }
+platform_of() { case $1 in amd64) echo linux/amd64 ;; arm64) echo linux/arm64 ;; esac; }
+qemu_of() { case $1 in arm64) echo qemu-aarch64 ;; *) echo "" ;; esac; }
 host_arch=$(dpkg --print-architecture)
 
 # ------------------------------------------------------------------ host packages, binfmt
@@ -137,7 +136,7 @@ debootstrap_rootfs() {  # ARCH -> $STATE/rootfs/bookworm-ARCH.tar
             --include=python3,python3-venv,python3-pip,ca-certificates \
             bookworm "$dir" "$MIRROR" >"$STATE/logs/debootstrap-$arch.log" 2>&1
     fi
-    # no package caches or lists in the image (the armv7 build runs apt-get update itself)
+    # no package caches or lists in the image (a build that needs packages runs apt-get update)
     rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/*
     tar --numeric-owner -C "$dir" -cf "$tar.new" . && mv "$tar.new" "$tar"
 }

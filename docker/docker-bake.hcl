@@ -1,5 +1,5 @@
 # docker buildx bake -f docker/docker-bake.hcl            (from the repository root)
-# Targets: agent and server, each for linux/amd64, linux/arm64 and linux/arm/v7 (one
+# Targets: agent and server, each for linux/amd64 and linux/arm64 (one
 # multi-platform manifest per target; needs buildx and a registry or the OCI exporter).
 # Where there is no buildx (this project's CI machine), docker/README.md lists the equivalent
 # one-platform `docker build --platform ...` commands, and docker/build-local.sh runs them.
@@ -24,13 +24,11 @@ group "default" {
 
 target "_common" {
   context   = "."
-  platforms = ["linux/amd64", "linux/arm64", "linux/arm/v7"]
+  platforms = ["linux/amd64", "linux/arm64"]
   args = {
     BASE_IMAGE = BASE_IMAGE
     VERSION    = VERSION
     REVISION   = REVISION
-    # linux/arm/v7 switches to Debian's numpy/scipy/scikit-learn by TARGETARCH=arm
-    DEBIAN_SCIENTIFIC = "auto"
   }
   # Behind a TLS-intercepting proxy, give pip (build stage only) its CA as a secret:
   #   docker buildx bake -f docker/docker-bake.hcl --set '*.secret=id=build_ca,src=/path/ca.pem'

@@ -7,24 +7,12 @@
 #                                             needed), trimmed and byte-compiled
 #   install-venv.sh app  SRC VENV COMPONENT   sleepfed itself (--no-deps), then pip removed
 # COMPONENT is agent or server (the server adds the report and server extras).
-#
-# linux/arm/v7 (or DEBIAN_SCIENTIFIC=yes): PyPI has no armv7 wheels for numpy, scipy or
-# scikit-learn and building them under QEMU takes hours, so the venv is made from Debian's
-# /usr/bin/python3 with --system-site-packages over python3-numpy/scipy/sklearn, and pip
-# installs everything else without letting the resolver replace those three (Debian
-# bookworm ships numpy 1.24 / scikit-learn 1.2, below the versions pyproject asks for), and
-# without the requirements' extras (uvloop, httptools, greenlet: no armv7 wheels).
 set -eu
 mode=$1
 src=$2
 venv=$3
 component=${4:-server}
 case "$mode" in deps|app) ;; *) echo "install-venv: mode must be deps or app, not $mode" >&2; exit 2 ;; esac
-
-scientific=${DEBIAN_SCIENTIFIC:-auto}
-if [ "$scientific" = auto ]; then
-    if [ "${TARGETARCH:-}" = arm ]; then scientific=yes; else scientific=no; fi
-fi
 
 # A TLS-intercepting proxy's CA, given as the build secret "build_ca", is added to pip's
 # bundle for this RUN only (never to a layer).
@@ -42,30 +30,21 @@ if [ -s /run/secrets/build_ca ]; then
     echo "install-venv: using the build_ca secret for TLS (build stage only)"
 fi
 
-# sleepfed's own requirements (with the component's extras), read from pyproject.toml alone;
-# SKIP names those left out (Debian's, on armv7); NO_EXTRAS=1 drops the requirements' extras.
+# sleepfed's own requirements (with the component's extras), read from pyproject.toml alone.
 requirements() {
-    SKIP="${SKIP:-}" NO_EXTRAS="${NO_EXTRAS:-}" COMPONENT="$component" "$1" - "$src/pyproject.toml" <<'PY'
+    COMPONENT="$component" "$1" - "$src/pyproject.toml" <<'PY'
 import os, sys, tomllib
 project = tomllib.load(open(sys.argv[1], "rb"))["project"]
 lines = list(project["dependencies"])
 if os.environ["COMPONENT"] == "server":
     for extra in ("report", "server"):
         lines += project["optional-dependencies"][extra]
-skip = set(os.environ["SKIP"].split())
-if skip:  # the scientific branch: flwr's own requirements too, flwr itself installed apart
-    from importlib.metadata import requires
-    lines += requires("flwr") or []
 from packaging.requirements import Requirement
 seen = set()
 for line in lines:
     req = Requirement(line)
     if req.marker is not None and not req.marker.evaluate({"extra": ""}):
         continue
-    if req.name.lower() in skip:
-        continue
-    if os.environ["NO_EXTRAS"]:
-        req.extras = set()
     if str(req) not in seen:
         seen.add(str(req))
         print(req)
@@ -73,28 +52,11 @@ PY
 }
 
 if [ "$mode" = deps ]; then
-    if [ "$scientific" = yes ]; then
-        echo "install-venv: Debian's numpy/scipy/scikit-learn + --system-site-packages"
-        apt-get update
-        # compilers only here, in the build stage, for any sdist without an armv7 wheel
-        apt-get install -y --no-install-recommends python3 python3-venv python3-dev \
-            python3-numpy python3-scipy python3-sklearn python3-packaging build-essential \
-            libffi-dev
-        /usr/bin/python3 -m venv --system-site-packages "$venv"
-        "$venv/bin/pip" install --upgrade pip wheel packaging
-        "$venv/bin/pip" install --no-deps "flwr==1.42.*"
-        # no extras: uvicorn[standard] (uvloop, httptools) and sqlalchemy[asyncio] (greenlet)
-        # have no armv7 wheels and serve the SuperLink side of flwr, not a board
-        SKIP="numpy scipy scikit-learn flwr" NO_EXTRAS=1 requirements "$venv/bin/python" \
-            > /tmp/requirements.txt
-        rm -rf /var/lib/apt/lists/*
-    else
-        python3 -m venv "$venv"
-        "$venv/bin/pip" install --upgrade pip packaging
-        # the server also draws `sleepfed-server report`'s plots (matplotlib) and accounts DP
-        # (dp-accounting); boards do neither
-        requirements "$venv/bin/python" > /tmp/requirements.txt
-    fi
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --upgrade pip packaging
+    # the server also draws `sleepfed-server report`'s plots (matplotlib) and accounts DP
+    # (dp-accounting); boards do neither
+    requirements "$venv/bin/python" > /tmp/requirements.txt
     cat /tmp/requirements.txt
     "$venv/bin/pip" install -r /tmp/requirements.txt
     rm -f /tmp/requirements.txt

@@ -9,7 +9,7 @@
 ARG BASE_IMAGE
 FROM ${BASE_IMAGE} AS trim
 ENV DEBIAN_FRONTEND=noninteractive
-# Packages installed later (armv7's python3-numpy …) bring no documentation either.
+# Packages installed later (the server image's nginx-light) bring no documentation either.
 RUN printf '%s\n' 'path-exclude=/usr/share/doc/*' 'path-include=/usr/share/doc/*/copyright' \
         'path-exclude=/usr/share/man/*' 'path-exclude=/usr/share/info/*' \
         'path-exclude=/usr/share/locale/*' 'path-exclude=/usr/share/lintian/*' \

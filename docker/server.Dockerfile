@@ -3,8 +3,7 @@
 #   DOCKER_BUILDKIT=1 docker build -f docker/server.Dockerfile --platform linux/arm64 \
 #       --build-arg BASE_IMAGE=python:3.11-slim-bookworm -t sleepfed-server:arm64 .
 #
-# The build context is the repository root. linux/arm/v7 uses Debian's numpy, scipy and
-# scikit-learn (PyPI has no armv7 wheels for them); see docker/README.md.
+# The build context is the repository root; platforms and the other builds: docker/README.md.
 # No "# syntax=" line on purpose: the frontend image cannot be pulled where there is no
 # registry, and the engine's built-in frontend (20.10+) supports RUN --mount=type=secret.
 
@@ -16,12 +15,7 @@ ARG RUNTIME_IMAGE=${BASE_IMAGE}
 
 # ---------------------------------------------------------------- build stage
 FROM ${BASE_IMAGE} AS build
-ARG TARGETARCH
-ARG TARGETVARIANT
-# auto: Debian's python3-numpy/scipy/sklearn on linux/arm/v7 only; yes/no to force it.
-ARG DEBIAN_SCIENTIFIC=auto
-ENV DEBIAN_FRONTEND=noninteractive \
-    PIP_NO_CACHE_DIR=1 \
+ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 COPY docker/install-venv.sh /tmp/install-venv.sh
@@ -38,9 +32,6 @@ RUN --mount=type=secret,id=build_ca \
 
 # ---------------------------------------------------------------- final stage
 FROM ${RUNTIME_IMAGE}
-ARG TARGETARCH
-ARG TARGETVARIANT
-ARG DEBIAN_SCIENTIFIC=auto
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="sleepfed-server" \
@@ -51,11 +42,8 @@ LABEL org.opencontainers.image.title="sleepfed-server" \
       org.opencontainers.image.source="https://github.com/sleepfed/sleepfed" \
       io.sleepfed.component="server"
 ENV DEBIAN_FRONTEND=noninteractive
-# Runtime only: on armv7 Debian's scientific stack (the venv sees it through
-# --system-site-packages); elsewhere nothing is installed. No compilers in this stage.
-COPY docker/runtime-packages.sh /tmp/runtime-packages.sh
-RUN sh /tmp/runtime-packages.sh && rm /tmp/runtime-packages.sh \
-    && groupadd --system --gid 10001 sleepfed \
+# User sleepfed (uid/gid 10001), its state folder and /etc/sleepfed; no compilers here.
+RUN groupadd --system --gid 10001 sleepfed \
     && useradd --system --uid 10001 --gid sleepfed --home-dir /var/lib/sleepfed-server \
        --shell /usr/sbin/nologin sleepfed \
     && install -d -o sleepfed -g sleepfed -m 0700 /var/lib/sleepfed-server \
