@@ -5,9 +5,15 @@ DATA ?= ../shared/data
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 
-.PHONY: install demo test test-fast lint bench
+# The Debian packages of tools/system-packages.sh: `make demo` needs fewer than the tests.
+PACKAGES ?= test
 
-$(VENV)/.installed: pyproject.toml tools/pyproject.toml
+.PHONY: system-packages install demo test test-fast lint bench
+
+system-packages:
+	@sh tools/system-packages.sh $(PACKAGES)
+
+$(VENV)/.installed: pyproject.toml tools/pyproject.toml | system-packages
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]' -e tools
@@ -15,6 +21,7 @@ $(VENV)/.installed: pyproject.toml tools/pyproject.toml
 
 install: $(VENV)/.installed
 
+demo: PACKAGES = demo
 demo: install
 	$(PY) -m sleepfed_tools.demo --data $(DATA)
 
