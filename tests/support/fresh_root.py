@@ -76,22 +76,26 @@ def run_in(
     user: str | None = None,
     chdir: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """``command`` in the root (not booted: a plain container sharing the host's network)."""
+    """``command`` in the root (not booted: a plain container sharing the host's network).
+    In a private mount namespace with a tmpfs on /run/systemd: this host runs no systemd,
+    and nspawn keeps its per-machine state there."""
     nspawn = ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "-D", str(root),
-              "--resolv-conf=copy-host"]  # fmt: skip
+              "-M", f"sleepfed-fresh-{os.getpid()}", "--resolv-conf=copy-host"]  # fmt: skip
     nspawn += [f"--bind-ro={source}:{target}" for source, target in binds_ro]
     nspawn += [f"--setenv={k}={os.environ[k]}" for k in NETWORK_ENV if k in os.environ]
     if user:
         nspawn += [f"--user={user}"]
     if chdir:
         nspawn += [f"--chdir={chdir}"]
+    script = 'mkdir -p /run/systemd && mount -t tmpfs tmpfs /run/systemd && exec "$@"'
     done = subprocess.run(
-        [*nspawn, "--", *command],
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+         *nspawn, "--", *command],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=timeout,
-    )
+    )  # fmt: skip
     if check:
         assert done.returncode == 0, f"{command}: rc {done.returncode}\n{done.stderr[-3000:]}"
     return done
