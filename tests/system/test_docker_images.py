@@ -3,8 +3,8 @@ under QEMU completes a federated round against an amd64 server, both on the host
 TLS + node authentication as in the demo.
 
 Skipped unless SLEEPFED_DOCKER_TESTS=1 (root, network to Debian and PyPI; ~2 min with the
-images cached, ~10 min on a fresh 2-core machine; base images and BuildKit's cache are kept under
-/var/lib/sleepfed-docker between runs).
+images cached, ~25 min on a fresh 2-core machine, docker/README.md#measured; base images and
+BuildKit's cache are kept under /var/lib/sleepfed-docker between runs).
 """
 
 from __future__ import annotations
