@@ -179,13 +179,29 @@ def find_unit(given: str | None) -> Path | None:
     return next((c for c in candidates if c.is_file()), None)
 
 
+def packaged_unit(root: Path) -> Path | None:
+    """The unit the Debian package installed (packaging/deb), if any, below ``root``."""
+    path = root / "lib" / "systemd" / "system" / UNIT_NAME
+    return path if path.is_file() else None
+
+
 def install_unit(root: Path, unit: Path | None, report: Report) -> None:
-    if unit is None:
+    """Install ``unit`` into /etc/systemd/system and enable it. With the Debian package's
+    unit in /lib/systemd/system it is only enabled: no copy in /etc shadows the package's
+    (its upgrades would never apply), unless ``unit`` differs from it (an operator's own
+    unit, given with --unit-file, overrides the package's as systemd's /etc does)."""
+    packaged = packaged_unit(root)
+    if packaged is not None and (unit is None or unit.read_bytes() == packaged.read_bytes()):
+        report.step(f"unit {packaged} (from the sleepfed-agent package)", False)
+        link_target = f"/lib/systemd/system/{UNIT_NAME}"
+    elif unit is None:
         report.step(f"{UNIT_NAME}: not found (give --unit-file), not installed", False)
         return
-    target = root / "etc" / "systemd" / "system" / UNIT_NAME
-    target.parent.mkdir(parents=True, exist_ok=True)
-    report.step(f"unit {target}", ensure_file(target, unit.read_bytes(), 0o644, None))
+    else:
+        target = root / "etc" / "systemd" / "system" / UNIT_NAME
+        target.parent.mkdir(parents=True, exist_ok=True)
+        report.step(f"unit {target}", ensure_file(target, unit.read_bytes(), 0o644, None))
+        link_target = f"/etc/systemd/system/{UNIT_NAME}"
     wants = root / "etc" / "systemd" / "system" / "multi-user.target.wants" / UNIT_NAME
     if wants.is_symlink():
         report.step(f"{UNIT_NAME} enabled", False)
@@ -200,5 +216,5 @@ def install_unit(root: Path, unit: Path | None, report: Report) -> None:
         subprocess.run(command, check=True, capture_output=True)
     else:
         wants.parent.mkdir(parents=True, exist_ok=True)
-        wants.symlink_to(f"/etc/systemd/system/{UNIT_NAME}")
+        wants.symlink_to(link_target)
     report.step(f"{UNIT_NAME} enabled", True)
