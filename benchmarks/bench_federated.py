@@ -35,7 +35,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 from sleepfed.model import objective
 from sleepfed.server.app.privacy import PrivacySettings, noise_multiplier_for
 from sleepfed.server.app.strategies import STRATEGIES, StrategySettings
-from sleepfed.server.research.evaluate import EvaluationSettings, evaluate, format_table
+from sleepfed.server.research.evaluate import evaluate, format_table
+from sleepfed.server.research.methods import EvaluationSettings
 
 DP_EPSILONS = (1.0, 4.0, 8.0)
 DP_DELTA = 1e-5

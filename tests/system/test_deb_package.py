@@ -315,6 +315,11 @@ def test_deb_package_installs_enrolls_trains_upgrades_and_purges(
     )
     assert not [p for p in paths if forbidden.search(p)]
     assert not [p for p in paths if "__pycache__" in p or p.endswith("/pip")]
+    # What the root-run postinst and the service execute: nobody but root may change a byte.
+    entries = [line.split() for line in listing.splitlines()]
+    assert {e[1] for e in entries} == {"root/root"}
+    writable = [e[5] for e in entries if e[0][0] != "l" and "w" in (e[0][5], e[0][8])]
+    assert not writable, writable[:5]
     unit = next(line for line in listing.splitlines() if "sleepfed-agent.service" in line)
     shipped = subprocess.run(
         ["dpkg-deb", "--fsys-tarfile", str(first.deb)], capture_output=True, check=True

@@ -25,7 +25,7 @@ from sleepfed.model import logistic as model
 from sleepfed.model.walch import walch_dataset
 from sleepfed.server.app.held_out import held_out_scores
 from sleepfed.server.app.history import History
-from sleepfed.server.ops.report import FIGURE_DPI, FIGURE_INCHES
+from sleepfed.server.ops.report_plots import FIGURE_DPI, FIGURE_INCHES
 from tests.support.federation_helpers import (
     free_port,
     pki,

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from sleepfed.board.buffer.connection import BufferError
 from sleepfed.board.buffer.disk_guard import enforce_cap
 from sleepfed.board.buffer.schema import SCHEMA_VERSION
-from sleepfed.board.buffer.store import Buffer, BufferError
+from sleepfed.board.buffer.store import Buffer
 from sleepfed.board.sources.protocol import Kind, Reading
 
 T0 = 1_764_000_000.0

@@ -14,7 +14,8 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-from sleepfed.board.buffer.store import WAL_SIZE_LIMIT_BYTES, Buffer
+from sleepfed.board.buffer.connection import WAL_SIZE_LIMIT_BYTES
+from sleepfed.board.buffer.store import Buffer
 
 log = logging.getLogger("sleepfed.agent")
 

@@ -22,23 +22,9 @@ import json
 from dataclasses import dataclass
 
 from sleepfed.board.buffer.board_state import BoardState, encode_state
-from sleepfed.board.buffer.connection import (
-    SYNCHRONOUS_MODES,
-    WAL_SIZE_LIMIT_BYTES,
-    BufferError,
-)
 from sleepfed.board.buffer.model_tables import ModelTables
 from sleepfed.board.buffer.night_tables import NightTables
 from sleepfed.board.buffer.readings_tables import ReadingsTables
-
-# Imported from here by the service (config, cli, metrics) and the disk guard.
-__all__ = [
-    "SYNCHRONOUS_MODES",
-    "WAL_SIZE_LIMIT_BYTES",
-    "Buffer",
-    "BufferCounts",
-    "BufferError",
-]
 
 
 @dataclass(frozen=True)

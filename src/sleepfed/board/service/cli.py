@@ -26,7 +26,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from sleepfed.board.buffer.store import BufferError
+    from sleepfed.board.buffer.connection import BufferError
     from sleepfed.board.service.status import EXIT_NOT_RUNNING, as_json, collect, exit_code
     from sleepfed.board.service.status_text import render
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sleepfed.board.buffer.store import SYNCHRONOUS_MODES
+from sleepfed.board.buffer.connection import SYNCHRONOUS_MODES
 from sleepfed.board.nights.schedule import ParticipationWindow
 from sleepfed.board.sources.ble_source import BleDeviceConfig
 from sleepfed.common.config_fields import (

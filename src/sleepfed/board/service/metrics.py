@@ -25,6 +25,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from sleepfed.board.buffer.board_state import BoardState
+from sleepfed.board.buffer.connection import BufferError
 from sleepfed.board.buffer.counter_classes import (
     FAILED_SESSION_OUTCOMES,
     NODE_FAULT_CLASSES,
@@ -33,7 +34,7 @@ from sleepfed.board.buffer.counter_classes import (
     prefixed,
     rejection_classes,
 )
-from sleepfed.board.buffer.store import Buffer, BufferError
+from sleepfed.board.buffer.store import Buffer
 from sleepfed.board.sources.protocol import Kind
 from sleepfed.common.prometheus import ROUND_BUCKETS, histogram
 

@@ -14,12 +14,8 @@ from sleepfed.server.ops.exit_codes import EXIT_CONFIG
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from sleepfed.server.app.strategies import StrategySettings
-    from sleepfed.server.research.evaluate import (
-        EvaluationError,
-        EvaluationSettings,
-        evaluate,
-        format_table,
-    )
+    from sleepfed.server.research.evaluate import EvaluationError, evaluate, format_table
+    from sleepfed.server.research.methods import EvaluationSettings
 
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         logging.getLogger("flwr").setLevel(logging.ERROR)  # one INFO line per round otherwise

@@ -45,7 +45,6 @@ from typing import Any
 
 import numpy as np
 
-# EvaluationSettings is imported from here by the CLI and the benchmarks
 from sleepfed.server.research.methods import (
     EvaluationSettings,
     local_only_scores,
