@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import tomllib
 from argparse import Namespace
 from collections.abc import Callable
@@ -477,6 +479,55 @@ def test_the_server_state_is_private_under_umask_022(
     )
     assert {"boards.db", "history.db", "ca.key", "server.key"} <= names, names
     assert not wrong, wrong
+
+
+SERVICE_UID = 65534  # nobody: stands in for the unit's User=sleepfed
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running a command as root needs root")
+def test_a_command_run_as_root_leaves_the_service_user_its_state(attack: Attack) -> None:
+    """``sudo sleepfed-server boards register …`` on a packaged server: the state folder is
+    the service user's; nothing the root-run commands create there may stay root's, or the
+    service could not open its own registry (SQLite needs to write its -shm file)."""
+    base = Path(tempfile.mkdtemp(prefix="sleepfed-owner-", dir="/tmp"))
+    try:
+        base.chmod(0o755)  # the service user reaches its folder, as under /var/lib
+        state = base / "state"
+        state.mkdir(mode=0o700)
+        os.chown(state, SERVICE_UID, SERVICE_UID)
+        config = base / "server.toml"
+        config.write_text(f'[server]\nstate_dir = "{state}"\ninsecure = true\n')
+        config.chmod(0o644)
+        request = base / "request.txt"
+        request.write_text(f"sleepfed-enroll-request/1 pi-01 {_public_key()}\n")
+        for args in (
+            ["boards", "register", "--config", str(config), str(request)],
+            ["boards", "list", "--config", str(config)],
+            ["history", "--config", str(config)],
+        ):
+            result = server_cli(*args, umask=0o022)
+            assert result.returncode == 0, (args, result.stderr)
+        owners = {str(p.relative_to(state)): p.lstat().st_uid for p in state.rglob("*")}
+        roots = sorted(name for name, uid in owners.items() if uid != SERVICE_UID)
+        # The service user, after root: lists the boards and revokes one (writes the registry).
+        as_service = ["setpriv", f"--reuid={SERVICE_UID}", f"--regid={SERVICE_UID}",
+                      "--clear-groups", PYTHON, "-m", "sleepfed.server.ops.cli"]  # fmt: skip
+        revoked = subprocess.run(
+            [*as_service, "boards", "revoke", "--config", str(config), "pi-01"],
+            capture_output=True, text=True, timeout=120, cwd=base,
+        )  # fmt: skip
+        attack(
+            "root runs boards register/list, history in the service user's state",
+            "every entry the user's; the service user writes the registry after",
+            f"{len(owners)} entries, root's: {roots or 'none'}; revoke exit {revoked.returncode}",
+            not roots and revoked.returncode == 0,
+        )
+        assert {"boards.db", "history.db"} <= set(owners), owners
+        assert not roots, roots
+        assert revoked.returncode == 0, revoked.stderr
+        assert "pi-01: revoked" in revoked.stdout
+    finally:
+        shutil.rmtree(base)
 
 
 def test_certs_never_write_a_key_through_a_planted_link(tmp_path: Path, attack: Attack) -> None:

@@ -20,7 +20,6 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,25 +28,27 @@ from sleepfed_tools.replay import walch_readings
 from sleepfed.board.sources.protocol import Kind, format_reading
 from sleepfed.provisioning.pki import fingerprint_sha256
 from sleepfed.server.app.history import History
+from tests.support.deb_machine import (
+    RUNNER_PRELUDE,
+    boot,
+    build,
+    check_package_contents,
+    halt,
+    install_runner,
+    machine_root,
+    phase_times,
+    props,
+)
 from tests.support.federation_helpers import free_port, pki, start_server, stop, write_server_config
-from tests.support.fresh_root import run_in, unpack
 from tests.support.helpers import REPO
 
-BUILD = REPO / "packaging" / "deb" / "build.sh"
-CACHE = Path(os.environ.get("SLEEPFED_DEB_CACHE", "/var/lib/sleepfed-deb"))
 SUBJECT = "4426783"  # the board's night
 HELD_OUT = ["1066528", "2638030"]  # the server's evaluation
 NIGHT_START = 1_700_000_000.0  # 2023-11-14: long finished on any board's clock
-BOOT_TIMEOUT = 1500
 
-RUNNER = r"""#!/bin/bash
-# Runs inside the booted fresh root as a oneshot unit; writes its findings to /results.
-exec >/results/runner.log 2>&1
-set -x
-export DEBIAN_FRONTEND=noninteractive
-fact() { echo "$*" >>/results/facts; }
-stamp() { fact "t_$1=$(date +%s.%N)"; }
-show() { systemctl show -p ActiveState,SubState,Result,NRestarts,MainPID,StatusText \
+RUNNER = (
+    RUNNER_PRELUDE
+    + r"""show() { systemctl show -p ActiveState,SubState,Result,NRestarts,MainPID,StatusText \
            -p UnitFileState -p FragmentPath sleepfed-agent >"/results/$1"; }
 status() { sleepfed-agent status --json --config /etc/sleepfed/agent.toml >"/results/$1.json"; }
 value() {  # value FILE.json dotted.key
@@ -169,6 +170,7 @@ for path in /var/lib/sleepfed /etc/sleepfed /opt/sleepfed; do
 done
 getent passwd sleepfed >/results/user-after-purge
 """
+)
 
 # The sensor: a pseudo-terminal whose far end the agent opens like a USB serial adapter
 # (group dialout, 0660); on /run/sfpty/go it writes the night's SF1 lines, reading the
@@ -206,50 +208,12 @@ while not os.path.exists(os.path.join(folder, "stop")):
 print("acks", acks, flush=True)
 """
 
-RUNNER_UNIT = """[Unit]
-Description=sleepfed package test runner
-After=multi-user.target
-[Service]
-Type=oneshot
-ExecStart=/opt/payload/runner.sh
-"""
-
-
-@dataclass(frozen=True)
-class Built:
-    deb: Path
-    took: float
-    cached_root: bool
-    output: str
-
-
-def build(out: Path, *extra: str) -> Built:
-    cached = (CACHE / "bookworm-amd64-build.tar").exists()
-    started = time.monotonic()
-    done = subprocess.run(
-        [str(BUILD), "--arch", "amd64", "--out", str(out), *extra],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    took = time.monotonic() - started
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    last = done.stdout.strip().splitlines()[-1]
-    deb = Path(last.split()[0])
-    assert deb.is_file() and deb.parent == out, done.stdout[-2000:]
-    return Built(deb, took, cached, done.stdout)
-
 
 def night_lines(walch_dir: Path) -> tuple[bytes, int, int]:
     """The night as SF1 lines; and how many readings and stage labels it holds."""
     readings = list(walch_readings(walch_dir, SUBJECT, NIGHT_START))
     labels = sum(1 for r in readings if r.kind is Kind.LBL)
     return b"".join(format_reading(r) for r in readings), len(readings) - labels, labels
-
-
-def props(path: Path) -> dict[str, str]:
-    lines = path.read_text().splitlines() if path.exists() else []
-    return dict(line.split("=", 1) for line in lines if "=" in line)
 
 
 def server_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -259,27 +223,6 @@ def server_cli(*args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=120,
     )
-
-
-def boot(root: Path, log_path: Path) -> subprocess.Popen[str]:
-    """Boot ``root`` under its own systemd (the recipe of tests/system/test_systemd.py:
-    a private mount namespace with a tmpfs on /run/systemd, --keep-unit --register=no);
-    the runner unit is started by systemd.wants= and powers the machine off."""
-    nspawn = [
-        "timeout", str(BOOT_TIMEOUT), "systemd-nspawn", "--console=pipe", "--register=no",
-        "--keep-unit", "--resolv-conf=copy-host", "-D", str(root), "-M", "sleepfeddeb",
-        "-b", "--", "systemd.firstboot=off", "systemd.wants=sleepfed-runner.service",
-        "systemd.show_status=0",
-    ]  # fmt: skip
-    script = "mount -t tmpfs tmpfs /run/systemd && exec " + " ".join(nspawn)
-    with log_path.open("w") as log:
-        return subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "bash", "-c", script],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
 
 
 @pytest.mark.slow
@@ -299,43 +242,23 @@ def test_deb_package_installs_enrolls_trains_upgrades_and_purges(
         f"rebuild {second.deb.name}: {second.took:.0f} s (cached build root)"
     )
     assert second.deb.name == first.deb.name.replace("_amd64", "+2_amd64")
-    listing = subprocess.run(
-        ["dpkg-deb", "-c", str(first.deb)], capture_output=True, text=True, check=True
-    ).stdout
-    paths = [line.split()[5] for line in listing.splitlines()]
-    for wanted in (
-        "./opt/sleepfed/venv/bin/sleepfed-agent",
-        "./lib/systemd/system/sleepfed-agent.service",
-        "./opt/sleepfed/systemd/README.md",
-        "./usr/bin/sleepfed-enroll",
-    ):
-        assert wanted in paths, wanted
-    forbidden = re.compile(
-        r"site-packages/(sleepfed_tools|_?pytest|dbus|dbusmock|hypothesis|ruff|psutil)[/-]"
+    check_package_contents(
+        first.deb,
+        [
+            "./opt/sleepfed/venv/bin/sleepfed-agent",
+            "./lib/systemd/system/sleepfed-agent.service",
+            "./opt/sleepfed/systemd/README.md",
+            "./usr/bin/sleepfed-enroll",
+        ],
     )
-    assert not [p for p in paths if forbidden.search(p)]
-    assert not [p for p in paths if "__pycache__" in p or p.endswith("/pip")]
-    # What the root-run postinst and the service execute: nobody but root may change a byte.
-    entries = [line.split() for line in listing.splitlines()]
-    assert {e[1] for e in entries} == {"root/root"}
-    writable = [e[5] for e in entries if e[0][0] != "l" and "w" in (e[0][5], e[0][8])]
-    assert not writable, writable[:5]
-    unit = next(line for line in listing.splitlines() if "sleepfed-agent.service" in line)
     shipped = subprocess.run(
         ["dpkg-deb", "--fsys-tarfile", str(first.deb)], capture_output=True, check=True
     ).stdout
-    assert (REPO / "systemd/sleepfed-agent.service").read_bytes() in shipped, unit
+    assert (REPO / "systemd/sleepfed-agent.service").read_bytes() in shipped
 
     # A fresh bookworm, made a machine that boots: what any board has (systemd, dbus).
     started = time.monotonic()
-    root = unpack(tmp_path / "root")
-    prepared = run_in(
-        root,
-        ["bash", "-c", "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install "
-         "-y -q --no-install-recommends systemd systemd-sysv dbus"],
-        timeout=900,
-    )  # fmt: skip
-    assert prepared.returncode == 0, prepared.stdout[-2000:] + prepared.stderr[-2000:]
+    root = machine_root(tmp_path / "root", ["systemd", "systemd-sysv", "dbus"])
     times["fresh root + systemd"] = time.monotonic() - started
 
     # The server on this host (127.0.0.1), its CA for the board.
@@ -345,29 +268,27 @@ def test_deb_package_installs_enrolls_trains_upgrades_and_purges(
         tmp_path, port, certs, rounds=1, min_nodes=1, walch_dir=walch_dir, held_out=HELD_OUT
     )
     night, readings, labels = night_lines(walch_dir)
-    payload, results = root / "opt" / "payload", root / "results"
-    payload.mkdir(parents=True)
-    results.mkdir()
+    payload, results = (
+        install_runner(
+            root,
+            RUNNER.replace("@DEB1@", first.deb.name)
+            .replace("@DEB2@", second.deb.name)
+            .replace("@PORT@", str(port))
+            .replace("@FINGERPRINT@", fingerprint_sha256(certs["ca"]))
+            .replace("@SUPERNODE_PORT@", str(free_port()))
+            .replace("@LINES@", str(readings + labels)),
+        ),
+        root / "results",
+    )
     for built in (first, second):
         shutil.copy(built.deb, payload / built.deb.name)
     shutil.copy(certs["ca"], payload / "ca.pem")
     (payload / "night.sf1").write_bytes(night)
     (payload / "sensor.py").write_text(SENSOR)
-    runner = payload / "runner.sh"
-    runner.write_text(
-        RUNNER.replace("@DEB1@", first.deb.name)
-        .replace("@DEB2@", second.deb.name)
-        .replace("@PORT@", str(port))
-        .replace("@FINGERPRINT@", fingerprint_sha256(certs["ca"]))
-        .replace("@SUPERNODE_PORT@", str(free_port()))
-        .replace("@LINES@", str(readings + labels))
-    )
-    runner.chmod(0o755)
-    (root / "etc/systemd/system/sleepfed-runner.service").write_text(RUNNER_UNIT)
 
     server: subprocess.Popen[bytes] | None = None
     started = time.monotonic()
-    machine = boot(root, tmp_path / "nspawn.log")
+    machine = boot(root, tmp_path / "nspawn.log", "sleepfeddeb")
     try:
         while machine.poll() is None:
             if server is None and (results / "request.txt").exists():
@@ -384,27 +305,26 @@ def test_deb_package_installs_enrolls_trains_upgrades_and_purges(
         times["booted machine (install to purge)"] = time.monotonic() - started
         server_rc = server.wait(120) if server is not None else None
     finally:
-        if machine.poll() is None:
-            machine.kill()
+        halt(machine)
         if server is not None:
             stop([server])
     runner_log = (results / "runner.log").read_text() if (results / "runner.log").exists() else ""
     context = (tmp_path / "nspawn.log").read_text()[-2000:] + "\n" + runner_log[-6000:]
     assert machine.returncode == 0, context
     facts = props(results / "facts")
-    stamps = {k[2:]: float(v) for k, v in facts.items() if k.startswith("t_")}
-    for phase, (a, b) in {
-        "apt-get install": ("install", "installed"),
-        "enroll + registration": ("enroll", "registered"),
-        "systemctl start (READY=1)": ("start", "started"),
-        "night ingested": ("started", "ingested"),
-        "federated round joined": ("ingested", "trained"),
-        "upgrade": ("upgrade", "upgraded"),
-        "apt-get remove": ("remove", "removed"),
-        "apt-get purge": ("purge", "purged"),
-    }.items():
-        if a in stamps and b in stamps:
-            times[phase] = stamps[b] - stamps[a]
+    times |= phase_times(
+        facts,
+        {
+            "apt-get install": ("install", "installed"),
+            "enroll + registration": ("enroll", "registered"),
+            "systemctl start (READY=1)": ("start", "started"),
+            "night ingested": ("started", "ingested"),
+            "federated round joined": ("ingested", "trained"),
+            "upgrade": ("upgrade", "upgraded"),
+            "apt-get remove": ("remove", "removed"),
+            "apt-get purge": ("purge", "purged"),
+        },
+    )
     print("phases: " + ", ".join(f"{k} {v:.1f} s" for k, v in times.items()))
 
     # 1. installed: the unit is there, not enabled, not active; the user exists.

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import grp
 import hashlib
 import ipaddress
+import os
 import socket
 import ssl
 import stat
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -264,3 +268,34 @@ def test_tls_rejects_hostname_not_in_san(pki: dict[str, Path]) -> None:
             pytest.raises(ssl.SSLCertVerificationError),
         ):
             ctx.wrap_socket(raw, server_hostname="10.9.8.7")
+
+
+def test_certs_group_lets_the_service_read_the_server_key_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    """``sleepfed-server certs --group sleepfed`` as the package's quickstart runs it (here
+    with the group ``nogroup``, which every Debian system has): the service's group may enter
+    the folder and read server.key; ca.key stays 0600, not the group's; the folders made
+    above it are 0755."""
+    out = tmp_path / "etc" / "sleepfed" / "tls"  # server.toml goes in /etc/sleepfed
+    done = subprocess.run(
+        [sys.executable, "-m", "sleepfed.server.ops.cli", "certs", "--out", str(out),
+         "--host", "fl.example.org", "--group", "nogroup"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    group = grp.getgrnam("nogroup").gr_gid
+    modes = {p.name: (stat.S_IMODE(p.stat().st_mode), p.stat().st_gid) for p in out.iterdir()}
+    assert modes["server.key"] == (0o640, group)
+    assert modes["ca.key"] == (0o600, os.getgid())
+    assert (stat.S_IMODE(out.stat().st_mode), out.stat().st_gid) == (0o750, group)
+    # the folders it made above (under the command's umask 077) stay enterable by the service
+    assert [stat.S_IMODE(d.stat().st_mode) for d in (out.parent, out.parent.parent)] == [0o755] * 2
+    unknown = subprocess.run(
+        [sys.executable, "-m", "sleepfed.server.ops.cli", "certs", "--out",
+         str(tmp_path / "other"), "--group", "no-such-group"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert unknown.returncode == 2
+    assert "--group: no group 'no-such-group'" in unknown.stderr
+    assert not (tmp_path / "other").exists()

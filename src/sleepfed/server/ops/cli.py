@@ -9,12 +9,13 @@ import sys
 from collections.abc import Callable
 
 from sleepfed.model import objective
-from sleepfed.server.ops.config import ConfigError
+from sleepfed.server.ops.config import ConfigError, load_config
 from sleepfed.server.ops.evaluate_command import cmd_evaluate
 from sleepfed.server.ops.exit_codes import EXIT_CONFIG
 from sleepfed.server.ops.fleet_commands import cmd_boards, cmd_certs
 from sleepfed.server.ops.history_commands import cmd_history, cmd_report, cmd_rollback, cmd_status
 from sleepfed.server.ops.run_command import cmd_run
+from sleepfed.server.ops.state_owner import hand_back
 
 HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run,
@@ -68,6 +69,11 @@ def _add_fleet_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     certs = sub.add_parser("certs", help="make a CA and a server certificate (demo, tests)")
     certs.add_argument("--out", required=True)
     certs.add_argument("--host", action="append", default=None, help="SAN host (repeatable)")
+    certs.add_argument(
+        "--group",
+        help="the service's group (sleepfed): it may then read server.key (0640) and enter "
+        "the folder; ca.key stays the owner's alone",
+    )
 
 
 def _add_evaluate_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -126,6 +132,19 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"sleepfed-server: configuration error: {error}", file=sys.stderr)
         return EXIT_CONFIG
+    finally:
+        if getattr(args, "config", None) and os.geteuid() == 0:
+            _hand_back_state(args.config)
+
+
+def _hand_back_state(config_path: str) -> None:
+    """Run as root: what the command made in the state folder goes to the folder's owner
+    (sleepfed.server.ops.state_owner says why)."""
+    try:
+        state_dir = load_config(config_path).state_dir
+    except (ConfigError, OSError):
+        return
+    hand_back(state_dir)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,10 @@ enrolled boards) and ``certs`` (a CA and a server certificate for demos and test
 from __future__ import annotations
 
 import argparse
+import grp
 import json
+import os
+import stat
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -79,10 +82,40 @@ def cmd_boards(args: argparse.Namespace) -> int:
     return 0
 
 
+def _make_parents(out: Path) -> None:
+    """The folders above ``out`` that do not exist yet, 0755 like any system folder: the
+    command runs under umask 077, and ``--out /etc/sleepfed/tls`` must not make
+    ``/etc/sleepfed`` (where server.toml goes) a folder the service cannot enter."""
+    for folder in reversed(out.absolute().parents):
+        if not folder.exists():
+            os.mkdir(folder)
+            os.chmod(folder, 0o755)
+
+
+def _share_server_key(key: Path, group: int) -> None:
+    """The service reads the server's key through its group: the key 0640, its folder
+    entered by the group; the CA's key (same folder) stays 0600, the owner's alone."""
+    folder = key.parent
+    os.chown(folder, -1, group)
+    folder.chmod(stat.S_IMODE(folder.stat().st_mode) | 0o050)
+    os.chown(key, -1, group)
+    key.chmod(0o640)
+
+
 def cmd_certs(args: argparse.Namespace) -> int:
     from sleepfed.provisioning.pki import ensure_demo_pki, fingerprint_sha256
 
+    group = None
+    if args.group:
+        try:
+            group = grp.getgrnam(args.group).gr_gid
+        except KeyError:
+            print(f"sleepfed-server certs: --group: no group {args.group!r}", file=sys.stderr)
+            return EXIT_CONFIG
+    _make_parents(Path(args.out))
     paths = ensure_demo_pki(Path(args.out), args.host)
+    if group is not None:
+        _share_server_key(paths["key"], group)
     for name, path in paths.items():
         print(f"{name:7s} {path}")
     print(
