@@ -19,8 +19,10 @@ DEMO="$BUILD make ca-certificates procps dbus bluez nginx-light"
 # The tests too: socat (serial PTY pairs), systemd-nspawn (the unit tests boot a real
 # systemd), chromium + a font (the report rendered headless), iproute2 (network namespaces
 # of the network-cut test), curl (the attacker's tool of tests/security/), debootstrap (the
-# fresh root file system of tests/system/test_fresh_machine.py).
-TEST="$DEMO socat systemd-container chromium fonts-dejavu-core iproute2 curl debootstrap"
+# fresh root file systems of tests/system/test_fresh_machine.py and the package tests),
+# qemu-user-static + binfmt-support (the arm64 package and image run emulated).
+TEST="$DEMO socat systemd-container chromium fonts-dejavu-core iproute2 curl debootstrap \
+    qemu-user-static binfmt-support"
 
 case "${1:-}" in
 demo) wanted=$DEMO ;;

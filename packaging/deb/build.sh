@@ -77,6 +77,12 @@ case $PACKAGE in
 esac
 NAME=sleepfed-$PACKAGE
 UNIT=$NAME.service
+# The server package is built and tested for amd64 only (tests/system/test_deb_server_package.py);
+# an arm64 server would be a platform no test has run.
+if [ "$PACKAGE" = server ] && [ "$ARCH" != amd64 ]; then
+    echo "build.sh: the server package is for amd64 only (the platform its test runs on)" >&2
+    exit 2
+fi
 case $ARCH in amd64|arm64) ;; *) echo "build.sh: --arch amd64 or arm64, not $ARCH" >&2; exit 2 ;; esac
 case $COMPRESS in xz|zstd|gzip) ;; *) echo "build.sh: --compress xz, zstd or gzip" >&2; exit 2 ;; esac
 case $BUILD_SUFFIX in ''|[0-9]|[0-9][0-9]|[0-9][0-9][0-9]) ;;

@@ -6,6 +6,7 @@ wrote to /results."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import signal
@@ -15,12 +16,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.fresh_root import CACHE as FRESH_CACHE
 from tests.support.fresh_root import run_in, unpack
 from tests.support.helpers import REPO
 
 BUILD = REPO / "packaging" / "deb" / "build.sh"
 DEB_CACHE = Path(os.environ.get("SLEEPFED_DEB_CACHE", "/var/lib/sleepfed-deb"))
 BOOT_TIMEOUT = 1500
+# How long a machine root (a fresh root with systemd and the like) is reused; its apt lists
+# age with it, and a Debian point release removes the versions they name.
+MACHINE_CACHE_DAYS = 3
 
 RUNNER_UNIT = """[Unit]
 Description=sleepfed package test runner
@@ -82,19 +87,28 @@ def check_package_contents(deb: Path, wanted: Sequence[str]) -> list[str]:
     return paths
 
 
-def machine_root(dest: Path, packages: Sequence[str], *, download: str = "") -> Path:
-    """A fresh bookworm at ``dest`` with ``packages`` installed (what the test's user has
-    besides the package); ``download``: a command run after them (host network), e.g. to
-    fetch a package's dependencies for a machine that will boot without a route out."""
-    root = unpack(dest)
+def machine_root(dest: Path, packages: Sequence[str], *, arch: str = "amd64") -> Path:
+    """A fresh bookworm of ``arch`` at ``dest`` with ``packages`` installed (what the test's
+    user has besides the package); arm64 runs under QEMU. The root with those packages is
+    cached beside the fresh root's tarball for MACHINE_CACHE_DAYS: its apt lists must stay
+    current enough for ``apt install`` to fetch the package's dependencies."""
+    key = hashlib.sha256(" ".join([arch, *sorted(packages)]).encode()).hexdigest()[:12]
+    cached = FRESH_CACHE / f"machine-{arch}-{key}.tar"
+    if cached.exists() and time.time() - cached.stat().st_mtime < MACHINE_CACHE_DAYS * 86400:
+        dest.mkdir(parents=True)
+        subprocess.run(["tar", "--numeric-owner", "-C", str(dest), "-xf", str(cached)], check=True)
+        return dest
+    root = unpack(dest, arch=arch)
     command = (
         "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
-        f"--no-install-recommends {' '.join(packages)}"
+        f"--no-install-recommends {' '.join(packages)} && apt-get clean"
     )
-    if download:
-        command += f" && {download}"
-    prepared = run_in(root, ["bash", "-c", command], timeout=900)
+    prepared = run_in(root, ["bash", "-c", command], timeout=1500)
     assert prepared.returncode == 0, prepared.stdout[-2000:] + prepared.stderr[-2000:]
+    subprocess.run(
+        ["tar", "--numeric-owner", "-C", str(root), "-cf", f"{cached}.new", "."], check=True
+    )
+    os.replace(f"{cached}.new", cached)
     return root
 
 

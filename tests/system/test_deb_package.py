@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sleepfed_tools.replay import walch_readings
@@ -225,6 +226,94 @@ def server_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+# Parts 1-2 of RUNNER, timed by its stamps (first, last).
+BOARD_PHASES = {
+    "apt-get install": ("install", "installed"),
+    "enroll + registration": ("enroll", "registered"),
+    "systemctl start (READY=1)": ("start", "started"),
+    "night ingested": ("started", "ingested"),
+    "federated round joined": ("ingested", "trained"),
+}
+
+
+def operate(machine: subprocess.Popen[str], results: Path, server_config: Path) -> int | None:
+    """The operator while the machine runs: once the board's request is in /results, it goes
+    into the registry (``sleepfed-server boards register``) and the server starts. Returns
+    the server's exit status (None if it never started); the machine is halted if still up."""
+    server: subprocess.Popen[bytes] | None = None
+    try:
+        while machine.poll() is None:
+            if server is None and (results / "request.txt").exists():
+                registered = server_cli(
+                    "boards", "register", "--config", str(server_config),
+                    str(results / "request.txt"),
+                )  # fmt: skip
+                assert registered.returncode == 0, registered.stderr
+                assert "deb-board: added" in registered.stdout
+                server = start_server(server_config)
+                (results / "registered").touch()
+            time.sleep(0.5)
+        return server.wait(120) if server is not None else None
+    finally:
+        halt(machine)
+        if server is not None:
+            stop([server])
+
+
+def machine_context(tmp_path: Path, results: Path) -> str:
+    """The end of the boot log and of the runner's log, for a failed assertion."""
+    runner_log = results / "runner.log"
+    runner = runner_log.read_text()[-6000:] if runner_log.exists() else ""
+    return (tmp_path / "nspawn.log").read_text()[-2000:] + "\n" + runner
+
+
+def check_installed_and_trained(
+    tmp_path: Path, results: Path, server_rc: int | None, readings: int, labels: int
+) -> dict[str, Any]:
+    """Parts 1-2 of RUNNER: installed (the unit there, disabled, inactive; the user in
+    dialout), enrolled (the package's unit enabled), started (READY=1 with a status line),
+    the whole night in the buffer, round 1 trained with this one board. Returns the board's
+    status after the round."""
+    facts = props(results / "facts")
+    context = machine_context(tmp_path, results)
+    server_log = tmp_path / "server" / "server.log"
+    # 1. installed: the unit is there, not enabled, not active; the user exists.
+    assert facts.get("install") == "0", (results / "install.log").read_text()[-3000:]
+    installed = props(results / "after-install")
+    assert installed["FragmentPath"] in (
+        "/lib/systemd/system/sleepfed-agent.service",
+        "/usr/lib/systemd/system/sleepfed-agent.service",
+    ), installed
+    assert installed["UnitFileState"] == "disabled", installed
+    assert installed["ActiveState"] == "inactive", installed
+    user = (results / "user").read_text().splitlines()
+    assert user[0].startswith("sleepfed:") and user[0].endswith(":/usr/sbin/nologin"), user
+    assert "dialout" in user[1].split(), user
+    assert (results / "version1").read_text().strip() == "0.1.0"
+
+    # 2. enrolled (the package's unit enabled, not copied), started, ingesting, trained.
+    assert facts.get("enroll") == "0", (results / "enroll.log").read_text()
+    assert (results / "enabled-after-enroll").read_text().strip() == "enabled"
+    assert facts.get("start") == "0", context
+    started_props = props(results / "started")
+    assert (started_props["ActiveState"], started_props["SubState"]) == ("active", "running")
+    # Type=notify: `systemctl start` returned after READY=1, which came with a status line
+    assert re.match(r"(starting|ok|degraded): \d/1 sources", started_props["StatusText"]), (
+        started_props
+    )
+    assert facts.get("ingested") == "0", context
+    ingested = json.loads((results / "ingested.json").read_text())
+    assert ingested["buffer"]["readings"] == readings, ingested["buffer"]
+    assert ingested["buffer"]["stage_labels"] == labels, ingested["buffer"]
+    assert facts.get("trained") == "0", server_log.read_text()[-3000:]
+    trained = json.loads((results / "trained.json").read_text())
+    assert trained["rounds"]["joined"] >= 1, trained["rounds"]
+    assert server_rc == 0, server_log.read_text()[-3000:]
+    history = History(tmp_path / "server" / "state" / "history.db")
+    assert [(r.global_round, r.train_nodes) for r in history.rounds()] == [(1, 1)]
+    return trained
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="debootstrap and systemd-nspawn need root")
 @pytest.mark.skipif(shutil.which("systemd-nspawn") is None, reason="systemd-container missing")
@@ -286,40 +375,17 @@ def test_deb_package_installs_enrolls_trains_upgrades_and_purges(
     (payload / "night.sf1").write_bytes(night)
     (payload / "sensor.py").write_text(SENSOR)
 
-    server: subprocess.Popen[bytes] | None = None
     started = time.monotonic()
     machine = boot(root, tmp_path / "nspawn.log", "sleepfeddeb")
-    try:
-        while machine.poll() is None:
-            if server is None and (results / "request.txt").exists():
-                # The operator: the board's request into the registry, then the server.
-                registered = server_cli(
-                    "boards", "register", "--config", str(server_config),
-                    str(results / "request.txt"),
-                )  # fmt: skip
-                assert registered.returncode == 0, registered.stderr
-                assert "deb-board: added" in registered.stdout
-                server = start_server(server_config)
-                (results / "registered").touch()
-            time.sleep(0.5)
-        times["booted machine (install to purge)"] = time.monotonic() - started
-        server_rc = server.wait(120) if server is not None else None
-    finally:
-        halt(machine)
-        if server is not None:
-            stop([server])
-    runner_log = (results / "runner.log").read_text() if (results / "runner.log").exists() else ""
-    context = (tmp_path / "nspawn.log").read_text()[-2000:] + "\n" + runner_log[-6000:]
+    server_rc = operate(machine, results, server_config)
+    times["booted machine (install to purge)"] = time.monotonic() - started
+    context = machine_context(tmp_path, results)
     assert machine.returncode == 0, context
     facts = props(results / "facts")
     times |= phase_times(
         facts,
-        {
-            "apt-get install": ("install", "installed"),
-            "enroll + registration": ("enroll", "registered"),
-            "systemctl start (READY=1)": ("start", "started"),
-            "night ingested": ("started", "ingested"),
-            "federated round joined": ("ingested", "trained"),
+        BOARD_PHASES
+        | {
             "upgrade": ("upgrade", "upgraded"),
             "apt-get remove": ("remove", "removed"),
             "apt-get purge": ("purge", "purged"),
@@ -327,42 +393,9 @@ def test_deb_package_installs_enrolls_trains_upgrades_and_purges(
     )
     print("phases: " + ", ".join(f"{k} {v:.1f} s" for k, v in times.items()))
 
-    # 1. installed: the unit is there, not enabled, not active; the user exists.
-    assert facts.get("install") == "0", (results / "install.log").read_text()[-3000:]
-    installed = props(results / "after-install")
-    assert installed["FragmentPath"] in (
-        "/lib/systemd/system/sleepfed-agent.service",
-        "/usr/lib/systemd/system/sleepfed-agent.service",
-    ), installed
-    assert installed["UnitFileState"] == "disabled", installed
-    assert installed["ActiveState"] == "inactive", installed
+    trained = check_installed_and_trained(tmp_path, results, server_rc, readings, labels)
     assert (results / "enabled-after-install").read_text().strip() == "disabled"
-    user = (results / "user").read_text().splitlines()
-    assert user[0].startswith("sleepfed:") and user[0].endswith(":/usr/sbin/nologin"), user
-    assert "dialout" in user[1].split(), user
-    assert (results / "version1").read_text().strip() == "0.1.0"
-
-    # 2. enrolled (the package's unit enabled, not copied), started, ingesting, trained.
-    assert facts.get("enroll") == "0", (results / "enroll.log").read_text()
-    assert (results / "enabled-after-enroll").read_text().strip() == "enabled"
     assert "sleepfed-agent.service" not in (results / "etc-units").read_text().split()
-    assert facts.get("start") == "0", context
-    started_props = props(results / "started")
-    assert (started_props["ActiveState"], started_props["SubState"]) == ("active", "running")
-    # Type=notify: `systemctl start` returned after READY=1, which came with a status line
-    assert re.match(r"(starting|ok|degraded): \d/1 sources", started_props["StatusText"]), (
-        started_props
-    )
-    assert facts.get("ingested") == "0", runner_log[-3000:]
-    ingested = json.loads((results / "ingested.json").read_text())
-    assert ingested["buffer"]["readings"] == readings, ingested["buffer"]
-    assert ingested["buffer"]["stage_labels"] == labels, ingested["buffer"]
-    assert facts.get("trained") == "0", (tmp_path / "server" / "server.log").read_text()[-3000:]
-    trained = json.loads((results / "trained.json").read_text())
-    assert trained["rounds"]["joined"] >= 1, trained["rounds"]
-    assert server_rc == 0, (tmp_path / "server" / "server.log").read_text()[-3000:]
-    history = History(tmp_path / "server" / "state" / "history.db")
-    assert [(r.global_round, r.train_nodes) for r in history.rounds()] == [(1, 1)]
 
     # 3. upgraded: every reading still there, the running agent restarted with the new code.
     assert facts.get("upgrade") == "0", (results / "upgrade.log").read_text()[-3000:]
