@@ -28,7 +28,7 @@ BOOT_TIMEOUT = 1500
 MACHINE_CACHE_DAYS = 3
 
 RUNNER_UNIT = """[Unit]
-Description=sleepfed package test runner
+Description=sleepfed test runner
 After=multi-user.target
 [Service]
 Type=oneshot

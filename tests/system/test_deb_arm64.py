@@ -26,7 +26,6 @@ this test shows the package installs and works on arm64, not that its sandbox ho
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import time
@@ -34,26 +33,18 @@ from pathlib import Path
 
 import pytest
 
-from sleepfed.provisioning.pki import fingerprint_sha256
 from tests.support.deb_machine import (
-    boot,
     build,
     check_package_contents,
-    install_runner,
     machine_root,
     phase_times,
     props,
 )
-from tests.support.federation_helpers import free_port, pki, write_server_config
 from tests.system.test_deb_package import (
     BOARD_PHASES,
-    HELD_OUT,
     RUNNER,
-    SENSOR,
     check_installed_and_trained,
-    machine_context,
-    night_lines,
-    operate,
+    run_board_machine,
 )
 
 # Parts 1-2 of the amd64 runner; its EXIT trap still collects the journal and powers off.
@@ -103,37 +94,18 @@ def test_arm64_deb_installs_enrolls_and_trains_under_qemu(tmp_path: Path, walch_
     )
     assert machine.stdout.strip() == "aarch64"  # emulated, not the host's amd64
 
-    certs = pki(tmp_path)
-    port = free_port()
-    server_config = write_server_config(
-        tmp_path, port, certs, rounds=1, min_nodes=1, walch_dir=walch_dir, held_out=HELD_OUT,
-        round_timeout=ROUND_TIMEOUT,
-    )  # fmt: skip
-    night, readings, labels = night_lines(walch_dir)
-    script = (
-        RUNNER_ARM64.replace("@DEB1@", built.deb.name)
-        .replace("@PORT@", str(port))
-        .replace("@FINGERPRINT@", fingerprint_sha256(certs["ca"]))
-        .replace("@SUPERNODE_PORT@", str(free_port()))
-        .replace("@LINES@", str(readings + labels))
+    run = run_board_machine(
+        tmp_path, root, walch_dir, RUNNER_ARM64, [built.deb], "sleepfedarm64", ROUND_TIMEOUT
     )
-    assert not re.findall(r"@[A-Z0-9_]+@", script), script
-    payload, results = install_runner(root, script), root / "results"
-    shutil.copy(built.deb, payload / built.deb.name)
-    shutil.copy(certs["ca"], payload / "ca.pem")
-    (payload / "night.sf1").write_bytes(night)
-    (payload / "sensor.py").write_text(SENSOR)
-
-    started = time.monotonic()
-    machine_proc = boot(root, tmp_path / "nspawn.log", "sleepfedarm64")
-    server_rc = operate(machine_proc, results, server_config)
-    times["booted machine (boot to poweroff)"] = time.monotonic() - started
-    assert machine_proc.returncode == 0, machine_context(tmp_path, results)
+    results = run.results
+    times["booted machine (boot to poweroff)"] = run.took
     times |= phase_times(props(results / "facts"), BOARD_PHASES)
     print("\narm64 phases: " + ", ".join(f"{k} {v:.1f} s" for k, v in times.items()))
     if (results / "seccomp").exists():
         print("seccomp: " + " ".join((results / "seccomp").read_text().split()))
 
-    trained = check_installed_and_trained(tmp_path, results, server_rc, readings, labels)
+    trained = check_installed_and_trained(
+        tmp_path, results, run.server_rc, run.readings, run.labels
+    )
     assert trained["rounds"]["joined"] == 1, trained["rounds"]
     assert props(results / "trained")["NRestarts"] == "0", props(results / "trained")

@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -314,6 +315,58 @@ def check_installed_and_trained(
     return trained
 
 
+@dataclass(frozen=True)
+class BoardRun:
+    results: Path  # what the runner found
+    server_rc: int | None
+    took: float  # seconds from boot to power-off
+    readings: int  # in the night replayed
+    labels: int
+
+
+def run_board_machine(
+    tmp_path: Path,
+    root: Path,
+    walch_dir: Path,
+    runner: str,
+    debs: list[Path],
+    name: str,
+    round_timeout: float = 120.0,
+) -> BoardRun:
+    """Boot ``root`` with ``runner`` (RUNNER or a part of it; @DEB1@/@DEB2@ are ``debs``),
+    the night and the PTY sensor in its payload, while this host is the operator and the
+    federation server (127.0.0.1) with the board's CA."""
+    certs = pki(tmp_path)
+    port = free_port()
+    server_config = write_server_config(
+        tmp_path, port, certs, rounds=1, min_nodes=1, walch_dir=walch_dir, held_out=HELD_OUT,
+        round_timeout=round_timeout,
+    )  # fmt: skip
+    night, readings, labels = night_lines(walch_dir)
+    script = (
+        runner.replace("@DEB1@", debs[0].name)
+        .replace("@DEB2@", debs[-1].name)
+        .replace("@PORT@", str(port))
+        .replace("@FINGERPRINT@", fingerprint_sha256(certs["ca"]))
+        .replace("@SUPERNODE_PORT@", str(free_port()))
+        .replace("@LINES@", str(readings + labels))
+    )
+    assert not re.findall(r"@[A-Z0-9_]+@", script), script
+    payload = install_runner(root, script)
+    for deb in debs:
+        shutil.copy(deb, payload / deb.name)
+    shutil.copy(certs["ca"], payload / "ca.pem")
+    (payload / "night.sf1").write_bytes(night)
+    (payload / "sensor.py").write_text(SENSOR)
+    results = root / "results"
+    started = time.monotonic()
+    machine = boot(root, tmp_path / "nspawn.log", name)
+    server_rc = operate(machine, results, server_config)
+    took = time.monotonic() - started
+    assert machine.returncode == 0, machine_context(tmp_path, results)
+    return BoardRun(results, server_rc, took, readings, labels)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="debootstrap and systemd-nspawn need root")
 @pytest.mark.skipif(shutil.which("systemd-nspawn") is None, reason="systemd-container missing")
@@ -350,37 +403,11 @@ def test_deb_package_installs_enrolls_trains_upgrades_and_purges(
     root = machine_root(tmp_path / "root", ["systemd", "systemd-sysv", "dbus"])
     times["fresh root + systemd"] = time.monotonic() - started
 
-    # The server on this host (127.0.0.1), its CA for the board.
-    certs = pki(tmp_path)
-    port = free_port()
-    server_config = write_server_config(
-        tmp_path, port, certs, rounds=1, min_nodes=1, walch_dir=walch_dir, held_out=HELD_OUT
+    run = run_board_machine(
+        tmp_path, root, walch_dir, RUNNER, [first.deb, second.deb], "sleepfeddeb"
     )
-    night, readings, labels = night_lines(walch_dir)
-    payload, results = (
-        install_runner(
-            root,
-            RUNNER.replace("@DEB1@", first.deb.name)
-            .replace("@DEB2@", second.deb.name)
-            .replace("@PORT@", str(port))
-            .replace("@FINGERPRINT@", fingerprint_sha256(certs["ca"]))
-            .replace("@SUPERNODE_PORT@", str(free_port()))
-            .replace("@LINES@", str(readings + labels)),
-        ),
-        root / "results",
-    )
-    for built in (first, second):
-        shutil.copy(built.deb, payload / built.deb.name)
-    shutil.copy(certs["ca"], payload / "ca.pem")
-    (payload / "night.sf1").write_bytes(night)
-    (payload / "sensor.py").write_text(SENSOR)
-
-    started = time.monotonic()
-    machine = boot(root, tmp_path / "nspawn.log", "sleepfeddeb")
-    server_rc = operate(machine, results, server_config)
-    times["booted machine (install to purge)"] = time.monotonic() - started
-    context = machine_context(tmp_path, results)
-    assert machine.returncode == 0, context
+    results, server_rc, readings, labels = run.results, run.server_rc, run.readings, run.labels
+    times["booted machine (install to purge)"] = run.took
     facts = props(results / "facts")
     times |= phase_times(
         facts,

@@ -25,6 +25,7 @@ from sleepfed_tools.replay import PtyLink
 
 from sleepfed.board.service.notify import Notifier
 from sleepfed.board.sources.protocol import Kind, Reading, format_reading
+from tests.support.deb_machine import RUNNER_UNIT
 from tests.support.helpers import REPO, wait_for, write_agent_config
 
 UNITS = REPO / "systemd"
@@ -356,14 +357,6 @@ db.commit()
 ec.generate_private_key(ec.SECP256R1())
 grpc.insecure_channel("127.0.0.1:9").close()
 print("SMOKE OK", os.cpu_count())
-"""
-
-RUNNER_UNIT = """[Unit]
-Description=sleepfed systemd test runner
-After=multi-user.target
-[Service]
-Type=oneshot
-ExecStart=/opt/payload/runner.sh
 """
 
 
