@@ -91,16 +91,17 @@ def write_board(
     server_host: str = "127.0.0.1",
     federation_extra: str = "",
     enrol: bool = True,
+    curve: str = "p256",
 ) -> Path:
     """A board whose buffer already holds one extracted Walch night (no sensor source);
     ``federation_extra``: more [federation] lines. With ``enrol`` the board has its own key
     (``node.key``, as ``sleepfed-enroll`` makes it) and is registered in the registry of the
     server configured at ``root/server/server.toml`` if that exists (``write_server_config``),
-    as the runbook's ``sleepfed-server boards register`` does."""
+    as the runbook's ``sleepfed-server boards register`` does; ``curve``: that key's."""
     board = root / name
     board.mkdir(parents=True, exist_ok=True)
     if enrol:
-        public_key = node_key(board / "node.key")
+        public_key = node_key(board / "node.key", curve)
         server_config = root / "server" / "server.toml"
         if server_config.exists():
             register(server_config, name, public_key)
@@ -147,9 +148,9 @@ def write_board(
 CURVES = {"p256": ec.SECP256R1(), "p384": ec.SECP384R1()}
 
 
-def node_key(path: Path, curve: str = "p384") -> str:
-    """An EC key in OpenSSH format, mode 0600 (sleepfed-enroll makes P-384 keys); returns the
-    public line."""
+def node_key(path: Path, curve: str = "p256") -> str:
+    """An EC key in OpenSSH format, mode 0600 (sleepfed-enroll makes P-256 keys; boards
+    enrolled earlier have P-384 ones); returns the public line."""
     key = ec.generate_private_key(CURVES[curve])
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "wb") as handle:

@@ -101,7 +101,7 @@ def test_enrollment_on_the_board_is_idempotent(tmp_path: Path) -> None:
         wants = root / "etc/systemd/system/multi-user.target.wants/sleepfed-agent.service"
         assert wants.is_symlink()
     request = first.stdout.strip().splitlines()[-1]
-    assert request.startswith("sleepfed-enroll-request/1 pi-01 ecdsa-sha2-nistp384 ")
+    assert request.startswith("sleepfed-enroll-request/1 pi-01 ecdsa-sha2-nistp256 ")
     assert "PRIVATE" not in first.stdout and key.read_text() not in first.stdout
 
     key_before = key.read_bytes()
@@ -111,6 +111,28 @@ def test_enrollment_on_the_board_is_idempotent(tmp_path: Path) -> None:
     assert not [line for line in second.stdout.splitlines() if line.startswith("changed")]
     assert key.read_bytes() == key_before
     assert second.stdout.strip().splitlines()[-1] == request
+
+
+def test_a_board_enrolled_with_a_p384_key_keeps_it(tmp_path: Path) -> None:
+    """New keys are P-256; a board enrolled before with a P-384 key (``--key-curve p384``)
+    keeps it when enroll runs again without the flag: nothing changes, the same request."""
+    certs = pki(tmp_path)
+    root = temp_root(tmp_path, "board")
+    fingerprint = fingerprint_sha256(certs["ca"])
+    first = enroll(root, "pi-02", certs["ca"], fingerprint, "--key-curve", "p384")
+    assert first.returncode == 0, first.stderr
+    request = first.stdout.strip().splitlines()[-1]
+    assert request.startswith("sleepfed-enroll-request/1 pi-02 ecdsa-sha2-nistp384 ")
+    key = root / "etc" / "sleepfed" / "node.key"
+    key_before = key.read_bytes()
+    again = enroll(root, "pi-02", certs["ca"], fingerprint)
+    assert again.returncode == 0, again.stderr
+    assert "nothing changed: this board was already enrolled" in again.stdout
+    assert key.read_bytes() == key_before
+    assert again.stdout.strip().splitlines()[-1] == request
+    unknown = enroll(root, "pi-02", certs["ca"], fingerprint, "--key-curve", "p521")
+    assert unknown.returncode == 2 and "--key-curve" in unknown.stderr
+    assert key.read_bytes() == key_before
 
 
 def test_a_wrong_ca_fingerprint_is_refused_and_nothing_is_written(tmp_path: Path) -> None:

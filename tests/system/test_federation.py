@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from sleepfed.board.training import client_app
 from sleepfed.model import logistic as model
@@ -40,10 +41,14 @@ def test_three_boards_two_rounds_over_tls(tmp_path: Path, walch_dir: Path) -> No
     server_config = write_server_config(
         tmp_path, port, certs, rounds=2, min_nodes=3, walch_dir=walch_dir, held_out=HELD_OUT
     )
+    # board0 has a P-384 key, as boards enrolled before P-256 became the default do
     boards = [
-        write_board(tmp_path, f"board{i}", port, certs["ca"], walch_dir=walch_dir, subject=s)
+        write_board(
+            tmp_path, f"board{i}", port, certs["ca"], walch_dir=walch_dir, subject=s,
+            curve="p384" if i == 0 else "p256",
+        )
         for i, s in enumerate(BOARD_SUBJECTS)
-    ]
+    ]  # fmt: skip
     server = start_server(server_config)
     agents = [start_agent(b) for b in boards]
     try:
@@ -53,6 +58,9 @@ def test_three_boards_two_rounds_over_tls(tmp_path: Path, walch_dir: Path) -> No
         assert [r.global_round for r in rounds] == [1, 2]
         assert [r.train_nodes for r in rounds] == [3, 3]
         assert [r.eval_nodes for r in rounds] == [3, 3]
+        keys = [(tmp_path / f"board{i}" / "node.key").read_bytes() for i in range(3)]
+        curves = [serialization.load_ssh_private_key(k, None).curve.name for k in keys]  # type: ignore[union-attr]
+        assert curves == ["secp384r1", "secp256r1", "secp256r1"]  # both kinds trained
         first, second = (model.arrays_from_bytes(r.arrays) for r in rounds)
         assert not np.allclose(first[0], 0.0), "round 1 left the initial (zero) model"
         assert not np.allclose(first[0], second[0]), "round 2 did not change the global model"
@@ -83,7 +91,7 @@ def test_three_boards_two_rounds_over_tls(tmp_path: Path, walch_dir: Path) -> No
         buffer.close()
         assert latest is not None
         board_arrays = model.arrays_from_bytes(latest[3])
-        assert np.allclose(board_arrays[0], second[0]) and np.allclose(board_arrays[1], second[1])
+        assert len(board_arrays) == 1 and np.allclose(board_arrays[0], second[0])
         # The prior of the night estimates: the median of the boards' shares of Good training
         # windows (one vote per board), from their train metrics, sent back with the evaluate
         # messages.
@@ -130,7 +138,9 @@ def test_agent_joins_when_the_server_starts_late(tmp_path: Path, walch_dir: Path
             "both boards to retry against the absent server",
         )
         assert all(a.poll() is None for a in agents)
-        # The server restarts from its history: seed it with a round 7 to resume from.
+        # The server restarts from its history: seed it with a round 7 to resume from, its
+        # model saved as the two arrays (coef, intercept) of histories from before the model
+        # was one array.
         history_path = tmp_path / "server" / "state" / "history.db"
         seeded = History(history_path)
         seed = [np.full((1, model.N_FEATURES), 0.01), np.array([1.5])]
@@ -153,7 +163,8 @@ def test_agent_joins_when_the_server_starts_late(tmp_path: Path, walch_dir: Path
         assert history.runs()[-1]["start_round"] == 7
         # Local training warm-starts from the seeded model: round 8 stays near it, far from 0.
         resumed = model.arrays_from_bytes(history.rounds()[-1].arrays)
-        assert abs(resumed[1][0] - 1.5) < abs(resumed[1][0] - 0.0)
+        assert [a.shape for a in resumed] == [model.SHAPE]
+        assert abs(model.intercept(resumed) - 1.5) < abs(model.intercept(resumed) - 0.0)
         wait_for(
             lambda: all(board_state(b).get("last_session_outcome") == "finished" for b in boards),
             60,

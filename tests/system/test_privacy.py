@@ -79,8 +79,8 @@ def _train_message(arrays: list[np.ndarray], config: dict[str, float]) -> Messag
 
 
 def test_dp_clipping_mod_clips_only_when_asked() -> None:
-    global_arrays = [np.zeros((1, model.N_FEATURES)), np.zeros(1)]
-    trained = [np.full((1, model.N_FEATURES), 3.0), np.array([4.0])]
+    global_arrays = model.initial_arrays()
+    trained = model.from_parts(np.full(model.N_FEATURES, 3.0), 4.0)
 
     def app(msg: Message, ctxt: Context) -> Message:
         reply = RecordDict(

@@ -12,7 +12,7 @@ from sleepfed.server.app.history import History
 
 
 def _add(history: History, global_round: int, value: float, run_id: str = "r1") -> None:
-    arrays = [np.full((1, model.N_FEATURES), value), np.array([value])]
+    arrays = [np.full(model.SHAPE, value)]
     history.add_round(
         global_round=global_round,
         run_id=run_id,
@@ -36,7 +36,7 @@ def test_rounds_persist_and_the_last_active_round_is_the_resume_point(tmp_path: 
     reopened = History(path)
     last = reopened.last_round()
     assert last is not None and last.global_round == 3
-    assert model.arrays_from_bytes(last.arrays)[1][0] == 3.0
+    assert model.intercept(model.arrays_from_bytes(last.arrays)) == 3.0
     assert [r.train_nodes for r in reopened.rounds()] == [3, 3, 3]
 
 
@@ -67,3 +67,24 @@ def test_an_active_round_cannot_be_written_twice(tmp_path: Path) -> None:
     _add(history, 1, 1.0)
     with pytest.raises(sqlite3.IntegrityError):
         _add(history, 1, 2.0)
+
+
+def test_a_model_saved_as_the_earlier_two_arrays_loads_as_one(tmp_path: Path) -> None:
+    """Histories and boards' buffers written before the model was one array hold
+    ``[coef (1, F), intercept (1,)]``: they load as the one array, coefficients first, so a
+    server resumes from such a history and a board predicts with such a model."""
+    earlier = [np.full((1, model.N_FEATURES), 0.5), np.array([-1.0])]
+    history = History(tmp_path / "history.db")
+    history.add_round(
+        global_round=1, run_id="r1", server_round=1, arrays=model.arrays_to_bytes(earlier),
+        train_metrics={}, eval_metrics={}, server_metrics={}, train_nodes=1, eval_nodes=1,
+    )  # fmt: skip
+    last = history.last_round()
+    assert last is not None
+    loaded = model.arrays_from_bytes(last.arrays)
+    model.check_arrays(loaded)
+    assert model.intercept(loaded) == -1.0
+    assert (model.coefficients(loaded) == 0.5).all()
+    features = np.ones((1, model.N_FEATURES))
+    expected = 1.0 / (1.0 + np.exp(-(0.5 * model.N_FEATURES - 1.0)))
+    assert model.good_probability(loaded, features) == pytest.approx([expected])

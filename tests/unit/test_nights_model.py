@@ -33,7 +33,7 @@ def test_a_corrupt_model_is_counted_once_and_the_next_good_one_predicts(
     assert buffer.counters()["model_unusable"] == 1
     assert buffer.latest_predictions() == {}
 
-    wrong_shape = [model.initial_arrays()[0][:, :5], model.initial_arrays()[1]]
+    wrong_shape = [model.initial_arrays()[0][:, :5]]
     buffer.save_model(2, "run-1", model.arrays_to_bytes(wrong_shape))
     assert predict_nights(buffer) == []
     assert buffer.counters()["model_unusable"] == 2

@@ -11,6 +11,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from sleepfed.board.buffer.store import Buffer
 from sleepfed.board.training.client_app import buffer_path
+from sleepfed.model import logistic as model
 from sleepfed.model.walch import walch_dataset, walch_subjects
 from sleepfed.server.research.simulation import prepare_buffers, run_federated
 
@@ -43,7 +44,7 @@ def test_federated_run_over_prepared_buffers(walch_dir: Path, tmp_path: Path) ->
         FedAvg(), tmp_path, 3, rounds=2, on_round=lambda r, _arrays: seen.append(r)
     )
     assert seen == [1, 2]
-    assert [a[0].shape for a in per_round] == [(1, 12), (1, 12)]
+    assert [[x.shape for x in a] for a in per_round] == [[model.SHAPE], [model.SHAPE]]
     assert not np.allclose(per_round[0][0], 0.0)  # the boards trained
     for path, subject in zip(paths, subjects, strict=True):
         buffer = Buffer(path, readonly=True)

@@ -101,7 +101,7 @@ def _replies() -> list[Message]:
     for node, value in enumerate(VALUES, start=1):
         request = grid.create_message(RecordDict(), "train", node, "1")
         request.metadata.__dict__["_message_id"] = f"m{node}"
-        arrays = [np.full((1, 12), value), np.full(1, value)]
+        arrays = [np.full(model.SHAPE, value)]
         content = RecordDict(
             {"arrays": ArrayRecord(arrays), "metrics": MetricRecord({"num-examples": 10})}
         )
@@ -124,9 +124,8 @@ def test_aggregate_on_crafted_replies_is_what_the_math_says(
 ) -> None:
     arrays, metrics = strategy.aggregate_train(1, _replies())
     assert arrays is not None
-    coef, intercept = arrays.to_numpy_ndarrays()
-    assert coef == pytest.approx(np.full((1, 12), expected))
-    assert intercept == pytest.approx([expected])
+    (theta,) = arrays.to_numpy_ndarrays()
+    assert theta == pytest.approx(np.full(model.SHAPE, expected))
     assert metrics is not None
 
 
@@ -146,11 +145,11 @@ def test_the_objective_is_sklearns_and_the_proximal_term_holds_the_model(
     free = objective.fit_proximal(start, x, y, mu=0.0, iterations=500)
     assert np.abs(reference[0] - free[0]).max() < 0.05  # same objective, two solvers
     held = objective.fit_proximal(start, x, y, mu=10.0, iterations=500)
-    drift = [float(np.linalg.norm(np.concatenate([a[0][0], a[1]]))) for a in (free, held)]
+    drift = [float(np.linalg.norm(a[0])) for a in (free, held)]
     assert drift[1] < 0.5 * drift[0]  # the proximal term keeps the model near the start
     # FedProx on the board: the term keeps the gradient steps nearer the global model too
     steps = [model.train(start, x, y, steps=50, mu=m) for m in (0.0, 1.0)]
-    moved = [float(np.linalg.norm(np.concatenate([a[0][0], a[1]]))) for a in steps]
+    moved = [float(np.linalg.norm(a[0])) for a in steps]
     assert moved[1] < 0.7 * moved[0]
 
 
@@ -160,16 +159,16 @@ def test_one_step_on_every_board_averaged_is_one_step_on_the_pooled_windows(
     """Why the boards take fixed-size steps with a ridge per window: FedAvg (weights = window
     counts) of one step per board equals one gradient step on the boards' pooled objective."""
     boards = [_subject_windows(walch_dir, s)[:2] for s in ("46343", "9961348", "1066528")]
-    start = [np.full((1, model.N_FEATURES), 0.1), np.array([0.2])]
+    start = model.from_parts(np.full(model.N_FEATURES, 0.1), 0.2)
     eta = 0.5
     stepped = [model.train(start, x, y, steps=1, learning_rate=eta) for x, y in boards]
     counts = np.array([len(y) for _, y in boards], dtype=float)
-    thetas = np.array([np.concatenate([coef[0], intercept]) for coef, intercept in stepped])
+    thetas = np.array([arrays[0][0] for arrays in stepped])
     averaged = counts @ thetas / counts.sum()
     pooled_x = np.vstack([x for x, _ in boards])
     pooled_y = np.concatenate([y for _, y in boards])
     weights = np.concatenate([objective.balanced_weights(y) for _, y in boards])
-    theta = np.concatenate([start[0][0], start[1]])
+    theta = start[0][0].copy()
     _, gradient = objective.value_and_gradient(
         theta, pooled_x, pooled_y, weights, alpha=objective.DEFAULT_ALPHA, anchor=theta, mu=0.0
     )
@@ -187,7 +186,8 @@ def test_personalisation_on_a_real_subject(walch_dir: Path, one_blas_thread: Non
     global_model = model.fit(pooled_x, pooled_y)
     x, y, test_x, test_y = _subject_windows(walch_dir, subject)
     mine = personalise(global_model, x, y)
-    assert not np.allclose(mine[1], global_model[1])  # the person's own intercept moved
+    # the person's own intercept (their base rate) moved
+    assert model.intercept(mine) != pytest.approx(model.intercept(global_model))
     loss_global = model.log_loss(global_model, test_x, test_y)
     loss_mine = model.log_loss(mine, test_x, test_y)
     assert loss_mine < loss_global

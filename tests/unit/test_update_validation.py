@@ -51,7 +51,7 @@ from tests.support.privacy_helpers import (
     start_adversarial_agent,
 )
 
-GLOBAL = [np.zeros((1, model.N_FEATURES)), np.zeros(1)]
+GLOBAL = model.initial_arrays()
 
 
 def _reply(
@@ -70,7 +70,7 @@ def _reply(
 
 
 def _honest(node: int, scale: float, weight: object = 100, **metrics: float) -> Message:
-    arrays = [np.full((1, model.N_FEATURES), 0.1 * scale), np.array([0.2 * scale])]
+    arrays = model.from_parts(np.full(model.N_FEATURES, 0.1 * scale), 0.2 * scale)
     return _reply(node, arrays, weight, {k.replace("_", "-"): v for k, v in metrics.items()})
 
 
@@ -79,15 +79,15 @@ def _nodes(replies: list[Message]) -> list[int]:
 
 
 def test_each_rule_rejects_with_its_reason() -> None:
-    bad_nan = [np.full((1, model.N_FEATURES), 0.1), np.array([np.inf])]
+    bad_nan = model.from_parts(np.full(model.N_FEATURES, 0.1), np.inf)
     replies = [
         _honest(1, 1.0),
         _honest(2, 1.2),
         _honest(3, 0.9),
         _reply(4, bad_nan),
-        _reply(5, [np.zeros((1, 6)), np.zeros(1)]),
-        _reply(6, [np.zeros((1, model.N_FEATURES), dtype=np.float32), np.zeros(1)]),
-        _reply(7, [np.zeros((1, model.N_FEATURES))]),
+        _reply(5, [np.zeros((1, 6))]),
+        _reply(6, [np.zeros(model.SHAPE, dtype=np.float32)]),
+        _reply(7, [np.zeros((1, model.N_FEATURES)), np.zeros(1)]),  # the earlier two arrays
         _reply(8, [g + 0.1 for g in GLOBAL], weight=None),
         _reply(9, [g + 0.1 for g in GLOBAL], weight=-3),
         _honest(10, 1000.0),
@@ -192,7 +192,8 @@ def test_pi_is_the_median_and_no_board_outweighs_the_rest() -> None:
     scales = {1: 1.0, 2: 1.2, 3: 0.9, 5: 1.0}
     expected = sum(weights[n] * scales[n] for n in weights) / sum(weights.values())
     got = arrays.to_numpy_ndarrays() if arrays is not None else []
-    assert abs(got[0][0, 0] - 0.1 * expected) < 1e-12 and abs(got[1][0] - 0.2 * expected) < 1e-12
+    assert abs(got[0][0, 0] - 0.1 * expected) < 1e-12  # a coefficient
+    assert abs(got[0][0, -1] - 0.2 * expected) < 1e-12  # the intercept
     # π: median of 0.80, 0.85, 0.90 and 0.0 = 0.825 (the weighted mean would be 0.21)
     assert strategy.train_metrics[1][GOOD_SHARE_KEY] == pytest.approx(0.825)
     assert 0.80 <= strategy.train_metrics[1][GOOD_SHARE_KEY] <= 0.90
@@ -233,7 +234,7 @@ def test_under_dp_no_scalar_is_used_and_unclipped_updates_are_rejected() -> None
     assert rules.max_update_norm == pytest.approx(0.5 * (1 + 1e-6))
     assert dp_rules(ValidationRules(max_update_norm=0.1), 0.5).max_update_norm == 0.1
     assert dp_rules(ValidationRules(), 0.0) == ValidationRules()
-    clipped = [np.full((1, model.N_FEATURES), 0.1), np.array([0.1])]
+    clipped = [np.full(model.SHAPE, 0.1)]
     scale = 0.5 / np.sqrt(13 * 0.01)
     replies = [
         _reply(1, [a * scale for a in clipped], weight=None),  # norm C: the board clipped
@@ -246,7 +247,7 @@ def test_under_dp_no_scalar_is_used_and_unclipped_updates_are_rejected() -> None
     assert [(r.node_id, r.reason) for r in strategy.rejections[1]] == [(3, "norm-cap")]
     # equal weights, node 3 counts as a zero update: (clipped * scale + clipped + 0) / 3
     got = arrays.to_numpy_ndarrays() if arrays is not None else []
-    assert got[1][0] == pytest.approx(0.1 * (scale + 1) / 3)
+    assert got[0][0, -1] == pytest.approx(0.1 * (scale + 1) / 3)  # the intercept
     assert strategy.train_metrics[1] == {} and strategy.good_shares[1] is None
     for reply in replies:
         assert dict(reply.content["metrics"]) == {UNIFORM_WEIGHT_KEY: 1.0}
@@ -315,7 +316,7 @@ def test_secagg_strategy_takes_the_unmasked_sum_not_the_clear_counts() -> None:
 
     done: list[int] = []
     strategy = RecordingSecAggFedAvg(on_round_done=lambda rnd, arrays: done.append(rnd))
-    aggregate = ndarrays_to_parameters([np.full((1, model.N_FEATURES), 0.3), np.array([0.1])])
+    aggregate = ndarrays_to_parameters(model.from_parts(np.full(model.N_FEATURES, 0.3), 0.1))
     ok = Status(code=Code.OK, message="Success")
     results = [(object(), FitRes(ok, aggregate, 0, {})) for _ in range(3)]
     parameters, metrics = strategy.aggregate_fit(1, results, [])

@@ -1,6 +1,9 @@
 """The sleep-quality model shared by boards and server: a logistic regression over the window
-features of :mod:`sleepfed.model.features`, exchanged as two arrays ``[coef (1, F), intercept
-(1,)]``.
+features of :mod:`sleepfed.model.features`, exchanged as one array ``theta`` of shape
+``(1, F + 1)``: the F coefficients, then the intercept. One array, not coefficients and
+intercept apart: Flower sends every array of a message as objects of their own, each a
+request of ~800 B of headers (docs/benchmarks.md#load). A model saved earlier as the two
+arrays ``[coef (1, F), intercept (1,)]`` still loads (:func:`arrays_from_bytes`).
 
 Prediction is plain numpy (the daemon's idle path never imports scikit-learn). A board trains
 with fixed-size gradient steps from the global arrays (:mod:`sleepfed.model.objective`); the
@@ -19,26 +22,39 @@ from sleepfed.model import objective
 from sleepfed.model.features import N_FEATURES
 
 Arrays = list[np.ndarray]
+SHAPE = (1, N_FEATURES + 1)  # the coefficients, then the intercept
 
 
 def initial_arrays() -> Arrays:
-    return [np.zeros((1, N_FEATURES)), np.zeros(1)]
+    return [np.zeros(SHAPE)]
 
 
 def check_arrays(arrays: Arrays) -> None:
-    if len(arrays) != 2:
-        raise ValueError(f"model has 2 arrays, got {len(arrays)}")
-    coef, intercept = arrays
-    if coef.shape != (1, N_FEATURES) or intercept.shape != (1,):
-        raise ValueError(f"model arrays of shape {coef.shape}, {intercept.shape}")
-    if not (np.isfinite(coef).all() and np.isfinite(intercept).all()):
-        raise ValueError("model arrays hold NaN or inf")
+    if len(arrays) != 1:
+        raise ValueError(f"model has 1 array, got {len(arrays)}")
+    if arrays[0].shape != SHAPE:
+        raise ValueError(f"model array of shape {arrays[0].shape}, expected {SHAPE}")
+    if not np.isfinite(arrays[0]).all():
+        raise ValueError("model array holds NaN or inf")
+
+
+def coefficients(arrays: Arrays) -> np.ndarray:
+    return arrays[0][0, :N_FEATURES]
+
+
+def intercept(arrays: Arrays) -> float:
+    return float(arrays[0][0, N_FEATURES])
+
+
+def from_parts(coef: np.ndarray, bias: np.ndarray | float) -> Arrays:
+    """The model from its coefficients (F values) and intercept."""
+    theta = np.concatenate([np.ravel(coef), np.ravel([bias])]).astype(float)
+    return [theta.reshape(SHAPE)]
 
 
 def good_probability(arrays: Arrays, features: np.ndarray) -> np.ndarray:
     """P(window is Good) for each row of ``features``."""
-    coef, intercept = arrays
-    logits = features @ coef[0] + intercept[0]
+    logits = features @ coefficients(arrays) + intercept(arrays)
     return 1.0 / (1.0 + np.exp(-np.clip(logits, -50, 50)))
 
 
@@ -82,7 +98,7 @@ def fit(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         fitted.fit(features, labels)
-    return [fitted.coef_.astype(float), fitted.intercept_.astype(float)]
+    return from_parts(fitted.coef_, fitted.intercept_)
 
 
 def log_loss(arrays: Arrays, features: np.ndarray, labels: np.ndarray) -> float:
@@ -120,5 +136,10 @@ def arrays_to_bytes(arrays: Arrays) -> bytes:
 
 
 def arrays_from_bytes(blob: bytes) -> Arrays:
+    """The arrays saved by :func:`arrays_to_bytes`; a model saved as the earlier two arrays
+    (coefficients (1, F), intercept (1,)), in a history or a board's buffer, as one."""
     with np.load(io.BytesIO(blob), allow_pickle=False) as data:
-        return [data[f"arr_{i}"] for i in range(len(data.files))]
+        arrays = [data[f"arr_{i}"] for i in range(len(data.files))]
+    if [a.shape for a in arrays] == [(1, N_FEATURES), (1,)]:
+        return from_parts(arrays[0], arrays[1])
+    return arrays

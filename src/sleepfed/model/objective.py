@@ -42,11 +42,11 @@ def balanced_weights(labels: np.ndarray) -> np.ndarray:
 
 
 def _theta(arrays: Arrays) -> np.ndarray:
-    return np.concatenate([arrays[0][0], arrays[1]]).astype(float)
+    return arrays[0][0].astype(float)  # astype copies: the caller's arrays stay as they are
 
 
 def _arrays(theta: np.ndarray) -> Arrays:
-    return [theta[:N_FEATURES].reshape(1, N_FEATURES).copy(), theta[N_FEATURES:].copy()]
+    return [theta.reshape(1, N_FEATURES + 1).copy()]
 
 
 def value_and_gradient(

@@ -25,6 +25,8 @@ from pathlib import Path
 from sleepfed.common.private_files import ensure_directory, ensure_file
 from sleepfed.provisioning.enroll_inputs import input_error
 from sleepfed.provisioning.enroll_steps import (
+    DEFAULT_KEY_CURVE,
+    KEY_CURVES,
     UNIT_NAME,
     Report,
     ensure_config,
@@ -96,7 +98,7 @@ def _apply(
     report.step(f"directory {config_dir} (0755)", ensure_directory(config_dir, 0o755, None))
     state_dir = root / "var" / "lib" / "sleepfed"
     report.step(f"directory {state_dir} (0700)", ensure_directory(state_dir, 0o700, owner))
-    public_key = ensure_key(config_dir, owner, args.new_key, report)
+    public_key = ensure_key(config_dir, owner, args.new_key, report, args.key_curve)
     report.step(
         f"server CA pinned ({fingerprint})",
         ensure_file(config_dir / "ca.pem", ca_pem, 0o644, None),
@@ -145,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timezone", default="UTC")
     parser.add_argument("--max-mb", type=int, default=512)
     parser.add_argument("--new-key", action="store_true", help="a new key pair (after revocation)")
+    parser.add_argument(
+        "--key-curve",
+        choices=sorted(KEY_CURVES),
+        default=DEFAULT_KEY_CURVE,
+        help="the curve of a new key pair (default p256); an existing key is kept",
+    )
     parser.add_argument("--force-config", action="store_true")
     parser.add_argument("--unit-file", help="the sleepfed-agent.service to install")
     parser.add_argument("--no-unit", action="store_true", help="do not install the systemd unit")

@@ -102,15 +102,26 @@ def ensure_user(root: Path, report: Report) -> tuple[int, int] | None:
     return _ids(root, USER)
 
 
+# The node key's curve for a new key. P-256 by default: its public key and signature make
+# every request the board sends smaller (docs/benchmarks.md#load); a board enrolled with a
+# P-384 key keeps it (an existing key is never replaced but with --new-key).
+KEY_CURVES: dict[str, ec.EllipticCurve] = {"p256": ec.SECP256R1(), "p384": ec.SECP384R1()}
+DEFAULT_KEY_CURVE = "p256"
+
+
 def ensure_key(
-    config_dir: Path, owner: tuple[int, int] | None, new_key: bool, report: Report
+    config_dir: Path,
+    owner: tuple[int, int] | None,
+    new_key: bool,
+    report: Report,
+    curve: str = DEFAULT_KEY_CURVE,
 ) -> str:
     private, public = config_dir / "node.key", config_dir / "node.pub"
     pem = read_no_follow(private)  # a symlink planted here is refused, never read through
     if new_key or pem is None:
         if pem is not None:
             os.replace(private, private.with_name("node.key.revoked"))
-        pem = ec.generate_private_key(ec.SECP384R1()).private_bytes(
+        pem = ec.generate_private_key(KEY_CURVES[curve]).private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.OpenSSH,
             serialization.NoEncryption(),
