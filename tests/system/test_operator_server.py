@@ -75,7 +75,7 @@ def write_history(path: Path, walch_dir: Path, rounds: int) -> list[dict[str, fl
             weights.append(len(y))
         arrays = [
             sum(w * u[i] for w, u in zip(weights, updates, strict=True)) / sum(weights)
-            for i in range(2)
+            for i in range(len(arrays))
         ]
         score = held_out_scores(arrays, hx, hy)
         scores.append(score)
