@@ -500,6 +500,11 @@ def test_a_command_run_as_root_leaves_the_service_user_its_state(attack: Attack)
         config.chmod(0o644)
         request = base / "request.txt"
         request.write_text(f"sleepfed-enroll-request/1 pi-01 {_public_key()}\n")
+        # A compromised service plants a hard link to a file of root's (fs.protected_hardlinks
+        # stops that on Debian; here root makes it): the link is never handed over.
+        secret = base / "secret"
+        secret.write_text("root's\n")
+        os.link(secret, state / "planted")
         for args in (
             ["boards", "register", "--config", str(config), str(request)],
             ["boards", "list", "--config", str(config)],
@@ -508,6 +513,7 @@ def test_a_command_run_as_root_leaves_the_service_user_its_state(attack: Attack)
             result = server_cli(*args, umask=0o022)
             assert result.returncode == 0, (args, result.stderr)
         owners = {str(p.relative_to(state)): p.lstat().st_uid for p in state.rglob("*")}
+        assert owners.pop("planted") == 0 and secret.stat().st_uid == 0, "a link was handed over"
         roots = sorted(name for name, uid in owners.items() if uid != SERVICE_UID)
         # The service user, after root: lists the boards and revokes one (writes the registry).
         as_service = ["setpriv", f"--reuid={SERVICE_UID}", f"--regid={SERVICE_UID}",

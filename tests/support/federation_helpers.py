@@ -19,6 +19,7 @@ from sleepfed.board.buffer.store import Buffer
 from sleepfed.model.features import night_windows
 from sleepfed.model.walch import load_walch_subject
 from sleepfed.provisioning import agent_toml
+from sleepfed.provisioning.enroll_steps import KEY_CURVES
 from sleepfed.provisioning.pki import ensure_demo_pki
 from tests.support import helpers
 
@@ -145,13 +146,10 @@ def write_board(
     return config
 
 
-CURVES = {"p256": ec.SECP256R1(), "p384": ec.SECP384R1()}
-
-
 def node_key(path: Path, curve: str = "p256") -> str:
     """An EC key in OpenSSH format, mode 0600 (sleepfed-enroll makes P-256 keys; boards
     enrolled earlier have P-384 ones); returns the public line."""
-    key = ec.generate_private_key(CURVES[curve])
+    key = ec.generate_private_key(KEY_CURVES[curve])
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "wb") as handle:
         handle.write(

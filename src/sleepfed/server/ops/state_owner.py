@@ -10,6 +10,7 @@ is given to the folder's owner."""
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 
@@ -24,7 +25,10 @@ def hand_back(state_dir: Path) -> int:
         return 0
     changed = 0
     for path in state_dir.rglob("*"):
-        if path.lstat().st_uid == 0:
+        info = path.lstat()
+        # A file with a second name may be a hard link the service user planted to a file of
+        # root's elsewhere (/etc/shadow): it is never handed over. Links are not followed.
+        if info.st_uid == 0 and (stat.S_ISDIR(info.st_mode) or info.st_nlink == 1):
             os.chown(path, owner.st_uid, owner.st_gid, follow_symlinks=False)
             changed += 1
     return changed
