@@ -42,7 +42,7 @@ def _server_app(boards: int, rounds: int, marks: list[float], nodes: list[tuple[
     from flwr.serverapp import Grid, ServerApp
 
     from sleepfed.model import logistic as model
-    from sleepfed.server.app.server_app import RecordingFedAvg
+    from sleepfed.server.app.recording_strategy import RecordingFedAvg
 
     server_app = ServerApp()
 

@@ -1,5 +1,5 @@
-"""Test-only ClientApp: the board's real one, but its evaluation of chosen rounds takes
-``SLEEPFED_TEST_EVALUATE_DELAY`` seconds longer (``"1:20"``: round 1, 20 s). It holds a round
+"""Test-only ClientApp: the board's real one, but its training in chosen rounds takes
+``SLEEPFED_TEST_TRAIN_DELAY`` seconds longer (``"1:20"``: round 1, 20 s). It holds a round
 open for a known time, so that a test can act "between two rounds" without racing the
 ServerApp. Loaded as ``adversarial_client_app`` is (``SLEEPFED_CLIENTAPP``)."""
 
@@ -16,11 +16,11 @@ from flwr.clientapp.typing import ClientAppCallable
 from sleepfed.board.training import client_app as real
 from sleepfed.board.training.privacy_mods import CLIENT_MODS
 
-DELAY_ENV = "SLEEPFED_TEST_EVALUATE_DELAY"
+DELAY_ENV = "SLEEPFED_TEST_TRAIN_DELAY"
 
 
-def slow_evaluate_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
-    if msg.metadata.message_type == MessageType.EVALUATE:
+def slow_train_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
+    if msg.metadata.message_type == MessageType.TRAIN:
         server_round = int(msg.content["config"].get("server-round", 0))
         for item in os.environ.get(DELAY_ENV, "").split(","):
             round_text, _, seconds = item.partition(":")
@@ -29,6 +29,6 @@ def slow_evaluate_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable)
     return call_next(msg, ctxt)
 
 
-app = ClientApp(mods=[*CLIENT_MODS, slow_evaluate_mod])
+app = ClientApp(mods=[*CLIENT_MODS, slow_train_mod])
 app.train()(real.train)
 app.evaluate()(real.evaluate)

@@ -20,7 +20,7 @@ from sleepfed.model import logistic as model
 from sleepfed.model import objective
 from sleepfed.model.personalisation import personalise
 from sleepfed.model.walch import walch_dataset
-from sleepfed.server.app.server_app import RecordingFedAvg
+from sleepfed.server.app.recording_strategy import RecordingFedAvg
 from sleepfed.server.app.strategies import STRATEGIES, StrategySettings, build_strategy
 from sleepfed.server.ops.config import parse_config
 from sleepfed.server.research.simulation import InProcessGrid

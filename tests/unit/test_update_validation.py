@@ -20,8 +20,9 @@ from sleepfed.common.config_fields import ConfigError
 from sleepfed.model import logistic as model
 from sleepfed.server.app.canonical_replies import UNIFORM_WEIGHT_KEY
 from sleepfed.server.app.history import History
+from sleepfed.server.app.recording_strategy import RecordingFedAvg
 from sleepfed.server.app.secure_aggregation import RecordingSecAggFedAvg
-from sleepfed.server.app.server_app import RecordingFedAvg, dp_rules
+from sleepfed.server.app.server_app import dp_rules
 from sleepfed.server.app.update_validation import (
     DEFAULT_MAX_NUM_EXAMPLES,
     GOOD_SHARE_KEY,
@@ -376,7 +377,9 @@ def test_bad_updates_from_a_real_board_are_rejected(tmp_path: Path, walch_dir: P
         rounds = history.rounds()
         assert [r.global_round for r in rounds] == [1, 2]
         assert [r.train_nodes for r in rounds] == [2, 2]
-        assert [r.eval_nodes for r in rounds] == [3, 3]
+        # round 1's model is scored with round 2's updates: the scores of a board whose update
+        # is rejected are not used (round 2's 1000x update); the last model by all three
+        assert [r.eval_nodes for r in rounds] == [2, 3]
         assert [[x["reason"] for x in r.rejected] for r in rounds] == [
             ["non-finite"],
             ["norm-outlier"],

@@ -7,12 +7,18 @@ or SecAgg+ only the (clipped or masked) arrays:
 ``sleepfed.board.training.privacy_mods.withhold_scalars_mod``
 empties the scalar metrics then.
 
-* train: from the global arrays, take the configured number of fixed-size gradient steps
-  (``local-iterations``, ``learning-rate``; :mod:`sleepfed.model.objective`) on the board's labelled
-  windows (all but the held-out ones) and return the new arrays.
+* train: when the message names the global round of the model it carries (``model-round``,
+  every round but a run's first), first keep that model and score it on the board's held-out
+  windows, as evaluate does; the scores travel with the update (``eval-*`` metrics), so a
+  round costs one message. Then, from the global arrays, take the configured number of
+  fixed-size gradient steps (``local-iterations``, ``learning-rate``;
+  :mod:`sleepfed.model.objective`) on the board's labelled windows (all but the held-out
+  ones) and return the new arrays.
 * evaluate: keep the global model (it is the board's latest model, used for its nightly
   predictions) with the boards' pooled share of Good windows when the server sends it (the
   prior of the board's night estimates), and score the model on the board's held-out windows.
+  The server sends it once per run, with the last round's model, or alone in an
+  evaluation-only run.
 """
 
 from __future__ import annotations
@@ -37,6 +43,13 @@ HELD_OUT_SHARE_PERCENT = 20
 # Train metric (the board's share of Good training windows) and evaluate config (the boards'
 # pooled share, from the server): the prior that calibrates the board's night estimates.
 GOOD_SHARE_KEY = "good-share"
+# Train config: the global round of the model the message carries (the board keeps and
+# scores it before training). Reply metrics: its scores on the held-out windows.
+MODEL_ROUND_KEY = "model-round"
+EVAL_LOSS_KEY = "eval-loss"
+EVAL_ACCURACY_KEY = "eval-accuracy"
+EVAL_EXAMPLES_KEY = "eval-examples"
+EVAL_KEYS = (EVAL_LOSS_KEY, EVAL_ACCURACY_KEY, EVAL_EXAMPLES_KEY)
 
 
 def _is_held_out(night: str, start_ts: float) -> bool:
@@ -107,6 +120,41 @@ def _open_buffer(context: Context) -> Buffer:
     return Buffer(buffer_path(context))
 
 
+def _adopt_global_model(
+    buffer: Buffer,
+    arrays: model.Arrays,
+    global_round: int,
+    msg: Message,
+    final_round: int,
+) -> dict[str, float]:
+    """Keep the global model of ``global_round`` as the board's latest (with the pooled share
+    of Good windows when sent) and score it on the held-out windows."""
+    config = msg.content["config"]
+    version = buffer.save_model(
+        global_round, str(msg.metadata.run_id), model.arrays_to_bytes(arrays)
+    )
+    features, labels, held_out = _labelled_windows(buffer)
+    test_x, test_y = features[held_out], labels[held_out]
+    scores = _score(arrays, test_x, test_y)
+    buffer.bump_counters({"rounds_evaluated": 1})
+    state: dict[str, object] = {
+        "model_version": version,
+        "model_round": global_round,
+        "last_participation_at": time.time(),
+    }
+    if global_round == final_round:
+        state["run_finished"] = str(msg.metadata.run_id)
+    share = config.get(GOOD_SHARE_KEY)
+    if isinstance(share, int | float) and 0.0 < float(share) < 1.0:  # NaN fails too
+        state["population_good_share"] = float(share)
+    buffer.set_state(**state)
+    return {
+        EVAL_LOSS_KEY: scores["loss"],
+        EVAL_ACCURACY_KEY: scores["accuracy"],
+        EVAL_EXAMPLES_KEY: len(test_y),
+    }
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     arrays = msg.content["arrays"].to_numpy_ndarrays()
@@ -117,8 +165,12 @@ def train(msg: Message, context: Context) -> Message:
     learning_rate = float(config.get("learning-rate", objective.DEFAULT_LEARNING_RATE))
     # FedProx (sleepfed.server.app.strategies) sends its proximal term's weight
     mu = float(config.get("proximal-mu", 0.0))
+    model_round = config.get(MODEL_ROUND_KEY)
     buffer = _open_buffer(context)
     try:
+        evaluation: dict[str, float] = {}
+        if isinstance(model_round, int) and model_round > 0:
+            evaluation = _adopt_global_model(buffer, arrays, model_round, msg, final_round=-1)
         features, labels, held_out = _labelled_windows(buffer)
         train_x, train_y = features[~held_out], labels[~held_out]
         started = time.perf_counter()
@@ -138,6 +190,7 @@ def train(msg: Message, context: Context) -> Message:
             "train-accuracy": scores["accuracy"],
             "train-seconds": seconds,
             GOOD_SHARE_KEY: float(train_y.mean()) if len(train_y) else 0.0,
+            **evaluation,
         }
     )
     reply = RecordDict({"arrays": ArrayRecord(new_arrays), "metrics": metrics})
@@ -154,31 +207,14 @@ def evaluate(msg: Message, context: Context) -> Message:
     final_round = int(config.get("final-global-round", -1))
     buffer = _open_buffer(context)
     try:
-        version = buffer.save_model(
-            global_round, str(msg.metadata.run_id), model.arrays_to_bytes(arrays)
-        )
-        features, labels, held_out = _labelled_windows(buffer)
-        test_x, test_y = features[held_out], labels[held_out]
-        scores = _score(arrays, test_x, test_y)
-        buffer.bump_counters({"rounds_evaluated": 1})
-        state: dict[str, object] = {
-            "model_version": version,
-            "model_round": global_round,
-            "last_participation_at": time.time(),
-        }
-        if global_round == final_round:
-            state["run_finished"] = str(msg.metadata.run_id)
-        share = config.get(GOOD_SHARE_KEY)
-        if isinstance(share, int | float) and 0.0 < float(share) < 1.0:  # NaN fails too
-            state["population_good_share"] = float(share)
-        buffer.set_state(**state)
+        evaluation = _adopt_global_model(buffer, arrays, global_round, msg, final_round)
     finally:
         buffer.close()
     metrics = MetricRecord(
         {
-            "num-examples": max(len(test_y), 1),  # FedAvg divides by the sum
-            "eval-loss": scores["loss"],
-            "eval-accuracy": scores["accuracy"],
+            "num-examples": max(int(evaluation[EVAL_EXAMPLES_KEY]), 1),  # FedAvg divides by the sum
+            EVAL_LOSS_KEY: evaluation[EVAL_LOSS_KEY],
+            EVAL_ACCURACY_KEY: evaluation[EVAL_ACCURACY_KEY],
         }
     )
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

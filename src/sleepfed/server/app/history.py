@@ -137,6 +137,20 @@ class History:
             ),
         )
 
+    def record_evaluation(
+        self, global_round: int, eval_metrics: dict[str, float], eval_nodes: int, replace: bool
+    ) -> bool:
+        """The boards' scores of an active round's model, which arrive after the round was
+        added (with the next round's updates, or in the run's last message). An existing
+        evaluation is kept unless ``replace``; returns whether the row changed."""
+        keep = "" if replace else " AND eval_nodes = 0"
+        cursor = self.conn.execute(
+            "UPDATE rounds SET eval_metrics = ?, eval_nodes = ? "
+            f"WHERE global_round = ? AND rolled_back = 0{keep}",
+            (json.dumps(eval_metrics), eval_nodes, global_round),
+        )
+        return cursor.rowcount > 0
+
     def rounds(self, include_rolled_back: bool = True) -> list[RoundRecord]:
         sql = (
             "SELECT global_round, run_id, server_round, arrays, train_metrics, eval_metrics, "
@@ -194,6 +208,14 @@ class History:
             (time.time(),),
         )
         return int(rows[-1][0])
+
+    def reopen_run(self, run_id: str) -> None:
+        """The run did not end, whatever its ServerApp wrote last (it was killed with its
+        SuperLink): it is running again until the next run marks it interrupted and does its
+        remaining rounds."""
+        self.conn.execute(
+            "UPDATE runs SET status = 'running', finished_at = NULL WHERE run_id = ?", (run_id,)
+        )
 
     def start_run(self, run_id: str, start_round: int, planned_rounds: int) -> None:
         self.conn.execute(

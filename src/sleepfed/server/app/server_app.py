@@ -14,18 +14,15 @@ mid-run) is marked interrupted, and the next run does only its remaining rounds.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, UserConfig
+from flwr.app import ArrayRecord, ConfigRecord, Context, UserConfig
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg
 
 from sleepfed.board.training.client_app import GOOD_SHARE_KEY
 from sleepfed.board.training.privacy_mods import WITHHOLD_METRICS_KEY
 from sleepfed.model import logistic as model
-from sleepfed.server.app.canonical_replies import UNIFORM_WEIGHT_KEY
 from sleepfed.server.app.held_out import held_out_scores, held_out_set
 from sleepfed.server.app.history import History
 from sleepfed.server.app.privacy import (
@@ -34,77 +31,17 @@ from sleepfed.server.app.privacy import (
     settings_from_run_config,
     wrap_strategy,
 )
+from sleepfed.server.app.recording_strategy import RecordingFedAvg
+from sleepfed.server.app.round_loop import run_rounds, train_config
 from sleepfed.server.app.secure_aggregation import RecordingSecAggFedAvg, run_secure_rounds
 from sleepfed.server.app.strategies import build_strategy
 from sleepfed.server.app.strategies import (
     settings_from_run_config as strategy_settings_from_run_config,
 )
-from sleepfed.server.app.update_screening import UpdateScreening
 from sleepfed.server.app.update_validation import ValidationRules, rules_from_run_config
 
 log = logging.getLogger("sleepfed.server")
 app = ServerApp()
-
-
-class RecordingFedAvg(UpdateScreening, FedAvg):
-    """FedAvg that screens the boards' updates (sleepfed.server.app.update_screening) and
-    remembers each round's aggregated client metrics, reply counts and rejections."""
-
-    def __init__(
-        self,
-        rules: ValidationRules | None = None,
-        uniform_weights: bool = False,
-        **kwargs: object,
-    ) -> None:
-        if uniform_weights:
-            kwargs["weighted_by_key"] = UNIFORM_WEIGHT_KEY
-        super().__init__(**kwargs)  # type: ignore[arg-type]
-        self.init_screening(rules or ValidationRules(), uniform_weights)
-        self.train_metrics: dict[int, dict[str, float]] = {}
-        self.eval_metrics: dict[int, dict[str, float]] = {}
-        self.train_nodes: dict[int, int] = {}
-        self.eval_nodes: dict[int, int] = {}
-
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = self.screen(server_round, list(replies))
-        self.train_nodes[server_round] = sum(1 for r in replies if not r.has_error())
-        arrays, metrics = super().aggregate_train(server_round, replies)
-        # π is the median of the accepted boards' shares (sleepfed.server.app.update_validation
-        # .robust_good_share), not Flower's num-examples-weighted mean of them.
-        recorded = {k: v for k, v in dict(metrics or {}).items() if k != GOOD_SHARE_KEY}
-        good_share = self.good_shares.get(server_round)
-        if good_share is not None:
-            recorded[GOOD_SHARE_KEY] = good_share
-        self.train_metrics[server_round] = recorded
-        return arrays, MetricRecord(recorded) if metrics is not None else None
-
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        self.screening_arrays = arrays.to_numpy_ndarrays()
-        return super().configure_train(server_round, arrays, config, grid)
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        # The boards' share of Good windows (π, the median of the accepted boards' shares),
-        # from this round's train metrics: the boards calibrate their night estimates with it
-        # (sleepfed.model.features.estimated_efficiency). None under DP: no board's scalar is used.
-        good_share = self.train_metrics.get(server_round, {}).get(GOOD_SHARE_KEY)
-        if good_share is not None and 0.0 < float(good_share) < 1.0:
-            config = ConfigRecord({**dict(config), GOOD_SHARE_KEY: float(good_share)})
-        return super().configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        replies = self.weigh_evaluations(list(replies))
-        self.eval_nodes[server_round] = sum(1 for r in replies if not r.has_error())
-        metrics = super().aggregate_evaluate(server_round, replies)
-        self.eval_metrics[server_round] = dict(metrics or {})
-        return metrics
 
 
 # An update clipped to C on the board has norm C up to rounding.
@@ -163,7 +100,7 @@ def _training_config(cfg: UserConfig) -> dict[str, int | float]:
     }
 
 
-def _build_strategy(cfg: UserConfig, plan: RunPlan) -> FedAvg:
+def _build_strategy(cfg: UserConfig, plan: RunPlan) -> RecordingFedAvg:
     # the configured strategy (sleepfed.server.app.strategies), screened and recorded
     privacy = plan.privacy
     return build_strategy(
@@ -211,6 +148,18 @@ class RoundRecorder:
         )
         return scores
 
+    def record_evaluation(self, source: RecordingFedAvg, server_round: int) -> None:
+        """The boards' scores of round ``server_round``'s model (0: the model the run started
+        from, whose earlier scores are kept unless the run only evaluates)."""
+        if server_round not in source.eval_nodes:
+            return
+        self.history.record_evaluation(
+            self.plan.start_round + server_round,
+            source.eval_metrics.get(server_round, {}),
+            source.eval_nodes[server_round],
+            replace=server_round > 0 or self.plan.num_rounds == 0,
+        )
+
 
 def _run_secure(grid: Grid, context: Context, plan: RunPlan, recorder: RoundRecorder) -> None:
     """The rounds under SecAgg+ (Flower's legacy workflow)."""
@@ -240,22 +189,31 @@ def _run_secure(grid: Grid, context: Context, plan: RunPlan, recorder: RoundReco
 
 
 def _run_screened(
-    grid: Grid, cfg: UserConfig, plan: RunPlan, strategy: FedAvg, recorder: RoundRecorder
+    grid: Grid, cfg: UserConfig, plan: RunPlan, strategy: RecordingFedAvg, recorder: RoundRecorder
 ) -> None:
-    """The rounds of the screening strategy (under central DP if configured)."""
+    """The rounds of the screening strategy (under central DP if configured), one train
+    message per board per round (sleepfed.server.app.round_loop)."""
+    last = recorder.history.last_round()
+    earlier_share = last.train_metrics.get(GOOD_SHARE_KEY) if last else None
 
-    def evaluate_and_persist(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        if server_round == 0:
-            return None
-        scores = recorder.persist(strategy, server_round, arrays.to_numpy_ndarrays())
-        return MetricRecord({k: v for k, v in scores.items() if np.isfinite(v)})
+    def config_of_round(server_round: int) -> ConfigRecord:
+        if server_round == 1:
+            share = float(earlier_share) if earlier_share is not None else None
+        else:
+            share = strategy.train_metrics.get(server_round - 1, {}).get(GOOD_SHARE_KEY)
+        return train_config(plan.training, plan.start_round + server_round - 1, share)
 
-    wrap_strategy(strategy, plan.privacy, plan.min_nodes).start(
-        grid=grid,
-        initial_arrays=ArrayRecord(plan.initial),
+    def persist(server_round: int, arrays: ArrayRecord) -> None:
+        recorder.persist(strategy, server_round, arrays.to_numpy_ndarrays())
+
+    run_rounds(
+        wrap_strategy(strategy, plan.privacy, plan.min_nodes),
+        strategy,
+        grid,
+        initial=ArrayRecord(plan.initial),
         num_rounds=plan.num_rounds,
         timeout=float(cfg["round-timeout"]),
-        train_config=ConfigRecord(plan.training),
+        config_of_round=config_of_round,
         evaluate_config=ConfigRecord(
             {
                 "global-round-offset": plan.start_round,
@@ -263,7 +221,8 @@ def _run_screened(
                 **({WITHHOLD_METRICS_KEY: True} if plan.protected else {}),
             }
         ),
-        evaluate_fn=evaluate_and_persist,
+        on_round=persist,
+        on_evaluated=lambda server_round: recorder.record_evaluation(strategy, server_round),
     )
 
 
@@ -273,6 +232,9 @@ def main(grid: Grid, context: Context) -> None:
     run_id = str(context.run_id)
     history = History(str(cfg["history-path"]))
     start_round, num_rounds, initial = _resume(history, int(cfg["num-rounds"]))
+    if num_rounds == 0 and start_round == 0:
+        history.close()
+        raise ValueError("an evaluation-only run needs a model: the history has no round yet")
     history.start_run(run_id, start_round, num_rounds)
     held_out = held_out_set(str(cfg.get("eval-data", "")), str(cfg.get("eval-subjects", "")))
     min_nodes = int(cfg["min-nodes"])

@@ -51,7 +51,7 @@ def _strategy(settings: EvaluationSettings, boards: int) -> Strategy:
     if settings.privacy is None or not settings.privacy.dp:
         return build_strategy(settings.strategy, **common)
     # DP as the server runs it: equal weights, update screening, Flower's DP wrapper
-    from sleepfed.server.app.server_app import RecordingFedAvg
+    from sleepfed.server.app.recording_strategy import RecordingFedAvg
 
     inner = build_strategy(settings.strategy, RecordingFedAvg, uniform_weights=True, **common)
     return wrap_strategy(inner, settings.privacy, boards)
