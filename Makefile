@@ -42,5 +42,8 @@ bench: install
 	$(PY) benchmarks/bench_fuzz.py
 	$(PY) benchmarks/bench_qemu_round.py --data $(abspath $(DATA))
 	$(PY) benchmarks/bench_federated.py --data $(abspath $(DATA))
+	# a small fleet of real boards (its 20-board figures: the same scripts with their defaults)
+	$(PY) benchmarks/bench_load.py --data $(abspath $(DATA)) --boards 2 --rounds 3 --rate 20 --compare-sqlite
+	$(PY) benchmarks/bench_real_nodes.py --data $(abspath $(DATA)) --nodes 4 --rounds 3
 	# the docs' generated tables from benchmarks/results/*.json (tests/unit/test_docs.py checks them)
 	$(PY) -m sleepfed_tools.bench_tables --write

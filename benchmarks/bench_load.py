@@ -3,15 +3,17 @@
 Not a test: it prints tables and one final JSON line with every figure.
 
     python benchmarks/bench_load.py --data ../shared/data [--boards 20 --rounds 3 --rate 50]
+        [--compare-sqlite]
 
 Each board is a real ``sleepfed-agent run`` daemon fed over its own PTY by a replay of real
-Walch 2019 nights at ``--rate`` readings/s for the whole run (tests/support/load_fleet.py), holding
-one extracted Walch night to train on, with its own P-384 node key registered in the
-server's board registry (node authentication), talking to one ``sleepfed-server run --once``
-(TLS SuperLink + ServerApp) through its own TLS-terminating capture proxy, which records
-every byte per board and per Fleet RPC. psutil samples every second: the server's process
-tree (sleepfed-server + flower-superlink + ServerApp + ``flwr run``) and each board's
-daemon and tree (daemon + flower-supernode + flower-superexec + ClientApp processes).
+Walch 2019 nights at ``--rate`` readings/s for the whole run (tests/support/load_fleet.py),
+holding one extracted Walch night to train on, with its own node key (P-256, as
+sleepfed-enroll makes) registered in the server's board registry (node authentication),
+talking to one ``sleepfed-server run --once`` (TLS SuperLink + ServerApp) through its own
+TLS-terminating capture proxy, which records every byte per board and per Fleet RPC. psutil
+samples every second: the server's process tree (sleepfed-server + flower-superlink +
+ServerApp + ``flwr run``) and each board's daemon and tree (daemon + flower-supernode +
+flower-superexec + ClientApp processes).
 
 Figures: round times, server CPU and RSS, per-agent RSS and CPU (min/median/max), readings
 lost (sent by the replay minus acknowledged and stored: must be 0), and bytes on the wire per
@@ -19,6 +21,11 @@ board per round (decrypted HTTP: request/status lines, headers and protobuf bodi
 records and handshakes add to it, estimated), broken down by Fleet RPC, and as a ratio to
 the same run's payload: the bodies of the objects a board pushes (model, metrics, records).
 The machine's load average is printed: other work on it slows the rounds down.
+
+``--compare-sqlite`` first runs the same fleet with the SuperLink's state in a SQLite file
+(``superlink_state = "sqlite"``, the earlier default) and prints, beside the run with its
+state in memory, each one's round times, boards per round, rounds that waited out their
+timeout, replies lost and the SuperLink's ``database is locked`` answers.
 """
 
 from __future__ import annotations
@@ -57,8 +64,16 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Path]:
     parser.add_argument(
         "--key-curve",
         choices=("p384", "p256"),
-        default="p384",
-        help="the boards' node keys (sleepfed-enroll makes P-384)",
+        default="p256",
+        help="the boards' node keys (sleepfed-enroll makes P-256)",
+    )
+    parser.add_argument(
+        "--superlink-state", choices=("memory", "sqlite"), default="memory", help=argparse.SUPPRESS
+    )
+    parser.add_argument(
+        "--compare-sqlite",
+        action="store_true",
+        help="first the same run with the SuperLink's state in a SQLite file",
     )
     parser.add_argument(
         "--round-timeout",
@@ -99,7 +114,8 @@ def report(
     by_rpc = report_bytes_by_rpc(wire, n_rounds)
     overheads = report_bytes_overheads(wire, result.handshake)
     return {
-        "bench": "load",
+        # the small run of `make bench` is "load"; a larger fleet keeps its own file (load_20)
+        "bench": "load" if args.boards <= 4 else f"load_{args.boards}",
         "boards": args.boards,
         "rounds": n_rounds,
         "rate_per_board": args.rate,
@@ -112,7 +128,31 @@ def report(
         **overheads,
         "key_curve": args.key_curve,
         "round_timeout": args.round_timeout,
+        "superlink_state": args.superlink_state,
+        "database_locked": result.database_locked,
+        "rounds_at_timeout": sum(s >= args.round_timeout for s in rounds["round_seconds"]),
     }
+
+
+def reliability(figures: dict[str, object]) -> dict[str, object]:
+    """What the SuperLink's state changes: the figures compared side by side."""
+    faults = figures["node_faults"]
+    assert isinstance(faults, dict)
+    return {
+        "round_seconds": figures["round_seconds"],
+        "round_nodes": figures["round_nodes"],
+        "rounds_at_timeout": figures["rounds_at_timeout"],
+        "replies_lost": sum(faults.get("node_replies_lost", {}).values()),
+        "node_restarts": sum(faults.get("node_restarts", {}).values()),
+        "database_locked": figures["database_locked"],
+        "load_average_during_mean": figures["load_average_during_mean"],
+    }
+
+
+def compare(before: dict[str, object], after: dict[str, object]) -> None:
+    print("\nthe SuperLink's state, same fleet, one after the other:")
+    for key in before:
+        print(f"  {key:26} sqlite {before[key]!s:28} memory {after[key]}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,9 +163,17 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
     began = time.perf_counter()
+    before = None
+    if args.compare_sqlite:
+        sqlite_args = argparse.Namespace(**{**vars(args), "superlink_state": "sqlite"})
+        load_before = os.getloadavg()
+        before = reliability(report(sqlite_args, measure(sqlite_args, walch), load_before))
     load_before = os.getloadavg()
     result = measure(args, walch)
     figures = report(args, result, load_before)
+    if before is not None:
+        compare(before, reliability(figures))
+        figures["sqlite_before"] = before
     print(f"(took {time.perf_counter() - began:.0f} s)")
     print(json.dumps(figures))
     record.save(figures)

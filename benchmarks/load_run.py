@@ -48,6 +48,8 @@ class LoadRun:
     wire: dict[str, tuple[dict[str, RpcBytes], int, int]]
     handshake: tuple[int, int]
     marks: dict[str, float]
+    # the SuperLink's HTTP 500s from its SQLite state (superlink_state = "sqlite")
+    database_locked: int = 0
 
 
 @dataclass
@@ -112,6 +114,13 @@ def readings_lost(fleet: Fleet) -> dict[str, dict[str, object]]:
     return lost
 
 
+def database_locked(root: Path) -> int:
+    """Lines of the SuperLink's log that report its SQLite state locked."""
+    log = root / "server" / "state" / "superlink.log"
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return sum("database is locked" in line for line in text.splitlines())
+
+
 def run(args: argparse.Namespace, root: Path, walch: Path) -> LoadRun:
     fleet: Fleet = build_fleet(
         root,
@@ -121,6 +130,7 @@ def run(args: argparse.Namespace, root: Path, walch: Path) -> LoadRun:
         args.rate,
         args.key_curve,
         round_timeout=args.round_timeout,
+        superlink_state=args.superlink_state,
     )
     running = Running(fleet)
     try:
@@ -140,6 +150,7 @@ def run(args: argparse.Namespace, root: Path, walch: Path) -> LoadRun:
             wire={board.name: board_bytes(board) for board in fleet.boards},
             handshake=tls_handshake_bytes(fleet.certs),
             marks=running.marks,
+            database_locked=database_locked(root),
         )
     finally:
         running.close()

@@ -64,6 +64,13 @@ def test_a_node_whose_pull_failed_is_restarted_and_trains(tmp_path: Path, walch_
     server_config = write_server_config(
         tmp_path, port, certs, rounds=1, min_nodes=2, walch_dir=walch_dir, held_out=HELD_OUT
     )
+    # The SuperLink's state in a SQLite file (not the default, memory), so that the test can
+    # hold that file's lock: Flower then answers the node's pull with HTTP 500, as it does
+    # under load with its state in a file.
+    text = server_config.read_text()
+    server_config.write_text(
+        text.replace("[server]\n", '[server]\nsuperlink_state = "sqlite"\n', 1)
+    )
     boards = [
         write_board(
             tmp_path,

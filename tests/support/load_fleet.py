@@ -5,7 +5,8 @@ fed by a replay of real Walch 2019 nights at a fixed rate (readings/s) for the w
 and a buffer that already holds one extracted Walch night to train on. Each board has its
 own EC node key, registered with the server's board registry (node authentication), and
 reaches the TLS SuperLink through its own capture proxy (tests/support/wire_capture.py), so the
-bytes every board exchanges with the server are known per board and per Fleet RPC.
+bytes every board exchanges with the server are known per board and per Fleet RPC (or only the
+first ``captured`` boards do, and the others talk to the server's address directly).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class Board:
     config: Path
     subject: str
     link: PtyLink
-    proxy: CaptureProxy
+    proxy: CaptureProxy | None  # None: straight to the server's address, not captured
     sent: int = 0
     replay_error: str = ""
 
@@ -123,7 +124,8 @@ class Fleet:
         self.stop_replay.set()
         for board in self.boards:
             board.link.close()
-            board.proxy.close()
+            if board.proxy is not None:
+                board.proxy.close()
 
 
 def build_fleet(
@@ -132,13 +134,17 @@ def build_fleet(
     boards: int,
     rounds: int,
     rate: float,
-    curve: str = "p384",
+    curve: str = "p256",
     node_auth: bool = True,
     round_timeout: float = 900.0,
+    superlink_state: str = "memory",
+    captured: int | None = None,
 ) -> Fleet:
     """Server config, PKI, registry and ``boards`` board folders; nothing started yet.
     Without ``node_auth`` the boards' SuperNodes make their own keys and register
-    themselves (the server's ``node_auth = false``)."""
+    themselves (the server's ``node_auth = false``). ``superlink_state``: the server's
+    ``superlink_state`` (memory, or sqlite: the SuperLink's state in ``superlink.db``).
+    ``captured``: only that many boards (the first) go through a capture proxy."""
     certs = pki(root)
     port = free_port()
     server_config = write_server_config(
@@ -152,8 +158,10 @@ def build_fleet(
         round_timeout=round_timeout,
     )
     text = server_config.read_text()
-    setting = f"node_auth = {'true' if node_auth else 'false'}"
-    server_config.write_text(text.replace("[server]\n", f"[server]\n{setting}\n", 1))
+    setting = (
+        f'node_auth = {"true" if node_auth else "false"}\nsuperlink_state = "{superlink_state}"\n'
+    )
+    server_config.write_text(text.replace("[server]\n", f"[server]\n{setting}", 1))
     subjects = [s for s in walch_subjects(walch) if s not in HELD_OUT]
     registry = Registry(load_config(server_config))
     fleet_boards: list[Board] = []
@@ -161,10 +169,18 @@ def build_fleet(
         for i in range(boards):
             name = f"board{i:02d}"
             subject = subjects[i % len(subjects)]
-            proxy = CaptureProxy(certs["cert"], certs["key"], certs["ca"], port).start()
+            proxy = None
+            if captured is None or i < captured:
+                proxy = CaptureProxy(certs["cert"], certs["key"], certs["ca"], port).start()
             link = PtyLink()
             config = write_board(
-                root, name, proxy.port, certs["ca"], walch_dir=walch, subject=subject, enrol=False
+                root,
+                name,
+                proxy.port if proxy is not None else port,
+                certs["ca"],
+                walch_dir=walch,
+                subject=subject,
+                enrol=False,
             )
             text = config.read_text().replace(
                 "session_idle_seconds = 300", "session_idle_seconds = 3600"
@@ -283,6 +299,7 @@ def board_bytes(board: Board) -> tuple[dict[str, RpcBytes], int, int]:
     """Per Fleet RPC bytes of one board, how many TLS connections carried requests and how
     many were opened in all (the agent's reachability probes only shake hands).
     Polls (``pull-messages`` answered with no message) are kept apart from deliveries."""
+    assert board.proxy is not None, f"{board.name} is not captured"
     connections = board.proxy.snapshot()
     table: dict[str, RpcBytes] = {}
     for request, response in http_exchanges(connections):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from sleepfed_tools import bench_tables_board as board
 from sleepfed_tools import bench_tables_fleet as fleet
+from sleepfed_tools import bench_tables_load as load
 from sleepfed_tools.bench_tables_format import Record
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,7 +42,8 @@ TABLES: dict[str, Section] = {
     "fuzz": Section(DOCS / "benchmarks.md", board.fuzz),
     "federated": Section(DOCS / "evaluation.md", fleet.federated),
     "qemu_round": Section(REPO / "docker" / "README.md", fleet.qemu_round),
-    "load": Section(DOCS / "benchmarks.md", fleet.load),
+    "load": Section(DOCS / "benchmarks.md", load.load),
+    "load_20": Section(DOCS / "benchmarks.md", load.load),
     "scale": Section(DOCS / "benchmarks.md", fleet.scale),
     "real_nodes": Section(DOCS / "benchmarks.md", fleet.real_nodes),
     "metrics": Section(DOCS / "operations.md", board.metrics),

@@ -61,3 +61,34 @@ def stop_process_group(process: subprocess.Popen[bytes] | None, grace_seconds: f
         process.wait()
         while _group_alive(pgid) and time.monotonic() < deadline + 5.0:
             time.sleep(0.05)
+
+
+def descendants(pid: int) -> set[tuple[int, int]]:
+    """(pid, start time in clock ticks) of every process below ``pid``, from /proc (Linux;
+    elsewhere empty). The start time tells a process from a later one given the same pid."""
+    parents: dict[int, list[tuple[int, int]]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            # after "pid (comm)": state, ppid, ... starttime is the 20th
+            parents.setdefault(int(fields[1]), []).append((int(stat.parent.name), int(fields[19])))
+    found: set[tuple[int, int]] = set()
+    todo = [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child[0])
+    return found
+
+
+def kill_remembered(processes: set[tuple[int, int]]) -> int:
+    """SIGKILL each (pid, start time) that is still that same process; returns how many."""
+    killed = 0
+    for pid, started in processes:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[19]) == started:
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+    return killed

@@ -45,8 +45,10 @@ from sleepfed.common.flower_process import flower_environment, stop_process_grou
 log = logging.getLogger("sleepfed.federation")
 
 STOP_GRACE_SECONDS = 10.0
-# After the ClientApp stored the run's final model, the node still has to send its reply.
-FINISH_GRACE_SECONDS = 8.0
+# After the ClientApp stored the run's final model, the node still has to send its reply, and
+# the ServerApp to collect it: the SuperLink answers a reply asked for after its node ended
+# with "node unavailable" (sleepfed.server.app.round_loop).
+FINISH_GRACE_SECONDS = 15.0
 
 
 class Session:

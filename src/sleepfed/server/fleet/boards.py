@@ -77,7 +77,8 @@ class Registry:
     def add(self, request: EnrollmentRequest) -> str:
         """Record a request; returns what happened (added / unchanged)."""
         row = self.conn.execute(
-            "SELECT public_key, status FROM boards WHERE board_id = ?", (request.board_id,)
+            "SELECT public_key, status FROM boards WHERE board_id = ?",
+            (request.board_id,),
         ).fetchone()
         now = time.time()
         if row is not None:
@@ -124,6 +125,28 @@ class Registry:
         )
 
     # -- the SuperLink follows the registry ----------------------------------------------
+    def forget_superlink(self) -> list[str]:
+        """A new SuperLink whose state is in memory knows no node: every registered board is
+        pending again (registered by the next sync, with its new node id) and a revocation
+        still pending is done (its key is never registered again); returns those revoked."""
+        now = time.time()
+        self.conn.execute(
+            "UPDATE boards SET status = 'pending', node_id = NULL, changed_at = ? "
+            "WHERE status = 'registered'",
+            (now,),
+        )
+        revoked = [
+            str(row[0])
+            for row in self.conn.execute(
+                "SELECT board_id FROM boards WHERE status = 'revoke-pending' ORDER BY board_id"
+            )
+        ]
+        self.conn.execute(
+            "UPDATE boards SET status = 'revoked', changed_at = ? WHERE status = 'revoke-pending'",
+            (now,),
+        )
+        return [f"revoked {board} (never registered with this SuperLink)" for board in revoked]
+
     def _flwr(self, *args: str) -> dict[str, object]:
         result = subprocess.run(
             [flower_bin("flwr"), "supernode", *args, "sleepfed", "--format", "json"],
@@ -158,7 +181,12 @@ class Registry:
                     done.append(self._unregister(board_id, str(board["node_id"])))
             except (RegistryError, OSError, subprocess.SubprocessError) as error:
                 self.sync_failures += 1
-                log.error("board %s (%s) not applied to the SuperLink: %s", board_id, status, error)
+                log.error(
+                    "board %s (%s) not applied to the SuperLink: %s",
+                    board_id,
+                    status,
+                    error,
+                )
         return done
 
     def _register(self, board_id: str, public_key: str) -> str:
@@ -166,12 +194,16 @@ class Registry:
         key_file.parent.mkdir(parents=True, exist_ok=True)
         key_file.write_text(f"{public_key} {board_id}\n")
         payload = self._flwr("register", str(key_file))
-        self.conn.execute(
+        node_id = str(payload["node-id"])
+        updated = self.conn.execute(
             "UPDATE boards SET status = 'registered', node_id = ?, changed_at = ? "
-            "WHERE board_id = ?",
-            (str(payload["node-id"]), time.time(), board_id),
-        )
-        return f"registered {board_id} (node {payload['node-id']})"
+            "WHERE board_id = ? AND status = 'pending'",
+            (node_id, time.time(), board_id),
+        ).rowcount
+        if not updated:  # revoked while its registration was under way
+            self._flwr("unregister", node_id)
+            return f"revoked {board_id} during its registration (node {node_id} unregistered)"
+        return f"registered {board_id} (node {node_id})"
 
     def _unregister(self, board_id: str, node_id: str) -> str:
         self._flwr("unregister", node_id)

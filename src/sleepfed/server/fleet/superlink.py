@@ -1,4 +1,15 @@
-"""The Flower SuperLink as a supervised child, and runs submitted to it with ``flwr run``."""
+"""The Flower SuperLink as a supervised child, and runs submitted to it with ``flwr run``.
+
+Its own state (nodes, runs, messages and their objects) is kept in memory by default
+(``server.superlink_state = "memory"``, Flower's ``:flwr-in-memory:``). With a SQLite file
+(``"sqlite"``: ``superlink.db``) every Fleet request is a transaction on that one file, and
+under a fleet's load the SuperLink answers ``database is locked`` (HTTP 500) once a request
+waits out its 5-s busy timeout; Flower's SuperNode does not retry that, so a board's reply
+is lost and its round waits out the timeout (docs/benchmarks.md, Load). Nothing of ours
+needs that file across restarts: a run resumes from the server's own history, and the
+registry registers every board again with each new SuperLink
+(sleepfed.server.fleet.supervision). The file mode stays for tests of those faults.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +23,19 @@ from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 
-from sleepfed.common.flower_process import flower_bin, flower_environment, stop_process_group
+from sleepfed.common.flower_process import (
+    descendants,
+    flower_bin,
+    flower_environment,
+    kill_remembered,
+    stop_process_group,
+)
 from sleepfed.common.private_files import ensure_private_dir
 from sleepfed.server.app.privacy import run_config_entries
 from sleepfed.server.app.strategies import run_config_entries as strategy_run_config
-from sleepfed.server.app.update_validation import run_config_entries as validation_run_config
+from sleepfed.server.app.update_validation import (
+    run_config_entries as validation_run_config,
+)
 from sleepfed.server.fleet.fleet_proxy import die_with_parent, loopback_tls
 from sleepfed.server.ops.config import ServerConfig
 
@@ -25,12 +44,21 @@ log = logging.getLogger("sleepfed.server")
 CONNECTION_NAME = "sleepfed"
 
 
+IN_MEMORY = ":flwr-in-memory:"  # Flower's name for its in-memory link state and objects
+
+
+def superlink_database(config: ServerConfig) -> Path | None:
+    """The SuperLink's SQLite file, or None when its state is in memory."""
+    return config.state_dir / "superlink.db" if config.superlink_state == "sqlite" else None
+
+
 def superlink_command(config: ServerConfig) -> list[str]:
     """The SuperLink on loopback only; the boards reach it through the fleet proxy."""
+    database = superlink_database(config)
     command = [
         flower_bin("flower-superlink"),
         "--database",
-        str(config.state_dir / "superlink.db"),
+        str(database) if database is not None else IN_MEMORY,
         "--disable-runtime-dependency-installation",
         "--host",
         "127.0.0.1",
@@ -114,15 +142,20 @@ class SuperLink:
         self.config = config
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = config.state_dir / "superlink.log"
+        self.children: set[tuple[int, int]] = set()
 
     def start(self, ready_timeout: float = 60.0) -> None:
         ensure_private_dir(self.config.state_dir)  # messages and node keys: owner only
         if self.config.insecure:
             log.warning("SuperLink runs WITHOUT TLS (--insecure): traffic is not encrypted")
         write_connection(self.config)
-        leftover = mark_leftover_nodes_offline(self.config.state_dir / "superlink.db")
+        database = superlink_database(self.config)
+        leftover = mark_leftover_nodes_offline(database) if database is not None else 0
         if leftover:
-            log.info("%d nodes left online by the previous SuperLink marked offline", leftover)
+            log.info(
+                "%d nodes left online by the previous SuperLink marked offline",
+                leftover,
+            )
         with self.log_path.open("ab") as out:
             self.process = subprocess.Popen(
                 superlink_command(self.config),
@@ -157,9 +190,23 @@ class SuperLink:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def remember_children(self) -> None:
+        """Note the SuperLink's descendants (its flower-superexec and the run's ServerApp,
+        which Flower starts in sessions of their own): a SuperLink that dies leaves them
+        behind, and ``stop`` ends them."""
+        if self.alive():
+            assert self.process is not None
+            self.children |= descendants(self.process.pid)
+
     def stop(self) -> None:
         process, self.process = self.process, None
         stop_process_group(process, 15.0)
+        # A killed SuperLink's orphans: its run's ServerApp would otherwise outlive it and
+        # write the run's end after the next run has begun.
+        killed = kill_remembered(self.children)
+        self.children = set()
+        if killed:
+            log.info("ended %d process(es) the stopped SuperLink left behind", killed)
 
 
 def submit_run(config: ServerConfig) -> str:

@@ -33,6 +33,8 @@ class ServerProcesses:
         self.proxy = FleetProxy(config)
         self.restarts = {"superlink": 0, "fleet_proxy": 0}
         self.reconcile_failures = 0
+        # SuperLinks started so far: a run submitted to an earlier one is gone with it
+        self.superlink_starts = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -46,10 +48,11 @@ class ServerProcesses:
             )
         self.proxy.check()  # a configuration nginx refuses stops us before anything runs
         self.superlink.start()
+        self.superlink_starts += 1
         # The registry before the proxy: a board that reached the SuperLink before its key was
         # registered would be refused, and stay away for its refusal back-off.
         try:
-            lines = self.reconcile()
+            lines = self.reconcile(new_superlink=True)
             self.proxy.start()
         except Exception:
             self.superlink.stop()
@@ -61,8 +64,10 @@ class ServerProcesses:
     def alive(self) -> bool:
         return self.superlink.alive() and self.proxy.alive()
 
-    def reconcile(self) -> list[str]:
-        """Apply pending registrations and revocations; a failure is logged, never raised."""
+    def reconcile(self, new_superlink: bool = False) -> list[str]:
+        """Apply pending registrations and revocations; a failure is logged, never raised.
+        ``new_superlink``: the SuperLink was just (re)started; with its state in memory it
+        knows no board, and every enrolled one is registered again."""
         if not self.config.node_auth:
             return []
         from sleepfed.server.fleet.boards import Registry
@@ -74,7 +79,10 @@ class ServerProcesses:
             log.error("board registry unreadable: %s", error)
             return []
         try:
-            lines = registry.sync()
+            lines = []
+            if new_superlink and self.config.superlink_state == "memory":
+                lines = registry.forget_superlink()
+            lines += registry.sync()
             self.reconcile_failures += registry.sync_failures
             return lines
         finally:
@@ -83,6 +91,7 @@ class ServerProcesses:
     def _supervise(self) -> None:
         next_reconcile = time.monotonic() + self.config.reconcile_seconds
         while not self._stop.wait(CHECK_SECONDS):
+            self.superlink.remember_children()
             for name, process in (("superlink", self.superlink), ("fleet_proxy", self.proxy)):
                 if process.alive() or self._stop.is_set() or self.stopping.is_set():
                     continue
@@ -90,14 +99,33 @@ class ServerProcesses:
                 log.warning("%s exited (status %s): restarting it", name, code)
                 self.restarts[name] += 1
                 try:
-                    process.stop()
-                    process.start()
+                    if process is self.superlink:
+                        self._restart_superlink()
+                    else:
+                        process.stop()
+                        process.start()
                 except Exception as error:  # try again on the next check
                     log.error("%s could not be restarted: %s", name, error)
             if time.monotonic() >= next_reconcile and self.superlink.alive():
                 for line in self.reconcile():
                     log.info("registry: %s", line)
                 next_reconcile = time.monotonic() + self.config.reconcile_seconds
+
+    def _restart_superlink(self) -> None:
+        """A new SuperLink, and the registry applied to it before boards reach it again: with
+        its state in memory it knows no board until then, and would refuse them (a refused
+        board stays away for its refusal back-off), so the boards' address is closed
+        meanwhile (a board sees the server unreachable, and retries)."""
+        closed = self.config.superlink_state == "memory" and self.proxy.alive()
+        if closed:
+            self.proxy.stop()
+        self.superlink.stop()  # its process group: the run's ServerApp too
+        self.superlink.start()
+        self.superlink_starts += 1
+        for line in self.reconcile(new_superlink=True):
+            log.info("registry: %s", line)
+        if closed:
+            self.proxy.start()
 
     def stop(self) -> None:
         self._stop.set()

@@ -20,7 +20,11 @@ from sleepfed.common.config_fields import (
 )
 from sleepfed.model import objective
 from sleepfed.server.app.privacy import PRIVACY_FIELDS, PrivacySettings, parse_privacy
-from sleepfed.server.app.strategies import STRATEGY_FIELDS, StrategySettings, parse_strategy
+from sleepfed.server.app.strategies import (
+    STRATEGY_FIELDS,
+    StrategySettings,
+    parse_strategy,
+)
 from sleepfed.server.app.update_validation import (
     VALIDATION_FIELDS,
     ValidationRules,
@@ -62,6 +66,7 @@ class ServerConfig:
     metrics_port: int = 0  # Prometheus endpoint of `sleepfed-server run`; 0 = off
     superlink_port: int = DEFAULT_SUPERLINK_PORT  # the SuperLink's port, on 127.0.0.1 only
     reconcile_seconds: float = 30.0  # how often `run` applies the registry to the SuperLink
+    superlink_state: str = "memory"  # the SuperLink's own state (sleepfed.server.fleet.superlink)
 
     @property
     def history_path(self) -> Path:
@@ -90,9 +95,11 @@ SERVER_FIELDS = (
     Field("keyfile", str, None, "its key (PEM); required unless insecure"),
     Field("ca_certfile", str, None, "the CA boards pin (PEM); required unless insecure"),
     Field("reconcile_seconds", float, 30.0, "apply the board registry this often", 1, 60),
+    Field("superlink_state", str, "memory", "the SuperLink's own state: memory, or sqlite "
+          "(superlink.db; for tests of its faults)", choices=("memory", "sqlite")),
 )  # fmt: skip
 RUN_FIELDS = (
-    Field("rounds", int, 5, "rounds per run", low=1),
+    Field("rounds", int, 5, "rounds per run (0: the latest model scored by the boards)", low=0),
     Field("min_nodes", int, 2, "boards a round needs", low=1),
     Field("fraction_train", float, 1.0, "share of boards sampled to train", 0, 1),
     Field("fraction_evaluate", float, 1.0, "share of boards sampled to evaluate", 0, 1),
@@ -137,7 +144,9 @@ def parse_config(data: dict[str, Any], base: Path) -> ServerConfig:
     fed = get_field(data, "federation", dict, "config", {})
     core = read_fields(fed, "federation", RUN_FIELDS)
     evaluation = read_fields(
-        get_field(data, "evaluation", dict, "config", {}), "evaluation", EVALUATION_FIELDS
+        get_field(data, "evaluation", dict, "config", {}),
+        "evaluation",
+        EVALUATION_FIELDS,
     )
     node_auth = not server["insecure"] if server["node_auth"] is None else server["node_auth"]
     if node_auth and server["insecure"]:
@@ -175,6 +184,7 @@ def parse_config(data: dict[str, Any], base: Path) -> ServerConfig:
         metrics_port=metrics[1],
         superlink_port=server["superlink_port"],
         reconcile_seconds=server["reconcile_seconds"],
+        superlink_state=server["superlink_state"],
     )
 
 

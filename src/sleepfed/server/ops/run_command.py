@@ -21,17 +21,40 @@ if TYPE_CHECKING:
 
 
 def _wait_for_run(
-    config: ServerConfig, run_id: str, stop: threading.Event, printed: set[int]
+    config: ServerConfig,
+    run_id: str,
+    stop: threading.Event,
+    printed: set[int],
+    superlink: tuple[ServerProcesses, int],
 ) -> str:
+    """The run's end as the history records it ("finished", "failed"), "stopped", or
+    "interrupted" when the SuperLink it was submitted to (the ``superlink`` processes' start
+    number given) died: the run went with it. Each round's line is printed once the boards'
+    scores of its model are in (they come with the next round's updates,
+    sleepfed.server.app.round_loop), or when the run ends."""
+    processes, starts = superlink
     history = History(config.history_path)
     try:
         while not stop.is_set():
+            status = next((r["status"] for r in history.runs() if r["run_id"] == run_id), "pending")
+            # a ServerApp whose SuperLink died may have written "failed" on its way out
+            gone = status != "finished" and (
+                processes.superlink_starts != starts or not processes.superlink.alive()
+            )
+            ended = status in ("finished", "failed") or gone
             for record in history.rounds(include_rolled_back=False):
-                if record.run_id == run_id and record.global_round not in printed:
+                if record.run_id != run_id or record.global_round in printed:
+                    continue
+                if record.eval_nodes > 0 or ended:
                     printed.add(record.global_round)
                     print(format_round(record), flush=True)
-            status = next((r["status"] for r in history.runs() if r["run_id"] == run_id), "pending")
-            if status in ("finished", "failed"):
+            if gone:
+                # the supervision restarts it, and first ends what the dead one left behind
+                while processes.superlink_starts == starts and not stop.wait(1.0):
+                    pass
+                history.reopen_run(run_id)  # the next run does its remaining rounds
+                return "interrupted"
+            if ended:
                 return str(status)
             stop.wait(1.0)
         return "stopped"
@@ -90,20 +113,29 @@ def _announce_node_auth(config: ServerConfig, synced: list[str]) -> None:
     print(f"node authentication on: {enrolled} enrolled boards may join", flush=True)
 
 
-def _submit_runs(config: ServerConfig, stop: threading.Event, once: bool) -> int:
-    """Submit runs until stopped (or one, with ``once``); 1 if a run failed, else 0."""
+def _submit_runs(
+    config: ServerConfig, stop: threading.Event, once: bool, processes: ServerProcesses
+) -> int:
+    """Submit runs until stopped (or one, with ``once``); 1 if a run failed, else 0. A run
+    interrupted by a SuperLink restart is followed at once by the next, which does its
+    remaining rounds (sleepfed.server.app.server_app resumes from the history)."""
     from sleepfed.server.fleet.superlink import submit_run
 
     printed: set[int] = set()
     code = 0
     while not stop.is_set():
         run_id = submit_run(config)
+        starts = processes.superlink_starts
         print(
             f"run {run_id} submitted: {config.rounds} rounds, min {config.min_nodes} nodes",
             flush=True,
         )
-        status = _wait_for_run(config, run_id, stop, printed)
+        status = _wait_for_run(config, run_id, stop, printed, (processes, starts))
         print(f"run {run_id} {status}", flush=True)
+        if status == "interrupted":
+            while not processes.alive() and not stop.wait(1.0):
+                pass  # the supervision restarts the SuperLink and applies the registry
+            continue
         if status == "failed":
             code = 1
         if once or status == "stopped":
@@ -131,7 +163,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if config.node_auth:
         _announce_node_auth(config, synced)
     try:
-        return _submit_runs(config, stop, args.once)
+        return _submit_runs(config, stop, args.once, processes)
     finally:
         if metrics is not None:
             metrics.stop()
