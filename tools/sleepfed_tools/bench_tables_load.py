@@ -77,7 +77,7 @@ def _bytes_rows(figures: dict[str, Any]) -> list[list[str]]:
         [
             "**total**",
             f"**{figures['requests_per_board_round']:.1f}**",
-            f"**{sent:,}** ({figures['ratio_to_goal']:.1f}× the goal)",
+            f"**{sent:,}** ({figures['ratio_to_goal']:.2f}× the 20 KB goal)",
             f"{figures['headers_sent_per_board_round']:,}",
             f"{figures['bytes_received_per_board_round']:,}",
         ]
