@@ -131,16 +131,7 @@ def _state_comparison(figures: dict[str, Any]) -> list[str]:
     before = figures.get("sqlite_before")
     if before is None:
         return []
-    faults = figures["node_faults"]
-    after = {
-        "round_seconds": figures["round_seconds"],
-        "round_nodes": figures["round_nodes"],
-        "rounds_at_timeout": figures["rounds_at_timeout"],
-        "replies_lost": sum(faults.get("node_replies_lost", {}).values()),
-        "node_restarts": sum(faults.get("node_restarts", {}).values()),
-        "database_locked": figures["database_locked"],
-        "load_average_during_mean": figures["load_average_during_mean"],
-    }
+    after = figures["memory_after"]
     header = [
         "SuperLink state",
         "rounds (s each)",
