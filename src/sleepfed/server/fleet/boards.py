@@ -3,8 +3,10 @@
 The registry is the source of truth; the SuperLink follows it. Registering or revoking while
 the SuperLink runs takes effect at once (``flwr supernode register`` / ``unregister`` over
 the Control API); otherwise the change is pending and ``sleepfed-server run`` applies it when
-its SuperLink is up. Flower cannot register a key again once it was unregistered: a revoked
-board needs a new key pair (run ``sleepfed-enroll --new-key`` on it).
+its SuperLink is up. A SuperLink whose state is in memory starts knowing no board: every
+enrolled board is registered with it again (``forget_superlink``, then ``sync``). A revoked
+key is never registered again (the registry refuses it; Flower too, within one SuperLink's
+life): a revoked board needs a new key pair (run ``sleepfed-enroll --new-key`` on it).
 """
 
 from __future__ import annotations
