@@ -592,3 +592,53 @@ def test_an_insecure_board_warns_at_start(tmp_path: Path, attack: Attack, insecu
     else:
         assert warnings == [] and "WITHOUT TLS" not in log_path.read_text()
     assert code == 0
+
+
+def test_a_revoked_key_stays_out_of_every_new_superlink(tmp_path: Path, attack: Attack) -> None:
+    """With the SuperLink's state in memory, each new SuperLink learns the boards from the
+    registry alone: a revoked board presenting its old key again, before or after the revocation
+    was applied, is never made pending (never registered with the next SuperLink)."""
+    from sleepfed.provisioning.request import EnrollmentRequest
+    from sleepfed.server.fleet.boards import Registry, RegistryError
+    from sleepfed.server.ops.config import load_config
+
+    certs = pki(tmp_path)
+    config = tmp_path / "server.toml"
+    config.write_text(
+        f'[server]\nstate_dir = "{tmp_path / "state"}"\nport = {free_port()}\n'
+        f'certfile = "{certs["cert"]}"\nkeyfile = "{certs["key"]}"\n'
+        f'ca_certfile = "{certs["ca"]}"\n'
+    )
+    registry = Registry(load_config(config))
+    try:
+        key_a, key_b = _public_key(), _public_key()
+        registry.add(EnrollmentRequest("board-a", key_a))
+        registry.add(EnrollmentRequest("board-b", key_b))
+        # as a sync would leave them: board-a registered, then revoked while the server is down
+        registry.conn.execute("UPDATE boards SET status = 'registered', node_id = '7'")
+        registry.revoke("board-a")
+        assert registry.forget_superlink() == [
+            "revoked board-a (never registered with this SuperLink)"
+        ]
+        statuses = {b["board_id"]: b["status"] for b in registry.boards()}
+        refused = []
+        for board_id in ("board-a", "board-c"):  # its own id, and a new one
+            try:
+                registry.add(EnrollmentRequest(board_id, key_a))
+            except RegistryError as error:
+                refused.append(str(error))
+        after = {b["board_id"]: b["status"] for b in registry.boards()}
+        registry.forget_superlink()
+        again = {b["board_id"]: b["status"] for b in registry.boards()}
+    finally:
+        registry.close()
+    held = (
+        statuses == {"board-a": "revoked", "board-b": "pending"}
+        and len(refused) == 2
+        and after == statuses == again
+    )
+    attack("revoked key re-enrolled for a new SuperLink", "refused; never pending",
+           f"{len(refused)} of 2 refused; board-a {again.get('board-a')}", held)  # fmt: skip
+    assert statuses == {"board-a": "revoked", "board-b": "pending"}, statuses
+    assert "this key was revoked" in refused[0] and "already belongs to board board-a" in refused[1]
+    assert after == statuses == again, (after, again)
