@@ -84,6 +84,14 @@ def test_a_node_whose_pull_failed_is_restarted_and_trains(tmp_path: Path, walch_
         for i, subject in enumerate(BOARD_SUBJECTS)
     ]
     hurt = boards[0]
+    # The production patience (75 s): the wedged node's deactivation can be held up by the
+    # same lock, and Flower then counts it online for up to two heartbeats (60 s), refusing
+    # the restarted node meanwhile; the agent waits that out instead of ending its session.
+    hurt.write_text(
+        hurt.read_text().replace(
+            "activation_patience_seconds = 8", "activation_patience_seconds = 75"
+        )
+    )
     processes: list[subprocess.Popen[bytes]] = [start_server(server_config)]
     try:
         processes.append(start_agent(hurt))
@@ -112,7 +120,13 @@ def test_a_node_whose_pull_failed_is_restarted_and_trains(tmp_path: Path, walch_
         assert "the server failed the node's pull" in log
         fault = board_state(hurt)["last_node_fault"]
         assert fault["counter"] == "node_restarts"  # type: ignore[index]
-        # the second board arrives; the round needs both, and the restarted node takes part
+        # the restarted node is in (Flower prints the node's id once it is activated) ...
+        wait_for(
+            lambda: node_log.read_text().count("SuperNode ID") >= 2,
+            150,
+            "board-0's restarted node to be activated",
+        )
+        # ... and the second board arrives; the round needs both, and the restarted node takes part
         processes.append(start_agent(boards[1]))
         assert processes[0].wait(300) == 0, (server_config.parent / "server.log").read_text()[
             -3000:
