@@ -79,8 +79,7 @@ class Registry:
     def add(self, request: EnrollmentRequest) -> str:
         """Record a request; returns what happened (added / unchanged)."""
         row = self.conn.execute(
-            "SELECT public_key, status FROM boards WHERE board_id = ?",
-            (request.board_id,),
+            "SELECT public_key, status FROM boards WHERE board_id = ?", (request.board_id,)
         ).fetchone()
         now = time.time()
         if row is not None:
@@ -183,12 +182,7 @@ class Registry:
                     done.append(self._unregister(board_id, str(board["node_id"])))
             except (RegistryError, OSError, subprocess.SubprocessError) as error:
                 self.sync_failures += 1
-                log.error(
-                    "board %s (%s) not applied to the SuperLink: %s",
-                    board_id,
-                    status,
-                    error,
-                )
+                log.error("board %s (%s) not applied to the SuperLink: %s", board_id, status, error)
         return done
 
     def _register(self, board_id: str, public_key: str) -> str:

@@ -33,9 +33,7 @@ from sleepfed.common.flower_process import (
 from sleepfed.common.private_files import ensure_private_dir
 from sleepfed.server.app.privacy import run_config_entries
 from sleepfed.server.app.strategies import run_config_entries as strategy_run_config
-from sleepfed.server.app.update_validation import (
-    run_config_entries as validation_run_config,
-)
+from sleepfed.server.app.update_validation import run_config_entries as validation_run_config
 from sleepfed.server.fleet.fleet_proxy import die_with_parent, loopback_tls
 from sleepfed.server.ops.config import ServerConfig
 
@@ -152,10 +150,7 @@ class SuperLink:
         database = superlink_database(self.config)
         leftover = mark_leftover_nodes_offline(database) if database is not None else 0
         if leftover:
-            log.info(
-                "%d nodes left online by the previous SuperLink marked offline",
-                leftover,
-            )
+            log.info("%d nodes left online by the previous SuperLink marked offline", leftover)
         with self.log_path.open("ab") as out:
             self.process = subprocess.Popen(
                 superlink_command(self.config),

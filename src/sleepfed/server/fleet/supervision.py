@@ -119,7 +119,7 @@ class ServerProcesses:
         closed = self.config.superlink_state == "memory" and self.proxy.alive()
         if closed:
             self.proxy.stop()
-        self.superlink.stop()  # its process group: the run's ServerApp too
+        self.superlink.stop()  # and what it left behind: its superexec, the run's ServerApp
         self.superlink.start()
         self.superlink_starts += 1
         for line in self.reconcile(new_superlink=True):

@@ -20,11 +20,7 @@ from sleepfed.common.config_fields import (
 )
 from sleepfed.model import objective
 from sleepfed.server.app.privacy import PRIVACY_FIELDS, PrivacySettings, parse_privacy
-from sleepfed.server.app.strategies import (
-    STRATEGY_FIELDS,
-    StrategySettings,
-    parse_strategy,
-)
+from sleepfed.server.app.strategies import STRATEGY_FIELDS, StrategySettings, parse_strategy
 from sleepfed.server.app.update_validation import (
     VALIDATION_FIELDS,
     ValidationRules,
@@ -144,9 +140,7 @@ def parse_config(data: dict[str, Any], base: Path) -> ServerConfig:
     fed = get_field(data, "federation", dict, "config", {})
     core = read_fields(fed, "federation", RUN_FIELDS)
     evaluation = read_fields(
-        get_field(data, "evaluation", dict, "config", {}),
-        "evaluation",
-        EVALUATION_FIELDS,
+        get_field(data, "evaluation", dict, "config", {}), "evaluation", EVALUATION_FIELDS
     )
     node_auth = not server["insecure"] if server["node_auth"] is None else server["node_auth"]
     if node_auth and server["insecure"]:
