@@ -17,6 +17,7 @@ Set ``SLEEPFED_WIRE_REPORT=path.json`` to keep the bytes-per-RPC table of the ro
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.proto import fab_pb2, fleet_pb2, heartbeat_pb2, message_pb2, run_pb2
 from flwr.supercore.inflatable.inflatable_object import (
@@ -141,6 +142,7 @@ PUSHED_OBJECT_TYPES = {
     "Array",
     "ArrayChunk",
     "MetricRecord",
+    "ConfigRecord",  # the update's packed array (sleepfed.common.packed_arrays)
 }
 # good-share: the board's share of Good training windows, the prior of the night estimates
 TRAIN_METRICS = {"num-examples", "train-loss", "train-accuracy", "train-seconds", "good-share"}
@@ -389,7 +391,6 @@ def test_a_board_sends_only_arrays_metrics_and_flower_ids(tmp_path: Path, walch_
         assert isinstance(message, Message)
         reachable |= {root, *(message.content.children or {})}
         content: RecordDict = message.content
-        assert not content.config_records, "a reply carries no ConfigRecord"
         metrics = content.metric_records["metrics"]
         assert isinstance(metrics, MetricRecord)
         expected = TRAIN_METRICS if message_type == "train" else EVAL_METRICS
@@ -399,22 +400,26 @@ def test_a_board_sends_only_arrays_metrics_and_flower_ids(tmp_path: Path, walch_
         scalars = [metrics[k] for k in sorted(expected - {"num-examples"})]
         sent_values += [float(v) for v in scalars]  # type: ignore[arg-type]
         if message_type == "train":
-            assert set(content) == {"arrays", "metrics"}
-            arrays = content.array_records["arrays"]
-            assert isinstance(arrays, ArrayRecord)
-            ndarrays = arrays.to_numpy_ndarrays()
-            assert [a.shape for a in ndarrays] == [model.SHAPE]  # one array: fewer requests
-            assert all(a.dtype == np.float64 and np.isfinite(a).all() for a in ndarrays)
-            sent_values += [float(v) for a in ndarrays for v in a.ravel()]
-            for array in arrays.values():
-                assert isinstance(array, Array) and array.stype == "numpy.ndarray"
-                # the serialized array is the .npy of the array and nothing more
-                assert bytes(array.data) == Array(array.numpy()).data
+            # the update is one array, packed as its .npy bytes into one ConfigRecord (fewer
+            # requests): nothing else is in that record
+            assert set(content) == {"metrics", "packed-arrays"}
+            packed = content.config_records["packed-arrays"]
+            assert isinstance(packed, ConfigRecord)
+            assert dict(packed).keys() == {"packed-arrays:arrays", "packed-array-names:arrays"}
+            assert packed["packed-array-names:arrays"] == ["0"]
+            [data] = packed["packed-arrays:arrays"]  # type: ignore[misc]
+            assert isinstance(data, bytes)
+            array = np.load(io.BytesIO(data), allow_pickle=False)
+            assert array.shape == model.SHAPE and array.dtype == np.float64
+            assert np.isfinite(array).all()
+            # the serialized array is the .npy of the array and nothing more
+            assert data == Array(array).data
+            sent_values += [float(v) for v in array.ravel()]
         else:
             assert set(content) == {"metrics"}
     for content in pushed.values():  # every pushed object belongs to a reply
         kind, children, _ = get_object_head_values_from_object_content(content)
-        if kind in ("Message", "RecordDict", "ArrayRecord", "Array"):
+        if kind in ("Message", "RecordDict"):
             reachable |= set(children)
     assert set(pushed) <= reachable | {r for _, r in pushed_messages}
 

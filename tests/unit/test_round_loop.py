@@ -34,6 +34,7 @@ class CountingGrid(InProcessGrid):
     def push_messages(self, messages):  # type: ignore[no-untyped-def]
         messages = list(messages)
         for m in messages:
+            assert not m.content.array_records, "the model travels packed in the config"
             config = dict(m.content.config_records.get("config", {}))
             self.sent.append((m.metadata.dst_node_id, m.metadata.message_type, config))
         return super().push_messages(messages)

@@ -17,6 +17,7 @@ from sleepfed.board.training.privacy_mods import (
     withhold_scalars_mod,
 )
 from sleepfed.common.config_fields import ConfigError
+from sleepfed.common.packed_arrays import packed_arrays_mod
 from sleepfed.model import logistic as model
 from sleepfed.server.app.canonical_replies import UNIFORM_WEIGHT_KEY
 from sleepfed.server.app.history import History
@@ -265,7 +266,8 @@ def _message(content: dict[str, object], kind: str = "train") -> Message:
 
 
 def test_boards_withhold_their_scalars_under_dp_and_secagg() -> None:
-    assert CLIENT_MODS[0] is withhold_scalars_mod  # outermost: SecAgg+ has masked by then
+    # outermost but for the packing of arrays (it moves no scalar): SecAgg+ has masked by then
+    assert CLIENT_MODS[:2] == [packed_arrays_mod, withhold_scalars_mod]
     context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
     scalars = {"num-examples": 40, "train-loss": 0.3, GOOD_SHARE_KEY: 0.8}
 

@@ -1,5 +1,8 @@
 """Flower mods around the board's ClientApp: secure aggregation and DP clipping.
 
+(Outside them all, ``sleepfed.common.packed_arrays.packed_arrays_mod`` unpacks the model's
+arrays from the message's config and packs the reply's.)
+
 They do nothing unless the server asks for them, so one ClientApp serves every server
 configuration:
 
@@ -34,6 +37,8 @@ from flwr.clientapp.mod import fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, get_norm
+
+from sleepfed.common.packed_arrays import packed_arrays_mod
 
 LEGACY_NUM_EXAMPLES_KEY = "num-examples"
 # Train/evaluate config key: the server runs DP or SecAgg+, the board sends no scalar.
@@ -173,6 +178,14 @@ def withhold_scalars_mod(msg: Message, ctxt: Context, call_next: ClientAppCallab
     return reply
 
 
-# Outermost first: the scalars are withheld from what secure aggregation sends (it has read
-# the num-examples it masks by then), which masks what the translated, clipped update becomes.
-CLIENT_MODS = [withhold_scalars_mod, secure_aggregation_mod, legacy_records_mod, dp_clipping_mod]
+# Outermost first: the model's arrays are unpacked before any other mod sees the message
+# (sleepfed.common.packed_arrays); the scalars are withheld from what secure aggregation
+# sends (it has read the num-examples it masks by then), which masks what the translated,
+# clipped update becomes.
+CLIENT_MODS = [
+    packed_arrays_mod,
+    withhold_scalars_mod,
+    secure_aggregation_mod,
+    legacy_records_mod,
+    dp_clipping_mod,
+]
