@@ -105,6 +105,7 @@ def report_rounds(run: LoadRun, boards: int) -> Figures:
         "every_round_all_nodes": all_nodes,
         "run_seconds": round(run_seconds, 1),
         "round_nodes": [[t, e] for _, t, e, _ in run.rounds],
+        "keys_registered_seconds": round(marks["keys_registered"], 1),
     }
 
 

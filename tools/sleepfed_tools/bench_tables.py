@@ -44,6 +44,8 @@ TABLES: dict[str, Section] = {
     "qemu_round": Section(REPO / "docker" / "README.md", fleet.qemu_round),
     "load": Section(DOCS / "benchmarks.md", load.load),
     "load_20": Section(DOCS / "benchmarks.md", load.load),
+    "before_after": Section(DOCS / "benchmarks.md", load.before_after),
+    "before_after_20": Section(DOCS / "benchmarks.md", load.before_after),
     "scale": Section(DOCS / "benchmarks.md", fleet.scale),
     "real_nodes": Section(DOCS / "benchmarks.md", fleet.real_nodes),
     "metrics": Section(DOCS / "operations.md", board.metrics),

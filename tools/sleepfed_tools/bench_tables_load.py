@@ -115,8 +115,10 @@ def load(record: Record) -> str:
 
 
 def _reliability_cells(f: dict[str, Any]) -> list[str]:
+    exit_code = f.get("server_exit", 0)
     return [
-        ", ".join(f"{s:.0f}" for s in f["round_seconds"]),
+        "completed" if exit_code == 0 else f"**failed** (exit {exit_code})",
+        ", ".join(f"{s:.0f}" for s in f["round_seconds"]) or "none",
         ", ".join(f"{t}/{e}" for t, e in f["round_nodes"]),
         str(f["rounds_at_timeout"]),
         str(f["replies_lost"]),
@@ -134,6 +136,7 @@ def _state_comparison(figures: dict[str, Any]) -> list[str]:
     after = figures["memory_after"]
     header = [
         "SuperLink state",
+        "run",
         "rounds (s each)",
         "boards train/eval per round",
         "rounds at timeout",
@@ -147,4 +150,69 @@ def _state_comparison(figures: dict[str, Any]) -> list[str]:
         ["**memory** (default)", *_reliability_cells(after)],
     ]
     lead = "The same fleet, one run after the other in one invocation (`--compare-sqlite`):"
-    return [lead, table(header, "lllrrrrr", rows)]
+    return [lead, table(header, "llllrrrrr", rows)]
+
+
+# bench_before_after's figures: (key, words, format, the issue's goal as after / before)
+BEFORE_AFTER_ROWS = (
+    ("bytes_sent_per_board_round", "bytes sent per board per round", "{:,.0f} B", "≤ 20 KB"),
+    ("requests_per_board_round", "requests per board per round", "{:.1f}", ""),
+    (
+        "messages_per_board_round",
+        "messages (ClientApp processes) per board per round",
+        "{:.1f}",
+        "1 (+ the last model)",
+    ),
+    (
+        "board_tree_cpu_s_per_round",
+        "board CPU per round (Flower tree + daemon)",
+        "{:.1f} s",
+        "≤ 0.5×",
+    ),
+    ("round_seconds_mean", "round time, mean", "{:.0f} s", "≤ 0.6× (20 boards)"),
+)
+
+
+def before_after(record: Record) -> str:
+    """The load benchmark on the base commit's code and on this one, in one invocation."""
+    figures = record["figures"]
+    before, after, ratios = figures["before"], figures["after"], figures["after_over_before"]
+    rows = []
+    for key, words, fmt, goal in BEFORE_AFTER_ROWS:
+        ratio = ratios.get(key)
+        cells = [fmt.format(before[key]), fmt.format(after[key])]
+        rows.append([words, *cells, f"{ratio:.2f}×" if ratio is not None else "", goal])
+    rows.append(
+        [
+            "rounds in which every board trained and was scored",
+            f"{before['rounds_all_boards']} of {before['rounds']}",
+            f"{after['rounds_all_boards']} of {after['rounds']}",
+            "",
+            "all",
+        ]
+    )
+    rows.append(
+        [
+            "node keys, SuperLink state",
+            f"{before['key_curve']}, {before['superlink_state']}",
+            f"{after['key_curve']}, {after['superlink_state']}",
+            "",
+            "",
+        ]
+    )
+    rows.append(
+        [
+            "load average during the run",
+            f"{before['load_average_during_mean']:.1f}",
+            f"{after['load_average_during_mean']:.1f}",
+            "",
+            "",
+        ]
+    )
+    header = ["figure", f"before (`{figures['base']}`)", "after", "after / before", "goal"]
+    lead = (
+        f"{figures['boards']} boards × {figures['rounds']} rounds at "
+        f"{figures['rate_per_board']:g} readings/s each, the base's code first, then this "
+        "checkout's (`benchmarks/bench_before_after.py`):"
+    )
+    return "\n\n".join([lead, table(header, "lrrrl", rows), provenance(record)])

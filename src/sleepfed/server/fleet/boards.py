@@ -1,10 +1,11 @@
 """The server's registry of enrolled boards (SQLite, in the state directory).
 
 The registry is the source of truth; the SuperLink follows it. Registering or revoking while
-the SuperLink runs takes effect at once (``flwr supernode register`` / ``unregister`` over
-the Control API); otherwise the change is pending and ``sleepfed-server run`` applies it when
-its SuperLink is up. A SuperLink whose state is in memory starts knowing no board: every
-enrolled board is registered with it again (``forget_superlink``, then ``sync``). A revoked
+the SuperLink runs takes effect at once (Flower's Control API, the requests of ``flwr
+supernode register`` / ``unregister``: sleepfed.server.fleet.control_api); otherwise the
+change is pending and ``sleepfed-server run`` applies it when its SuperLink is up. A
+SuperLink whose state is in memory starts knowing no board: every enrolled board is
+registered with it again (``forget_superlink``, then ``sync``). A revoked
 key is never registered again (the registry refuses it; Flower too, within one SuperLink's
 life): a revoked board needs a new key pair (run ``sleepfed-enroll --new-key`` on it).
 """
@@ -12,21 +13,19 @@ life): a revoked board needs a new key pair (run ``sleepfed-enroll --new-key`` o
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 import sqlite3
-import subprocess
 import time
 from pathlib import Path
 
-from sleepfed.common.flower_process import flower_bin, flower_environment
 from sleepfed.common.private_files import ensure_private_dir
 from sleepfed.provisioning.request import (
     EnrollmentRequest,
     RequestError,
     checked_request,
 )
+from sleepfed.server.fleet.control_api import ControlApi, ControlApiError
 from sleepfed.server.ops.config import ServerConfig
 
 log = logging.getLogger("sleepfed.server")
@@ -60,6 +59,7 @@ class Registry:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.sync_failures = 0
+        self.control = ControlApi(config)  # our SuperLink's, opened at the first sync
         path = config.state_dir / "boards.db"
         ensure_private_dir(path.parent)  # 0700: the registry holds every board's key
         if not path.exists():
@@ -69,6 +69,7 @@ class Registry:
         self.conn.executescript(SCHEMA)
 
     def close(self) -> None:
+        self.control.close()
         self.conn.close()
 
     def boards(self) -> list[dict[str, object]]:
@@ -148,28 +149,11 @@ class Registry:
         )
         return [f"revoked {board} (never registered with this SuperLink)" for board in revoked]
 
-    def _flwr(self, *args: str) -> dict[str, object]:
-        result = subprocess.run(
-            [flower_bin("flwr"), "supernode", *args, "sleepfed", "--format", "json"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=flower_environment(self.config.state_dir / "flwr"),
-        )
-        try:
-            payload = json.loads(result.stdout[result.stdout.index("{") :])
-        except ValueError:
-            payload = {}
-        if result.returncode != 0 or not payload.get("success"):
-            detail = (result.stdout + result.stderr).strip()[-400:]
-            raise RegistryError(f"flwr supernode {args[0]} failed: {detail}")
-        return payload
-
     def sync(self) -> list[str]:
         """Apply pending registrations and revocations to the running SuperLink.
 
         Each board is applied on its own: one that fails (the SuperLink refuses the key, the
-        ``flwr`` call times out) is logged, counted in ``sync_failures`` and tried again at
+        Control API request fails) is logged, counted in ``sync_failures`` and tried again at
         the next sync, and does not hold up the boards after it."""
         done = []
         self.sync_failures = 0
@@ -180,29 +164,25 @@ class Registry:
                     done.append(self._register(board_id, str(board["public_key"])))
                 elif status == "revoke-pending":
                     done.append(self._unregister(board_id, str(board["node_id"])))
-            except (RegistryError, OSError, subprocess.SubprocessError) as error:
+            except (RegistryError, ControlApiError) as error:
                 self.sync_failures += 1
                 log.error("board %s (%s) not applied to the SuperLink: %s", board_id, status, error)
         return done
 
     def _register(self, board_id: str, public_key: str) -> str:
-        key_file = self.config.state_dir / "flwr" / f"{board_id}.pub"
-        key_file.parent.mkdir(parents=True, exist_ok=True)
-        key_file.write_text(f"{public_key} {board_id}\n")
-        payload = self._flwr("register", str(key_file))
-        node_id = str(payload["node-id"])
+        node_id = self.control.register(public_key, board_id)
         updated = self.conn.execute(
             "UPDATE boards SET status = 'registered', node_id = ?, changed_at = ? "
             "WHERE board_id = ? AND status = 'pending'",
-            (node_id, time.time(), board_id),
+            (str(node_id), time.time(), board_id),
         ).rowcount
         if not updated:  # revoked while its registration was under way
-            self._flwr("unregister", node_id)
+            self.control.unregister(node_id)
             return f"revoked {board_id} during its registration (node {node_id} unregistered)"
         return f"registered {board_id} (node {node_id})"
 
     def _unregister(self, board_id: str, node_id: str) -> str:
-        self._flwr("unregister", node_id)
+        self.control.unregister(int(node_id))
         self.conn.execute(
             "UPDATE boards SET status = 'revoked', changed_at = ? WHERE board_id = ?",
             (time.time(), board_id),

@@ -127,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         level=getattr(logging, args.log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    # the Control API client (sleepfed.server.fleet.control_api) would log each registration's
+    # request at INFO; the registry logs what it did
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         return HANDLERS[args.command](args)
     except ConfigError as error:
