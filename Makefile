@@ -45,5 +45,7 @@ bench: install
 	# a small fleet of real boards (its 20-board figures: the same scripts with their defaults)
 	$(PY) benchmarks/bench_load.py --data $(abspath $(DATA)) --boards 2 --rounds 3 --rate 20 --compare-sqlite
 	$(PY) benchmarks/bench_real_nodes.py --data $(abspath $(DATA)) --nodes 4 --rounds 3
+	# the same small fleet on the earlier design's code (commit ba0bc07), then on this one
+	$(PY) benchmarks/bench_before_after.py --data $(abspath $(DATA)) --boards 2 --rounds 3 --rate 20
 	# the docs' generated tables from benchmarks/results/*.json (tests/unit/test_docs.py checks them)
 	$(PY) -m sleepfed_tools.bench_tables --write

@@ -45,7 +45,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def bench_load(checkout: Path, args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
+def bench_load(
+    checkout: Path, args: argparse.Namespace, env: dict[str, str], *extra: str
+) -> dict[str, Any]:
     """``checkout``'s own bench_load.py on the fleet of ``args``; its JSON line of figures."""
     command = [
         sys.executable,
@@ -53,6 +55,7 @@ def bench_load(checkout: Path, args: argparse.Namespace, env: dict[str, str]) ->
         *("--data", str(args.data.resolve()), "--boards", str(args.boards)),
         *("--rounds", str(args.rounds), "--rate", str(args.rate)),
         *("--round-timeout", str(args.round_timeout)),
+        *extra,
     ]
     began = time.monotonic()
     result = subprocess.run(command, cwd=checkout, env=env, capture_output=True, text=True)
@@ -115,7 +118,8 @@ RATIOS = (
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     before = summary(measure_base(args), args.rounds)
-    after = summary(bench_load(REPO, args, dict(os.environ)), args.rounds)
+    # this checkout's load results files stay those of `make bench`'s --compare-sqlite runs
+    after = summary(bench_load(REPO, args, dict(os.environ), "--no-record"), args.rounds)
     ratios = {k: round(after[k] / before[k], 2) if before[k] else None for k in RATIOS}
     print(f"\nbefore ({args.base}) and after, {args.boards} boards x {args.rounds} rounds:")
     for key in before:

@@ -82,6 +82,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Path]:
         help="the server's round_timeout_seconds: how long a round waits for a lost reply",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp folder (logs)")
+    # bench_before_after keeps the figures itself: the results file of the run made with
+    # --compare-sqlite stays as it is
+    parser.add_argument("--no-record", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.may_fail = False
     walch = args.data / "walch2019" if (args.data / "walch2019").is_dir() else args.data
@@ -183,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         figures["sqlite_before"] = before
     print(f"(took {time.perf_counter() - began:.0f} s)")
     print(json.dumps(figures))
-    record.save(figures)
+    if not args.no_record:
+        record.save(figures)
     return 0 if figures["readings_lost"] == 0 and figures["every_round_all_nodes"] else 1
 
 
