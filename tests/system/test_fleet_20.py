@@ -46,7 +46,10 @@ MESSAGE_BYTES_LIMIT = 15_000
 BYTES_PER_ROUND_LIMIT = 20_000
 # Flower objects per message with the arrays packed (sleepfed.common.packed_arrays): in, a
 # Message, RecordDict and ConfigRecord; out, a train reply adds its MetricRecord, an
-# evaluate reply carries no arrays (Message, RecordDict, MetricRecord).
+# evaluate reply carries no arrays (Message, RecordDict, MetricRecord). At most: the
+# SuperLink asks only for the objects it lacks, and objects are named by their content, so an
+# update equal to another board's (boards holding the same night) is not pushed twice.
+# Unpacked, the array alone was three objects more each way: 24 pulled, 21 pushed.
 OBJECTS_PULLED = 3 * (ROUNDS + 1)
 OBJECTS_PUSHED = 4 * ROUNDS + 3
 
@@ -105,8 +108,8 @@ def test_twenty_boards_train_every_round_and_lose_nothing(tmp_path: Path, walch_
         assert calls.get("pull-messages (message)") == ROUNDS + 1, (name, calls)
         assert calls.get("push-messages") == ROUNDS + 1, (name, calls)
         assert calls.get("activate-node") == 1, (name, calls)
-        assert calls.get("pull-object") == OBJECTS_PULLED, (name, calls)
-        assert calls.get("push-object") == OBJECTS_PUSHED, (name, calls)
+        assert ROUNDS + 1 <= calls.get("pull-object", 0) <= OBJECTS_PULLED, (name, calls)
+        assert ROUNDS + 1 <= calls.get("push-object", 0) <= OBJECTS_PUSHED, (name, calls)
         assert used >= 1, name
         per_round = {rpc: round(row.sent / ROUNDS) for rpc, row in table.items()}
         sent = sum(per_round.values())
