@@ -1,0 +1,124 @@
+"""FedBuff's arithmetic: buffered asynchronous aggregation (Nguyen et al., "Federated Learning
+with Buffered Asynchronous Aggregation", AISTATS 2022).
+
+A board trains from the global model of some version v and returns its new arrays; its update
+is their difference to version v's model. Updates are buffered as they arrive, whoever sends
+them and whenever; every ``buffer_size`` updates the server makes version + 1:
+
+    x ← x + η · Σ wᵢ · s(τᵢ) · Δᵢ / Σ wᵢ,    s(τ) = 1 / √(1 + τ)
+
+where τᵢ is the number of versions made since the one board i trained from (its staleness),
+wᵢ its examples, capped at ``max_weight`` (a board claiming more counts as that many), and η
+the server's learning rate. An update more than ``max_staleness`` versions old is rejected
+and counted. With η = 1, fresh updates only and ``buffer_size`` boards, a version is exactly
+FedAvg's example-weighted mean of the boards' arrays.
+
+This module holds the numbers only: who may train, validation of an update's structure and
+values, and persistence belong to the ServerApp around it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+Arrays = list[np.ndarray]
+
+
+def staleness_discount(staleness: int) -> float:
+    """FedBuff's s(τ) = 1 / √(1 + τ)."""
+    if staleness < 0:
+        raise ValueError(f"staleness must be >= 0, got {staleness}")
+    return 1.0 / math.sqrt(1.0 + staleness)
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """One buffered update as it counted in a version."""
+
+    node_id: int
+    base_version: int
+    staleness: int
+    weight: float  # examples, capped
+
+
+@dataclass
+class FedBuffBuffer:
+    """The global model's versions and the buffer of updates towards the next one."""
+
+    initial: Arrays
+    buffer_size: int
+    max_staleness: int
+    max_weight: float | None = None
+    server_learning_rate: float = 1.0
+    version: int = 0
+    rejected_stale: int = 0
+    last_contributions: list[Contribution] = field(default_factory=list)
+    _models: dict[int, Arrays] = field(default_factory=dict)
+    _pending: list[tuple[Contribution, Arrays]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.buffer_size < 1 or self.max_staleness < 0:
+            raise ValueError("buffer_size must be >= 1 and max_staleness >= 0")
+        if not math.isfinite(self.server_learning_rate) or self.server_learning_rate <= 0:
+            raise ValueError("server_learning_rate must be a positive number")
+        self._models[self.version] = [np.array(a, dtype=float) for a in self.initial]
+
+    @property
+    def model(self) -> Arrays:
+        """The current global model (version ``version``)."""
+        return self._models[self.version]
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    @property
+    def kept_versions(self) -> list[int]:
+        """The versions an update may still be trained from (the last ``max_staleness`` + 1)."""
+        return sorted(self._models)
+
+    def offer(self, node_id: int, base_version: int, arrays: Arrays, examples: float) -> str:
+        """Buffer a board's new arrays, trained from version ``base_version``: returns
+        "stale" (rejected, counted), "buffered", or "aggregated" (a new version was made)."""
+        staleness = self.version - base_version
+        if base_version not in self._models or staleness > self.max_staleness:
+            self.rejected_stale += 1
+            return "stale"
+        if not math.isfinite(examples) or examples <= 0:
+            raise ValueError(f"node {node_id}: examples must be a positive number")
+        base = self._models[base_version]
+        if [a.shape for a in arrays] != [b.shape for b in base]:
+            raise ValueError(f"node {node_id}: arrays of another shape than the model's")
+        weight = min(examples, self.max_weight) if self.max_weight is not None else examples
+        delta = [np.asarray(a, dtype=float) - b for a, b in zip(arrays, base, strict=True)]
+        self._pending.append((Contribution(node_id, base_version, staleness, weight), delta))
+        if len(self._pending) < self.buffer_size:
+            return "buffered"
+        self._aggregate()
+        return "aggregated"
+
+    def staleness_histogram(self) -> dict[int, int]:
+        """How stale the updates of the last version were: staleness → count."""
+        return dict(sorted(Counter(c.staleness for c in self.last_contributions).items()))
+
+    def _aggregate(self) -> None:
+        total = sum(c.weight for c, _ in self._pending)
+        step = [np.zeros_like(a) for a in self.model]
+        for contribution, delta in self._pending:
+            scale = contribution.weight * staleness_discount(contribution.staleness) / total
+            for s, d in zip(step, delta, strict=True):
+                s += scale * d
+        rate = self.server_learning_rate
+        new = [g + rate * s for g, s in zip(self.model, step, strict=True)]
+        self.last_contributions = [c for c, _ in self._pending]
+        self._pending.clear()
+        self.version += 1
+        self._models[self.version] = new
+        # a board may still return an update trained from any of the last max_staleness
+        # versions; older ones are rejected, so their models can go
+        for old in [v for v in self._models if v < self.version - self.max_staleness]:
+            del self._models[old]
