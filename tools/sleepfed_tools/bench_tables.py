@@ -41,6 +41,7 @@ TABLES: dict[str, Section] = {
     "ble": Section(DOCS / "benchmarks.md", board.ble),
     "fuzz": Section(DOCS / "benchmarks.md", board.fuzz),
     "federated": Section(DOCS / "evaluation.md", fleet.federated),
+    "time_zones": Section(DOCS / "evaluation.md", fleet.time_zones),
     "qemu_round": Section(REPO / "docker" / "README.md", fleet.qemu_round),
     "load": Section(DOCS / "benchmarks.md", load.load),
     "load_20": Section(DOCS / "benchmarks.md", load.load),

@@ -182,3 +182,56 @@ def real_nodes(record: Record) -> str:
         f"{f['nodes_tree_peak_mb'] / 1000:.2f} GB together, "
         f"{f['nodes_tree_peak_mb'] / f['nodes']:.0f} MB per node. " + provenance(record)
     )
+
+
+def _hours(value: float | None) -> str:
+    return "not reached" if value is None else f"{value:.1f} h"
+
+
+def time_zones(record: Record) -> str:
+    """FedAvg and FedBuff across time zones on a simulated clock (bench_time_zones.py)."""
+    f = record["figures"]
+    s = f["settings"]
+    rows = []
+    for fold, row in enumerate(f["per_fold"]):
+        avg, buff = row["fedavg"], row["fedbuff"]
+        rows.append(
+            [
+                str(fold),
+                f"{avg['final_auc']:.3f} / {buff['final_auc']:.3f}",
+                f"{_hours(avg['hours_to_target'])} / {_hours(buff['hours_to_target'])}",
+                f"{avg['trainings_to_target'] or '–'} / {buff['trainings_to_target'] or '–'}",
+                f"{avg['rounds_at_timeout']} of {avg['rounds']} / 0 of {buff['versions']}",
+                str(buff["rejected_stale"]),
+            ]
+        )
+    avg, buff = f["means"]["fedavg"], f["means"]["fedbuff"]
+    rows.append(
+        [
+            "**mean**",
+            f"**{avg['final_auc']:.3f} / {buff['final_auc']:.3f}** ({signed(f['auc_difference'])})",
+            f"**{_hours(avg['hours_to_target'])} / {_hours(buff['hours_to_target'])}** "
+            f"({f['hours_ratio']:.2f}×)",
+            f"{avg['trainings_to_target']:.0f} / {buff['trainings_to_target']:.0f}",
+            f"{avg['rounds_at_timeout']:.0f} / 0",
+            "",
+        ]
+    )
+    header = [
+        "fold",
+        "last model's AUC, FedAvg / FedBuff",
+        "simulated hours to 0.99 × FedAvg's last AUC",
+        "board trainings to it",
+        "rounds at timeout / versions at timeout",
+        "FedBuff replies too stale",
+    ]
+    lead = (
+        f"{f['boards']} virtual boards in {len(s['zones'])} time zones (UTC{min(s['zones']):+g} to "
+        f"UTC{max(s['zones']):+g}), online {s['window'][0]:02.0f}:00–{s['window'][1]:02.0f}:00 "
+        f"local time, a training {s['train_seconds']:.0f} s ({s['slow_share']:.0%} of the "
+        f"boards {s['slow_factor']:g}× longer), {s['horizon_hours']:g} simulated hours; FedAvg "
+        f"with min_nodes {s['min_nodes']} and a {s['round_timeout']:.0f}-s round timeout, "
+        f"FedBuff with K = {s['buffer_size']}, max staleness {s['max_staleness']}, server "
+        f"learning rate {s['server_learning_rate']:g}; {f['folds']} folds of test people:"
+    )
+    return "\n\n".join([lead, table(header, "lllrrr", rows), provenance(record)])
