@@ -76,6 +76,10 @@ class FedBuffBuffer:
     def pending(self) -> int:
         return len(self._pending)
 
+    def model_of(self, version: int) -> Arrays | None:
+        """Version ``version``'s model, while an update may still be trained from it."""
+        return self._models.get(version)
+
     @property
     def kept_versions(self) -> list[int]:
         """The versions an update may still be trained from (the last ``max_staleness`` + 1)."""

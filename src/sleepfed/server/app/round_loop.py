@@ -42,7 +42,7 @@ log = logging.getLogger("sleepfed.server")
 PULL_INTERVAL_SECONDS = 0.5
 
 
-def _packed(message: Message) -> Message:
+def packed_message(message: Message) -> Message:
     message.content = pack(message.content)
     return message
 
@@ -64,7 +64,7 @@ def send_and_receive(grid: Grid, messages: Iterable[Message], timeout: float) ->
     """Flower's ``Grid.send_and_receive``, asking for the replies every
     ``PULL_INTERVAL_SECONDS``, with the model's arrays packed both ways
     (sleepfed.common.packed_arrays: fewer requests per message)."""
-    waiting = set(grid.push_messages([_packed(message) for message in messages]))
+    waiting = set(grid.push_messages([packed_message(message) for message in messages]))
     replies: list[Message] = []
     end = time.monotonic() + timeout
     while waiting and time.monotonic() < end:

@@ -1,0 +1,132 @@
+"""FedBuff on Flower's Grid: boards get the current model as soon as they are online and
+idle, their updates are taken as they arrive, and every K of them make a new version
+(sleepfed.server.app.fedbuff).
+
+A board never has two tasks in flight: it gets a new train message only once its last one is
+answered, or has waited ``task_timeout`` seconds (its node went away; a reply after that is
+not taken). Each reply is unpacked (sleepfed.common.packed_arrays) and screened on its own by
+the server's update validation against the model the board trained from; a rejected one is
+logged and counted and changes nothing. The train message names the version it carries
+(``model-round``): the board keeps that model and scores it before training, as in a
+synchronous round.
+
+Not yet a ``server.toml`` strategy: the ServerApp's runs, the history's versions, DP and the
+real-process test are the next steps (issue 15).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app.message_type import MessageType
+from flwr.serverapp import Grid
+
+from sleepfed.board.training.client_app import MODEL_ROUND_KEY
+from sleepfed.server.app.fedbuff import Contribution, FedBuffBuffer
+from sleepfed.server.app.reply_records import arrays_of, metrics_of
+from sleepfed.server.app.round_loop import PULL_INTERVAL_SECONDS, packed_message, unpacked_reply
+from sleepfed.server.app.update_validation import ValidationRules, validate_replies
+
+log = logging.getLogger("sleepfed.server")
+
+OnVersion = Callable[[int, list[Contribution]], None]
+
+
+@dataclass
+class Task:
+    message_id: str
+    base_version: int
+    sent_at: float
+
+
+@dataclass
+class LoopCounts:
+    sent: int = 0
+    taken: int = 0
+    rejected: int = 0  # by the update validation
+    stale: int = 0  # over max_staleness
+    errors: int = 0  # error replies
+    expired: int = 0  # no reply within task_timeout
+    sent_to: list[int] = field(default_factory=list)  # node ids, in order
+
+
+TrainConfig = dict[str, int | float | bool]
+
+
+def _train_message(grid: Grid, buffer: FedBuffBuffer, node: int, base: TrainConfig) -> Message:
+    config: TrainConfig = dict(base)
+    if buffer.version > 0:  # the initial model is nobody's to keep
+        config[MODEL_ROUND_KEY] = buffer.version
+    content = RecordDict({"arrays": ArrayRecord(buffer.model), "config": ConfigRecord(config)})
+    return grid.create_message(content, MessageType.TRAIN, node, group_id=str(buffer.version))
+
+
+def _take(
+    reply: Message, task: Task, buffer: FedBuffBuffer, rules: ValidationRules, counts: LoopCounts
+) -> bool:
+    """Offer one reply to the buffer; whether a new version was made."""
+    node = reply.metadata.src_node_id
+    if reply.has_error():
+        counts.errors += 1
+        log.warning("fedbuff: node %d answered with an error: %s", node, reply.error.reason)
+        return False
+    base = buffer.model_of(task.base_version)
+    if base is None:
+        counts.stale += 1
+        buffer.rejected_stale += 1
+        return False
+    _, rejected, _ = validate_replies([reply], base, rules)
+    if rejected:
+        counts.rejected += 1
+        log.warning("fedbuff: rejected the update of node %d (%s)", node, rejected[0].reason)
+        return False
+    arrays, metrics = arrays_of(reply), metrics_of(reply)
+    assert arrays is not None and metrics is not None  # validated
+    examples = float(metrics[rules.weight_key])  # type: ignore[arg-type]
+    outcome = buffer.offer(node, task.base_version, arrays.to_numpy_ndarrays(), examples)
+    counts.taken += outcome != "stale"
+    counts.stale += outcome == "stale"
+    return outcome == "aggregated"
+
+
+def run_fedbuff_loop(
+    grid: Grid,
+    buffer: FedBuffBuffer,
+    *,
+    versions: int,
+    train_config: TrainConfig,
+    rules: ValidationRules,
+    task_timeout: float,
+    on_version: OnVersion,
+    deadline: float | None = None,
+    poll_seconds: float = PULL_INTERVAL_SECONDS,
+) -> LoopCounts:
+    """Run until the buffer made ``versions`` versions (or ``deadline``, monotonic time),
+    asking for replies and for idle boards every ``poll_seconds``."""
+    counts = LoopCounts()
+    tasks: dict[int, Task] = {}
+    while buffer.version < versions and (deadline is None or time.monotonic() < deadline):
+        now = time.monotonic()
+        for node, task in list(tasks.items()):
+            if now - task.sent_at > task_timeout:
+                del tasks[node]
+                counts.expired += 1
+        idle = [n for n in grid.get_node_ids() if n not in tasks]
+        if idle:
+            messages = [packed_message(_train_message(grid, buffer, n, train_config)) for n in idle]
+            for node, message_id in zip(idle, grid.push_messages(messages), strict=True):
+                tasks[node] = Task(message_id, buffer.version, now)
+            counts.sent += len(idle)
+            counts.sent_to += idle
+        by_message = {task.message_id: node for node, task in tasks.items()}
+        for reply in grid.pull_messages(list(by_message)):
+            node = by_message[reply.metadata.reply_to_message_id]
+            task = tasks.pop(node)
+            if _take(unpacked_reply(reply), task, buffer, rules, counts):
+                on_version(buffer.version, buffer.last_contributions)
+        time.sleep(poll_seconds)
+    return counts

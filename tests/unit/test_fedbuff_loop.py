@@ -1,0 +1,101 @@
+"""The FedBuff loop on a Flower Grid (sleepfed.server.app.fedbuff_loop), with the boards' real
+ClientApp over prepared buffers in this process: a slow board's update arrives stale and is
+discounted, a malicious board's updates are rejected, and no board ever has two tasks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from flwr.app import Message
+
+from sleepfed.board.buffer.store import Buffer
+from sleepfed.board.training import client_app
+from sleepfed.common.packed_arrays import pack, unpack
+from sleepfed.model import logistic as model
+from sleepfed.model.walch import walch_dataset, walch_subjects
+from sleepfed.server.app.fedbuff import Contribution, FedBuffBuffer
+from sleepfed.server.app.fedbuff_loop import run_fedbuff_loop
+from sleepfed.server.app.update_validation import ValidationRules
+from sleepfed.server.research.simulation import InProcessGrid, prepare_buffers
+
+SLOW, MALICIOUS = 3, 4
+
+
+class FleetGrid(InProcessGrid):
+    """Node SLOW's replies come only after 3 pulls; node MALICIOUS sends NaN updates. Every
+    push is checked: a node's previous message must have been answered."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)  # type: ignore[arg-type]
+        self.held: dict[str, int] = {}
+        self.last_sent: dict[int, str] = {}
+        self.delivered: set[str] = set()
+        self.overlaps = 0
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        messages = list(messages)
+        for message in messages:
+            previous = self.last_sent.get(message.metadata.dst_node_id)
+            self.overlaps += previous is not None and previous not in self.delivered
+        ids = list(super().push_messages(messages))
+        for message, message_id in zip(messages, ids, strict=True):
+            node = message.metadata.dst_node_id
+            self.last_sent[node] = message_id
+            if node == SLOW:
+                self.held[message_id] = 3
+            if node == MALICIOUS:
+                reply = self._replies[message_id]
+                content = unpack(reply.content)
+                content["arrays"] = type(content["arrays"])([np.full(model.SHAPE, np.nan)])
+                reply.content = pack(content)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        ready = []
+        for message_id in message_ids:
+            if self.held.get(message_id, 0) > 0:
+                self.held[message_id] -= 1
+            else:
+                ready.append(message_id)
+        replies = list(super().pull_messages(ready))
+        self.delivered |= {r.metadata.reply_to_message_id for r in replies}
+        return replies
+
+
+def test_versions_from_updates_as_they_arrive(tmp_path: Path, walch_dir: Path) -> None:
+    subjects = walch_subjects(walch_dir)[:4]
+    nights = walch_dataset(walch_dir, subjects)
+    paths = prepare_buffers(tmp_path / "boards", [nights[s] for s in subjects])
+    run_config = {client_app.SIM_BUFFER_DIR_KEY: str(tmp_path / "boards")}
+    grid = FleetGrid(client_app.app, 4, run_config)
+    buffer = FedBuffBuffer(model.initial_arrays(), buffer_size=2, max_staleness=3)
+    made: list[tuple[int, list[Contribution]]] = []
+    counts = run_fedbuff_loop(
+        grid,
+        buffer,
+        versions=6,
+        train_config={"local-iterations": 20, "learning-rate": 0.5},
+        rules=ValidationRules(),
+        task_timeout=600.0,
+        on_version=lambda version, used: made.append((version, list(used))),
+        poll_seconds=0.0,
+    )
+    assert [v for v, _ in made] == [1, 2, 3, 4, 5, 6]
+    contributors = [c.node_id for _, used in made for c in used]
+    assert MALICIOUS not in contributors and counts.rejected >= 3
+    assert set(contributors) == {1, 2, SLOW}
+    slow = [c for _, used in made for c in used if c.node_id == SLOW]
+    assert slow and all(c.staleness >= 1 for c in slow)  # discounted by 1/sqrt(1 + staleness)
+    assert grid.overlaps == 0  # never two tasks in flight on one board
+    # every message sent was answered and counted once, but the last one of each board
+    answered = counts.taken + counts.rejected + counts.stale + counts.errors + counts.expired
+    assert 0 <= counts.sent - answered <= 4 and counts.expired == 0
+    assert np.isfinite(buffer.model[0]).all()
+    # a board keeps the version its train message carried (model-round) and scores it
+    kept = Buffer(paths[0], readonly=True)
+    try:
+        assert {r[1] for r in kept.model_receipts()} >= {1, 2}
+    finally:
+        kept.close()
