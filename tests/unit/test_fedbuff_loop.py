@@ -4,6 +4,7 @@ discounted, a malicious board's updates are rejected, and no board ever has two 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -32,13 +33,15 @@ class FleetGrid(InProcessGrid):
         self.held: dict[str, int] = {}
         self.last_sent: dict[int, str] = {}
         self.delivered: set[str] = set()
-        self.overlaps = 0
+        self.overlaps: list[int] = []  # nodes sent a task while their last one was open
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         messages = list(messages)
         for message in messages:
-            previous = self.last_sent.get(message.metadata.dst_node_id)
-            self.overlaps += previous is not None and previous not in self.delivered
+            node = message.metadata.dst_node_id
+            previous = self.last_sent.get(node)
+            if previous is not None and previous not in self.delivered:
+                self.overlaps.append(node)
         ids = list(super().push_messages(messages))
         for message, message_id in zip(messages, ids, strict=True):
             node = message.metadata.dst_node_id
@@ -88,7 +91,7 @@ def test_versions_from_updates_as_they_arrive(tmp_path: Path, walch_dir: Path) -
     assert set(contributors) == {1, 2, SLOW}
     slow = [c for _, used in made for c in used if c.node_id == SLOW]
     assert slow and all(c.staleness >= 1 for c in slow)  # discounted by 1/sqrt(1 + staleness)
-    assert grid.overlaps == 0  # never two tasks in flight on one board
+    assert grid.overlaps == []  # never two tasks in flight on one board
     # every message sent was answered and counted once, but the last one of each board
     answered = counts.taken + counts.rejected + counts.stale + counts.errors + counts.expired
     assert 0 <= counts.sent - answered <= 4 and counts.expired == 0
@@ -99,3 +102,39 @@ def test_versions_from_updates_as_they_arrive(tmp_path: Path, walch_dir: Path) -
         assert {r[1] for r in kept.model_receipts()} >= {1, 2}
     finally:
         kept.close()
+
+
+class SilentNodeGrid(FleetGrid):
+    """Node SLOW never answers (its node went away)."""
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        silent = {i for n, i in self.last_sent.items() if n == SLOW}
+        return super().pull_messages([i for i in message_ids if i not in silent])
+
+
+def test_a_board_that_never_answers_is_freed_and_a_run_ends_in_its_time(
+    tmp_path: Path, walch_dir: Path
+) -> None:
+    subjects = walch_subjects(walch_dir)[:4]
+    nights = walch_dataset(walch_dir, subjects)
+    prepare_buffers(tmp_path / "boards", [nights[s] for s in subjects])
+    grid = SilentNodeGrid(
+        client_app.app, 4, {client_app.SIM_BUFFER_DIR_KEY: str(tmp_path / "boards")}
+    )
+    buffer = FedBuffBuffer(model.initial_arrays(), buffer_size=2, max_staleness=3)
+    counts = run_fedbuff_loop(
+        grid,
+        buffer,
+        versions=10_000,  # more than it can make before its deadline
+        train_config={"local-iterations": 5},
+        rules=ValidationRules(),
+        task_timeout=0.2,
+        on_version=lambda version, used: None,
+        deadline=time.monotonic() + 1.5,
+        poll_seconds=0.05,
+    )
+    assert counts.expired >= 2  # the silent board's tasks, each freed after 0.2 s
+    # only the silent board got a task while its last was unanswered: once freed
+    assert set(grid.overlaps) == {SLOW}
+    assert counts.expired - 1 <= len(grid.overlaps) <= counts.expired
+    assert 1 <= buffer.version < 10_000  # the others made versions; the deadline ended it

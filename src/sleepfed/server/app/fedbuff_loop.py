@@ -10,8 +10,7 @@ logged and counted and changes nothing. The train message names the version it c
 (``model-round``): the board keeps that model and scores it before training, as in a
 synchronous round.
 
-Not yet a ``server.toml`` strategy: the ServerApp's runs, the history's versions, DP and the
-real-process test are the next steps (issue 15).
+The ServerApp runs it under ``strategy = "fedbuff"`` (sleepfed.server.app.fedbuff_run).
 """
 
 from __future__ import annotations

@@ -23,6 +23,8 @@ from flwr.serverapp import Grid, ServerApp
 from sleepfed.board.training.client_app import GOOD_SHARE_KEY
 from sleepfed.board.training.privacy_mods import WITHHOLD_METRICS_KEY
 from sleepfed.model import logistic as model
+from sleepfed.server.app.fedbuff import Contribution, FedBuffBuffer
+from sleepfed.server.app.fedbuff_run import run_fedbuff, version_row
 from sleepfed.server.app.held_out import held_out_scores, held_out_set
 from sleepfed.server.app.history import History
 from sleepfed.server.app.privacy import (
@@ -148,6 +150,18 @@ class RoundRecorder:
         )
         return scores
 
+    def persist_version(
+        self, version: int, ndarrays: model.Arrays, used: list[Contribution], buffer: FedBuffBuffer
+    ) -> None:
+        """A FedBuff version as the run's round ``version``."""
+        self.history.add_round(
+            global_round=self.plan.start_round + version,
+            run_id=self.plan.run_id,
+            server_metrics=held_out_scores(ndarrays, *self.held_out) if self.held_out else {},
+            privacy=round_privacy([r.privacy for r in self.history.rounds()], self.plan.privacy),
+            **version_row(version, ndarrays, used, buffer),
+        )
+
     def record_evaluation(self, source: RecordingFedAvg, server_round: int) -> None:
         """The boards' scores of round ``server_round``'s model (0: the model the run started
         from, whose earlier scores are kept unless the run only evaluates)."""
@@ -226,6 +240,20 @@ def _run_screened(
     )
 
 
+def _run_asynchronous(grid: Grid, cfg: UserConfig, plan: RunPlan, recorder: RoundRecorder) -> None:
+    """FedBuff (sleepfed.server.app.fedbuff_run): the run's rounds are its versions."""
+    run_fedbuff(
+        grid,
+        initial=plan.initial,
+        rounds=(plan.start_round, plan.num_rounds),
+        settings=strategy_settings_from_run_config(cfg),
+        rules=rules_from_run_config(cfg),
+        training=plan.training,
+        round_timeout=float(cfg["round-timeout"]),
+        persist=recorder.persist_version,
+    )
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = context.run_config
@@ -245,9 +273,14 @@ def main(grid: Grid, context: Context) -> None:
         # (sleepfed.board.training.privacy_mods.withhold_scalars_mod)
         training[WITHHOLD_METRICS_KEY] = True
     plan = RunPlan(run_id, start_round, num_rounds, initial, min_nodes, training, privacy)
-    strategy = _build_strategy(cfg, plan)
     recorder = RoundRecorder(history, plan, held_out)
     try:
+        if strategy_settings_from_run_config(cfg).asynchronous:
+            _run_asynchronous(grid, cfg, plan, recorder)
+            history.finish_run(run_id, "finished")
+            history.close()
+            return
+        strategy = _build_strategy(cfg, plan)
         if privacy.secure_aggregation:
             _run_secure(grid, context, plan, recorder)
             history.finish_run(run_id, "finished")

@@ -154,6 +154,17 @@ def parse_config(data: dict[str, Any], base: Path) -> ServerConfig:
     if not all(isinstance(s, str) for s in evaluation["subjects"]):
         raise ConfigError("evaluation.subjects: expected a list of strings")
     metrics = parse_metrics(data)
+    privacy, strategy = parse_privacy(data, core["rounds"]), parse_strategy(fed)
+    if strategy.asynchronous and privacy.secure_aggregation:
+        raise ConfigError(
+            f"federation.strategy = {strategy.name!r}: SecAgg+ needs synchronous cohorts "
+            "(privacy.secure_aggregation = false, or a synchronous strategy)"
+        )
+    if strategy.asynchronous and privacy.dp:
+        raise ConfigError(
+            f"federation.strategy = {strategy.name!r}: differential privacy is not supported "
+            "with it yet"
+        )
     return ServerConfig(
         state_dir=path_of(server["state_dir"], "server.state_dir"),
         host=server["host"],
@@ -171,9 +182,9 @@ def parse_config(data: dict[str, Any], base: Path) -> ServerConfig:
         run_interval_seconds=60.0 * core["run_interval_minutes"],
         eval_data=path_of(evaluation["data"], "evaluation.data") if evaluation["data"] else None,
         eval_subjects=evaluation["subjects"],
-        privacy=parse_privacy(data, core["rounds"]),
+        privacy=privacy,
         validation=parse_validation(data),
-        strategy=parse_strategy(fed),
+        strategy=strategy,
         metrics_host=metrics[0],
         metrics_port=metrics[1],
         superlink_port=server["superlink_port"],

@@ -1,0 +1,126 @@
+"""A ServerApp run under ``strategy = "fedbuff"``: the run's rounds are FedBuff versions
+(sleepfed.server.app.fedbuff_loop), each persisted to the history like a round, then the
+last version to every online board in one evaluate message.
+
+A version's history row: its model, the boards whose updates made it (``train_nodes``), its
+staleness (``staleness-max``, ``staleness-mean``, ``stale-rejected`` so far), the updates the
+screening rejected, and the server's held-out scores. The run ends when it made its versions,
+or after ``num_rounds`` × the round timeout without them (logged; the versions made are kept
+and the next run goes on from the last one).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+from flwr.app.message_type import MessageType
+from flwr.serverapp import Grid
+
+from sleepfed.model import logistic as model
+from sleepfed.server.app.fedbuff import Contribution, FedBuffBuffer
+from sleepfed.server.app.fedbuff_loop import run_fedbuff_loop
+from sleepfed.server.app.round_loop import send_and_receive
+from sleepfed.server.app.strategies import StrategySettings
+from sleepfed.server.app.update_validation import ValidationRules
+
+log = logging.getLogger("sleepfed.server")
+
+# (version, model, contributions, buffer) → the history row is written
+Persist = Callable[[int, model.Arrays, list[Contribution], FedBuffBuffer], None]
+
+
+def staleness_metrics(contributions: list[Contribution], buffer: FedBuffBuffer) -> dict[str, float]:
+    ages = [c.staleness for c in contributions]
+    return {
+        "staleness-max": float(max(ages, default=0)),
+        "staleness-mean": float(sum(ages) / len(ages)) if ages else 0.0,
+        "stale-rejected": float(buffer.rejected_stale),
+    }
+
+
+def version_row(
+    version: int, ndarrays: model.Arrays, used: list[Contribution], buffer: FedBuffBuffer
+) -> dict[str, object]:
+    """A version's fields of its history row (History.add_round)."""
+    return {
+        "server_round": version,
+        "arrays": model.arrays_to_bytes(ndarrays),
+        "train_metrics": staleness_metrics(used, buffer),
+        "eval_metrics": {},
+        "train_nodes": len({c.node_id for c in used}),
+        "eval_nodes": 0,
+    }
+
+
+def run_fedbuff(
+    grid: Grid,
+    *,
+    initial: model.Arrays,
+    rounds: tuple[int, int],
+    settings: StrategySettings,
+    rules: ValidationRules,
+    training: dict[str, int | float | bool],
+    round_timeout: float,
+    persist: Persist,
+) -> FedBuffBuffer:
+    """``rounds``: the history's last round before the run, and the versions to make."""
+    start_round, versions = rounds
+    buffer = FedBuffBuffer(
+        initial,
+        settings.buffer_size,
+        settings.max_staleness,
+        float(rules.max_num_examples),
+        settings.server_learning_rate,
+    )
+    counts = run_fedbuff_loop(
+        grid,
+        buffer,
+        versions=versions,
+        train_config=training,
+        rules=rules,
+        task_timeout=round_timeout,
+        on_version=lambda version, used: persist(version, buffer.model, used, buffer),
+        deadline=time.monotonic() + versions * round_timeout,
+    )
+    log.info(
+        "fedbuff: %d versions from %d updates (%d rejected, %d too stale, %d errors, %d "
+        "without a reply)",
+        buffer.version,
+        counts.taken,
+        counts.rejected,
+        counts.stale,
+        counts.errors,
+        counts.expired,
+    )
+    if buffer.version < versions:
+        log.warning("fedbuff: %d of %d versions made in the run's time", buffer.version, versions)
+    _send_last_version(grid, buffer, start_round, round_timeout)
+    return buffer
+
+
+def _send_last_version(
+    grid: Grid, buffer: FedBuffBuffer, start_round: int, round_timeout: float
+) -> None:
+    """The last version to every online board in one evaluate message (they keep it)."""
+    if buffer.version == 0:
+        return
+    evaluate_config: dict[str, int | float | bool] = {
+        "server-round": buffer.version,
+        "global-round-offset": start_round,
+        "final-global-round": start_round + buffer.version,
+    }
+    messages = [
+        grid.create_message(
+            RecordDict(
+                {"arrays": ArrayRecord(buffer.model), "config": ConfigRecord(evaluate_config)}
+            ),
+            MessageType.EVALUATE,
+            node,
+            group_id="final",
+        )
+        for node in grid.get_node_ids()
+    ]
+    send_and_receive(grid, messages, round_timeout)
