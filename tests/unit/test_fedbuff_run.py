@@ -5,9 +5,11 @@ and the boards keep the last one; the configurations it cannot run are refused."
 from __future__ import annotations
 
 import tomllib
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import pytest
 from flwr.app import Context, RecordDict
 
@@ -17,7 +19,10 @@ from sleepfed.common.config_fields import ConfigError
 from sleepfed.model.walch import walch_dataset, walch_subjects
 from sleepfed.server.app import server_app
 from sleepfed.server.app.history import History
+from sleepfed.server.app.strategies import StrategySettings
 from sleepfed.server.ops.config import parse_config
+from sleepfed.server.research.methods import EvaluationSettings, train_federated
+from sleepfed.server.research.people import load_people
 from sleepfed.server.research.simulation import InProcessGrid, prepare_buffers
 
 BOARDS = 3
@@ -74,3 +79,16 @@ def test_fedbuff_refuses_what_it_cannot_run(tmp_path: Path, privacy: str, refuse
     )
     with pytest.raises(ConfigError, match=refused):
         parse_config(data, tmp_path)
+
+
+def test_evaluate_trains_fedbuff_like_the_other_strategies(walch_dir: Path) -> None:
+    people = load_people(walch_dir, walch_subjects(walch_dir)[:8])
+    train, test = people[:6], people[6:]
+    settings = EvaluationSettings(
+        rounds=4, strategy=StrategySettings(name="fedbuff", buffer_size=3)
+    )
+    arrays, curve = train_federated(train, test, settings)
+    assert len(curve) == 4 * 6 // 3  # as many board updates as 4 rounds of 6 boards
+    assert curve[-1] > 0.7 and np.isfinite(arrays[0]).all()
+    with pytest.raises(ValueError, match="in-process"):
+        train_federated(train, test, replace(settings, engine="ray"))

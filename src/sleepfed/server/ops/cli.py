@@ -99,7 +99,9 @@ def _add_evaluate_command(sub: argparse._SubParsersAction[argparse.ArgumentParse
         help="size of a board's gradient step",
     )
     evaluation.add_argument(
-        "--strategy", default="fedavg", help="fedavg, fedprox, fedmedian, fedtrimmedavg, krum"
+        "--strategy",
+        default="fedavg",
+        help="fedavg, fedprox, fedmedian, fedtrimmedavg, krum, fedbuff",
     )
     evaluation.add_argument("--subjects", help="only these subject ids (comma-separated)")
     evaluation.add_argument("--seed", type=int, default=0, help="how subjects fall into folds")

@@ -11,14 +11,18 @@ from typing import Any
 import numpy as np
 from flwr.serverapp.strategy import Strategy
 
+from sleepfed.board.training import client_app as board_app
 from sleepfed.model import logistic as model
 from sleepfed.model import objective
 from sleepfed.model.personalisation import DEFAULT_MU
+from sleepfed.server.app.fedbuff import FedBuffBuffer
+from sleepfed.server.app.fedbuff_loop import run_fedbuff_loop
 from sleepfed.server.app.privacy import PrivacySettings, wrap_strategy
 from sleepfed.server.app.strategies import StrategySettings, build_strategy
+from sleepfed.server.app.update_validation import DEFAULT_MAX_NUM_EXAMPLES, ValidationRules
 from sleepfed.server.research.people import Person
 from sleepfed.server.research.scores import calibration_of, mean_dicts, scores
-from sleepfed.server.research.simulation import prepare_buffers, run_federated
+from sleepfed.server.research.simulation import InProcessGrid, prepare_buffers, run_federated
 
 CENTRALISED_ITERATIONS = 500
 
@@ -76,6 +80,11 @@ def train_federated(
     test_y = np.concatenate([p.labelled_xy[1] for p in test])
     with tempfile.TemporaryDirectory(prefix="sleepfed-eval-") as buffers:
         prepare_buffers(buffers, [p.night for p in train], [p.subject for p in train])
+        if settings.strategy.asynchronous:
+            last = _train_fedbuff(
+                buffers, len(train), settings, _auc_recorder(curve, test_x, test_y)
+            )
+            return last, curve
         strategy = _strategy(settings, len(train))
         per_round = run_federated(
             strategy,
@@ -91,6 +100,42 @@ def train_federated(
             on_round=_auc_recorder(curve, test_x, test_y),
         )
     return per_round[-1], curve
+
+
+def _train_fedbuff(
+    buffers: str,
+    boards: int,
+    settings: EvaluationSettings,
+    record: Callable[[int, model.Arrays], None],
+) -> model.Arrays:
+    """FedBuff (sleepfed.server.app.fedbuff_loop) over the in-process boards, who all answer
+    at once: as many board updates as ``rounds`` synchronous rounds (each version scored)."""
+    if settings.engine != "inprocess" or (settings.privacy is not None and settings.privacy.dp):
+        raise ValueError("fedbuff runs in the in-process engine, without DP")
+    strategy = settings.strategy
+    size = min(strategy.buffer_size, boards)
+    buffer = FedBuffBuffer(
+        model.initial_arrays(),
+        size,
+        strategy.max_staleness,
+        float(DEFAULT_MAX_NUM_EXAMPLES),
+        strategy.server_learning_rate,
+    )
+    config = {**settings.run_config, board_app.SIM_BUFFER_DIR_KEY: buffers}
+    run_fedbuff_loop(
+        InProcessGrid(board_app.app, boards, config),
+        buffer,
+        versions=max(1, settings.rounds * boards // size),
+        train_config={
+            "local-iterations": settings.local_iterations,
+            "learning-rate": settings.learning_rate,
+        },
+        rules=ValidationRules(),
+        task_timeout=3600.0,
+        on_version=lambda version, _: record(version, buffer.model),
+        poll_seconds=0.0,
+    )
+    return buffer.model
 
 
 def _fit(features: np.ndarray, labels: np.ndarray) -> model.Arrays:
