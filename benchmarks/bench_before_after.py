@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -96,7 +97,7 @@ def summary(figures: dict[str, Any], rounds: int) -> dict[str, Any]:
         "messages_per_board_round": by_rpc.get("pull-messages (message)", {}).get("calls", 0.0),
         "board_tree_cpu_s_per_round": figures["board_tree_cpu_s_per_round_median"],
         "round_seconds": figures["round_seconds"],
-        "round_seconds_mean": round(sum(figures["round_seconds"]) / max(1, len(nodes)), 1),
+        "round_seconds_mean": round(statistics.mean(figures["round_seconds"] or [0.0]), 1),
         "rounds_all_boards": sum(1 for t, e in nodes if t == e == figures["boards"]),
         "rounds": rounds,
         "key_curve": figures.get("key_curve"),

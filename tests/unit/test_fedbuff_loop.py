@@ -138,3 +138,54 @@ def test_a_board_that_never_answers_is_freed_and_a_run_ends_in_its_time(
     assert set(grid.overlaps) == {SLOW}
     assert counts.expired - 1 <= len(grid.overlaps) <= counts.expired
     assert 1 <= buffer.version < 10_000  # the others made versions; the deadline ended it
+
+
+class LoudBoardsGrid(FleetGrid):
+    """As a malicious enrolled board would: node SLOW answers in time but scales its update
+    1000 times (finite, well formed); node MALICIOUS claims 50 000 training windows (under the
+    100 000 cap)."""
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        messages = list(messages)
+        sent = {m.metadata.dst_node_id: unpack(m.content)["arrays"] for m in messages}
+        ids = list(InProcessGrid.push_messages(self, messages))
+        for message, message_id in zip(messages, ids, strict=True):
+            node = message.metadata.dst_node_id
+            reply = self._replies[message_id]
+            content = unpack(reply.content)
+            if node == SLOW:
+                base = sent[node].to_numpy_ndarrays()[0]
+                update = content["arrays"].to_numpy_ndarrays()[0]
+                content["arrays"] = type(content["arrays"])([base + 1000.0 * (update - base)])
+            if node == MALICIOUS:
+                content["metrics"]["num-examples"] = 50_000
+            reply.content = pack(content)
+        return ids
+
+
+def test_an_outsized_update_or_claim_is_rejected_without_a_round_beside_it(
+    tmp_path: Path, walch_dir: Path
+) -> None:
+    subjects = walch_subjects(walch_dir)[:5]
+    nights = walch_dataset(walch_dir, subjects)
+    prepare_buffers(tmp_path / "boards", [nights[s] for s in subjects])
+    run_config = {client_app.SIM_BUFFER_DIR_KEY: str(tmp_path / "boards")}
+    grid = LoudBoardsGrid(client_app.app, 5, run_config)
+    buffer = FedBuffBuffer(model.initial_arrays(), buffer_size=3, max_staleness=3)
+    made: list[list[Contribution]] = []
+    counts = run_fedbuff_loop(
+        grid,
+        buffer,
+        versions=6,
+        train_config={"local-iterations": 20, "learning-rate": 0.5},
+        rules=ValidationRules(),
+        task_timeout=600.0,
+        on_version=lambda version, used: made.append(list(used)),
+        poll_seconds=0.0,
+    )
+    contributors = {c.node_id for used in made for c in used}
+    # the honest boards 1, 2 and 5 made every version; the loud ones, once three updates
+    # had been accepted to compare them with, never counted
+    assert contributors == {1, 2, 5}, contributors
+    assert counts.rejected >= 8  # each of the two, in each of the later versions' time
+    assert np.abs(buffer.model[0]).max() < 50  # a 1000x update would have thrown it far

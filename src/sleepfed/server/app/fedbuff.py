@@ -85,13 +85,20 @@ class FedBuffBuffer:
         """The versions an update may still be trained from (the last ``max_staleness`` + 1)."""
         return sorted(self._models)
 
+    def refuse_if_stale(self, base_version: int) -> bool:
+        """Whether an update trained from ``base_version`` is refused: over ``max_staleness``
+        versions old, or from a version never made (counted in ``rejected_stale``)."""
+        if base_version in self._models and self.version - base_version <= self.max_staleness:
+            return False
+        self.rejected_stale += 1
+        return True
+
     def offer(self, node_id: int, base_version: int, arrays: Arrays, examples: float) -> str:
         """Buffer a board's new arrays, trained from version ``base_version``: returns
         "stale" (rejected, counted), "buffered", or "aggregated" (a new version was made)."""
-        staleness = self.version - base_version
-        if base_version not in self._models or staleness > self.max_staleness:
-            self.rejected_stale += 1
+        if self.refuse_if_stale(base_version):
             return "stale"
+        staleness = self.version - base_version
         if not math.isfinite(examples) or examples <= 0:
             raise ValueError(f"node {node_id}: examples must be a positive number")
         base = self._models[base_version]

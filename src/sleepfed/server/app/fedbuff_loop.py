@@ -4,11 +4,12 @@ idle, their updates are taken as they arrive, and every K of them make a new ver
 
 A board never has two tasks in flight: it gets a new train message only once its last one is
 answered, or has waited ``task_timeout`` seconds (its node went away; a reply after that is
-not taken). Each reply is unpacked (sleepfed.common.packed_arrays) and screened on its own by
-the server's update validation against the model the board trained from; a rejected one is
-logged and counted and changes nothing. The train message names the version it carries
-(``model-round``): the board keeps that model and scores it before training, as in a
-synchronous round.
+not taken). Each reply is unpacked (sleepfed.common.packed_arrays) and screened by the
+server's update validation against the model the board trained from, its rules that need a
+majority (norm and num-examples outliers) counting the updates accepted in the last two
+versions' time beside it; a rejected one is logged and counted and changes nothing. The
+train message names the version it carries (``model-round``): the board keeps that model and
+scores it before training, as in a synchronous round.
 
 The ServerApp runs it under ``strategy = "fedbuff"`` (sleepfed.server.app.fedbuff_run).
 """
@@ -17,8 +18,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.app.message_type import MessageType
@@ -31,6 +33,9 @@ from sleepfed.server.app.round_loop import PULL_INTERVAL_SECONDS, packed_message
 from sleepfed.server.app.update_validation import ValidationRules, validate_replies
 
 log = logging.getLogger("sleepfed.server")
+
+# The updates the majority rules count beside a new one: those of the last two versions.
+RECENT_UPDATES_PER_VERSION = 2
 
 OnVersion = Callable[[int, list[Contribution]], None]
 
@@ -50,7 +55,6 @@ class LoopCounts:
     stale: int = 0  # over max_staleness
     errors: int = 0  # error replies
     expired: int = 0  # no reply within task_timeout
-    sent_to: list[int] = field(default_factory=list)  # node ids, in order
 
 
 TrainConfig = dict[str, int | float | bool]
@@ -65,20 +69,27 @@ def _train_message(grid: Grid, buffer: FedBuffBuffer, node: int, base: TrainConf
 
 
 def _take(
-    reply: Message, task: Task, buffer: FedBuffBuffer, rules: ValidationRules, counts: LoopCounts
+    reply: Message,
+    task: Task,
+    buffer: FedBuffBuffer,
+    rules: ValidationRules,
+    recent: deque[tuple[float, float]],
+    counts: LoopCounts,
 ) -> bool:
-    """Offer one reply to the buffer; whether a new version was made."""
+    """Offer one reply to the buffer; whether a new version was made. ``recent``: the
+    (norm, num-examples) of the updates accepted lately, which the validation's majority
+    rules (norm and num-examples outliers) count beside this one."""
     node = reply.metadata.src_node_id
     if reply.has_error():
         counts.errors += 1
         log.warning("fedbuff: node %d answered with an error: %s", node, reply.error.reason)
         return False
-    base = buffer.model_of(task.base_version)
-    if base is None:
+    if buffer.refuse_if_stale(task.base_version):
         counts.stale += 1
-        buffer.rejected_stale += 1
         return False
-    _, rejected, _ = validate_replies([reply], base, rules)
+    base = buffer.model_of(task.base_version)
+    assert base is not None  # not stale
+    _, rejected, norms = validate_replies([reply], base, rules, recent=recent)
     if rejected:
         counts.rejected += 1
         log.warning("fedbuff: rejected the update of node %d (%s)", node, rejected[0].reason)
@@ -86,10 +97,11 @@ def _take(
     arrays, metrics = arrays_of(reply), metrics_of(reply)
     assert arrays is not None and metrics is not None  # validated
     examples = float(metrics[rules.weight_key])  # type: ignore[arg-type]
-    outcome = buffer.offer(node, task.base_version, arrays.to_numpy_ndarrays(), examples)
-    counts.taken += outcome != "stale"
-    counts.stale += outcome == "stale"
-    return outcome == "aggregated"
+    recent.append((norms[node], examples))
+    counts.taken += 1
+    return buffer.offer(node, task.base_version, arrays.to_numpy_ndarrays(), examples) == (
+        "aggregated"
+    )
 
 
 def run_fedbuff_loop(
@@ -108,6 +120,9 @@ def run_fedbuff_loop(
     asking for replies and for idle boards every ``poll_seconds``."""
     counts = LoopCounts()
     tasks: dict[int, Task] = {}
+    recent: deque[tuple[float, float]] = deque(
+        maxlen=RECENT_UPDATES_PER_VERSION * buffer.buffer_size
+    )
     while buffer.version < versions and (deadline is None or time.monotonic() < deadline):
         now = time.monotonic()
         for node, task in list(tasks.items()):
@@ -120,12 +135,11 @@ def run_fedbuff_loop(
             for node, message_id in zip(idle, grid.push_messages(messages), strict=True):
                 tasks[node] = Task(message_id, buffer.version, now)
             counts.sent += len(idle)
-            counts.sent_to += idle
         by_message = {task.message_id: node for node, task in tasks.items()}
         for reply in grid.pull_messages(list(by_message)):
             node = by_message[reply.metadata.reply_to_message_id]
             task = tasks.pop(node)
-            if _take(unpacked_reply(reply), task, buffer, rules, counts):
+            if _take(unpacked_reply(reply), task, buffer, rules, recent, counts):
                 on_version(buffer.version, buffer.last_contributions)
         time.sleep(poll_seconds)
     return counts

@@ -55,6 +55,20 @@ def version_row(
     }
 
 
+def new_buffer(
+    initial: model.Arrays, settings: StrategySettings, rules: ValidationRules
+) -> FedBuffBuffer:
+    """The buffer of ``settings`` (K, max staleness, server learning rate), a board's
+    examples capped as the validation caps them."""
+    return FedBuffBuffer(
+        initial,
+        settings.buffer_size,
+        settings.max_staleness,
+        float(rules.max_num_examples),
+        settings.server_learning_rate,
+    )
+
+
 def run_fedbuff(
     grid: Grid,
     *,
@@ -68,13 +82,7 @@ def run_fedbuff(
 ) -> FedBuffBuffer:
     """``rounds``: the history's last round before the run, and the versions to make."""
     start_round, versions = rounds
-    buffer = FedBuffBuffer(
-        initial,
-        settings.buffer_size,
-        settings.max_staleness,
-        float(rules.max_num_examples),
-        settings.server_learning_rate,
-    )
+    buffer = new_buffer(initial, settings, rules)
     counts = run_fedbuff_loop(
         grid,
         buffer,

@@ -36,7 +36,7 @@ from sleepfed.server.app.privacy import (
 from sleepfed.server.app.recording_strategy import RecordingFedAvg
 from sleepfed.server.app.round_loop import run_rounds, train_config
 from sleepfed.server.app.secure_aggregation import RecordingSecAggFedAvg, run_secure_rounds
-from sleepfed.server.app.strategies import build_strategy
+from sleepfed.server.app.strategies import StrategySettings, build_strategy
 from sleepfed.server.app.strategies import (
     settings_from_run_config as strategy_settings_from_run_config,
 )
@@ -102,11 +102,11 @@ def _training_config(cfg: UserConfig) -> dict[str, int | float]:
     }
 
 
-def _build_strategy(cfg: UserConfig, plan: RunPlan) -> RecordingFedAvg:
+def _build_strategy(cfg: UserConfig, plan: RunPlan, settings: StrategySettings) -> RecordingFedAvg:
     # the configured strategy (sleepfed.server.app.strategies), screened and recorded
     privacy = plan.privacy
     return build_strategy(
-        strategy_settings_from_run_config(cfg),
+        settings,
         RecordingFedAvg,
         rules=dp_rules(rules_from_run_config(cfg), privacy.clipping_norm if privacy.dp else 0.0),
         uniform_weights=privacy.dp,
@@ -240,13 +240,15 @@ def _run_screened(
     )
 
 
-def _run_asynchronous(grid: Grid, cfg: UserConfig, plan: RunPlan, recorder: RoundRecorder) -> None:
+def _run_asynchronous(
+    grid: Grid, cfg: UserConfig, plan: RunPlan, recorder: RoundRecorder, settings: StrategySettings
+) -> None:
     """FedBuff (sleepfed.server.app.fedbuff_run): the run's rounds are its versions."""
     run_fedbuff(
         grid,
         initial=plan.initial,
         rounds=(plan.start_round, plan.num_rounds),
-        settings=strategy_settings_from_run_config(cfg),
+        settings=settings,
         rules=rules_from_run_config(cfg),
         training=plan.training,
         round_timeout=float(cfg["round-timeout"]),
@@ -275,12 +277,13 @@ def main(grid: Grid, context: Context) -> None:
     plan = RunPlan(run_id, start_round, num_rounds, initial, min_nodes, training, privacy)
     recorder = RoundRecorder(history, plan, held_out)
     try:
-        if strategy_settings_from_run_config(cfg).asynchronous:
-            _run_asynchronous(grid, cfg, plan, recorder)
+        strategy_settings = strategy_settings_from_run_config(cfg)
+        if strategy_settings.asynchronous:
+            _run_asynchronous(grid, cfg, plan, recorder, strategy_settings)
             history.finish_run(run_id, "finished")
             history.close()
             return
-        strategy = _build_strategy(cfg, plan)
+        strategy = _build_strategy(cfg, plan, strategy_settings)
         if privacy.secure_aggregation:
             _run_secure(grid, context, plan, recorder)
             history.finish_run(run_id, "finished")

@@ -22,6 +22,9 @@ A reply is rejected, with one reason, when:
   updates the rule has no majority to lean on and only ``max_update_norm`` (if set) applies.
 * ``norm-cap``: its update norm exceeds ``max_update_norm`` (0 = no cap).
 
+FedBuff screens each reply alone, as it arrives: the two rules that need a majority then
+count the updates it accepted lately beside it (``recent``; sleepfed.server.app.fedbuff_loop).
+
 Under differential privacy (``use_scalars=False``) the server weighs every update equally and
 uses none of a board's scalars, so the ``weight*`` and ``good-share`` rules do not apply.
 
@@ -36,7 +39,7 @@ Replies that carry a Flower error are not updates and are left to the strategy.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,13 +178,16 @@ def validate_replies(
     global_arrays: list[np.ndarray],
     rules: ValidationRules,
     use_scalars: bool = True,
+    recent: Sequence[tuple[float, float]] = (),
 ) -> tuple[list[Message], list[Rejection], dict[int, float]]:
     """Split the round's replies into accepted ones and rejections.
 
     Returns the accepted replies (Flower error replies included, untouched), the rejections
     and the update norm of every well-formed reply (by node id). ``use_scalars=False``
     (differential privacy: equal weights, no π) skips the rules on num-examples and
-    good-share."""
+    good-share. ``recent``: (update norm, num-examples) of updates accepted before, counted
+    with the replies by the rules that need a majority (an asynchronous strategy screens
+    each reply as it arrives, with no round of others beside it)."""
     accepted: list[Message] = []
     rejections: list[Rejection] = []
     well_formed: list[tuple[Message, float, float]] = []  # reply, norm, weight
@@ -198,9 +204,12 @@ def validate_replies(
         weight = float(metrics[rules.weight_key]) if metrics is not None else 1.0  # type: ignore[arg-type]
         well_formed.append((reply, update_norm(arrays, global_arrays), weight))
     norms = {r.metadata.src_node_id: n for r, n, _ in well_formed}
-    limit = norm_limit([n for _, n, _ in well_formed], rules.mad_k)
+    limit = norm_limit([n for _, n, _ in well_formed] + [n for n, _ in recent], rules.mad_k)
     examples_limit = (
-        weight_limit([w for _, _, w in well_formed], rules.max_examples_median_multiple)
+        weight_limit(
+            [w for _, _, w in well_formed] + [w for _, w in recent],
+            rules.max_examples_median_multiple,
+        )
         if use_scalars
         else None
     )

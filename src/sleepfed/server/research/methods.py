@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -15,11 +15,11 @@ from sleepfed.board.training import client_app as board_app
 from sleepfed.model import logistic as model
 from sleepfed.model import objective
 from sleepfed.model.personalisation import DEFAULT_MU
-from sleepfed.server.app.fedbuff import FedBuffBuffer
 from sleepfed.server.app.fedbuff_loop import run_fedbuff_loop
+from sleepfed.server.app.fedbuff_run import new_buffer
 from sleepfed.server.app.privacy import PrivacySettings, wrap_strategy
 from sleepfed.server.app.strategies import StrategySettings, build_strategy
-from sleepfed.server.app.update_validation import DEFAULT_MAX_NUM_EXAMPLES, ValidationRules
+from sleepfed.server.app.update_validation import ValidationRules
 from sleepfed.server.research.people import Person
 from sleepfed.server.research.scores import calibration_of, mean_dicts, scores
 from sleepfed.server.research.simulation import InProcessGrid, prepare_buffers, run_federated
@@ -112,20 +112,14 @@ def _train_fedbuff(
     at once: as many board updates as ``rounds`` synchronous rounds (each version scored)."""
     if settings.engine != "inprocess" or (settings.privacy is not None and settings.privacy.dp):
         raise ValueError("fedbuff runs in the in-process engine, without DP")
-    strategy = settings.strategy
-    size = min(strategy.buffer_size, boards)
-    buffer = FedBuffBuffer(
-        model.initial_arrays(),
-        size,
-        strategy.max_staleness,
-        float(DEFAULT_MAX_NUM_EXAMPLES),
-        strategy.server_learning_rate,
-    )
+    # K is at most the boards (each answers once per version's time here)
+    strategy = replace(settings.strategy, buffer_size=min(settings.strategy.buffer_size, boards))
+    buffer = new_buffer(model.initial_arrays(), strategy, ValidationRules())
     config = {**settings.run_config, board_app.SIM_BUFFER_DIR_KEY: buffers}
     run_fedbuff_loop(
         InProcessGrid(board_app.app, boards, config),
         buffer,
-        versions=max(1, settings.rounds * boards // size),
+        versions=max(1, settings.rounds * boards // strategy.buffer_size),
         train_config={
             "local-iterations": settings.local_iterations,
             "learning-rate": settings.learning_rate,
