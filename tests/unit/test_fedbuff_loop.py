@@ -67,11 +67,16 @@ class FleetGrid(InProcessGrid):
         return replies
 
 
-def test_versions_from_updates_as_they_arrive(tmp_path: Path, walch_dir: Path) -> None:
-    subjects = walch_subjects(walch_dir)[:4]
+def _boards(tmp_path: Path, walch_dir: Path, count: int) -> tuple[list[Path], dict[str, str]]:
+    """``count`` prepared buffers of real people's nights, and the run config naming them."""
+    subjects = walch_subjects(walch_dir)[:count]
     nights = walch_dataset(walch_dir, subjects)
     paths = prepare_buffers(tmp_path / "boards", [nights[s] for s in subjects])
-    run_config = {client_app.SIM_BUFFER_DIR_KEY: str(tmp_path / "boards")}
+    return paths, {client_app.SIM_BUFFER_DIR_KEY: str(tmp_path / "boards")}
+
+
+def test_versions_from_updates_as_they_arrive(tmp_path: Path, walch_dir: Path) -> None:
+    paths, run_config = _boards(tmp_path, walch_dir, 4)
     grid = FleetGrid(client_app.app, 4, run_config)
     buffer = FedBuffBuffer(model.initial_arrays(), buffer_size=2, max_staleness=3)
     made: list[tuple[int, list[Contribution]]] = []
@@ -115,12 +120,8 @@ class SilentNodeGrid(FleetGrid):
 def test_a_board_that_never_answers_is_freed_and_a_run_ends_in_its_time(
     tmp_path: Path, walch_dir: Path
 ) -> None:
-    subjects = walch_subjects(walch_dir)[:4]
-    nights = walch_dataset(walch_dir, subjects)
-    prepare_buffers(tmp_path / "boards", [nights[s] for s in subjects])
-    grid = SilentNodeGrid(
-        client_app.app, 4, {client_app.SIM_BUFFER_DIR_KEY: str(tmp_path / "boards")}
-    )
+    _, run_config = _boards(tmp_path, walch_dir, 4)
+    grid = SilentNodeGrid(client_app.app, 4, run_config)
     buffer = FedBuffBuffer(model.initial_arrays(), buffer_size=2, max_staleness=3)
     counts = run_fedbuff_loop(
         grid,
@@ -166,10 +167,7 @@ class LoudBoardsGrid(FleetGrid):
 def test_an_outsized_update_or_claim_is_rejected_without_a_round_beside_it(
     tmp_path: Path, walch_dir: Path
 ) -> None:
-    subjects = walch_subjects(walch_dir)[:5]
-    nights = walch_dataset(walch_dir, subjects)
-    prepare_buffers(tmp_path / "boards", [nights[s] for s in subjects])
-    run_config = {client_app.SIM_BUFFER_DIR_KEY: str(tmp_path / "boards")}
+    _, run_config = _boards(tmp_path, walch_dir, 5)
     grid = LoudBoardsGrid(client_app.app, 5, run_config)
     buffer = FedBuffBuffer(model.initial_arrays(), buffer_size=3, max_staleness=3)
     made: list[list[Contribution]] = []
