@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flwr.proto.message_pb2 import PullObjectResponse
+from google.protobuf.message import DecodeError
 from sleepfed_tools.replay import PtyLink, replay, walch_readings
 
 from sleepfed.board.buffer.counter_classes import NODE_FAULT_CLASSES
@@ -295,10 +297,20 @@ def rpc_of(request: HttpMessage) -> str:
     return match.group(1) if match else request.start_line
 
 
+def _object_delivered(response: HttpMessage) -> bool:
+    try:
+        return bool(PullObjectResponse.FromString(response.body).object_available)
+    except DecodeError:
+        return True  # not a PullObjectResponse: counted with the deliveries, where it shows
+
+
 def board_bytes(board: Board) -> tuple[dict[str, RpcBytes], int, int]:
     """Per Fleet RPC bytes of one board, how many TLS connections carried requests and how
     many were opened in all (the agent's reachability probes only shake hands).
-    Polls (``pull-messages`` answered with no message) are kept apart from deliveries."""
+    Polls (``pull-messages`` answered with no message) are kept apart from deliveries, and so
+    are ``pull-object`` requests answered "not yet available": the SuperLink lists a message
+    before the ServerApp has pushed all its objects, and a busy server lets a board ask for one
+    early; Flower's node asks again (flwr.supercore.inflatable ObjectUnavailableError)."""
     assert board.proxy is not None, f"{board.name} is not captured"
     connections = board.proxy.snapshot()
     table: dict[str, RpcBytes] = {}
@@ -307,6 +319,8 @@ def board_bytes(board: Board) -> tuple[dict[str, RpcBytes], int, int]:
         if rpc == "pull-messages":
             delivered = response is not None and len(response.body) > 8
             rpc = "pull-messages (message)" if delivered else "pull-messages (empty poll)"
+        elif rpc == "pull-object" and response is not None and not _object_delivered(response):
+            rpc = "pull-object (not yet available)"
         row = table.setdefault(rpc, RpcBytes())
         row.calls += 1
         row.sent += request.raw_size

@@ -11,6 +11,7 @@ from sleepfed_tools.bench_tables_format import Record, provenance, table
 # The Fleet RPCs of bench_load's byte table, in words; the once-per-session ones share a row.
 RPC_LABELS = {
     "pull-object": "`pull-object` (the incoming messages' objects)",
+    "pull-object (not yet available)": "`pull-object`, asked before the server had it",
     "push-object": "`push-object` (the replies' objects)",
     "pull-messages (empty poll)": "`pull-messages`, empty (a poll every 3 s)",
     "send-node-heartbeat": "`send-node-heartbeat`",
