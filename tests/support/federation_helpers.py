@@ -93,6 +93,7 @@ def write_board(
     federation_extra: str = "",
     enrol: bool = True,
     curve: str = "p256",
+    timezone: str = "UTC",
 ) -> Path:
     """A board whose buffer already holds one extracted Walch night (no sensor source);
     ``federation_extra``: more [federation] lines. With ``enrol`` the board has its own key
@@ -138,7 +139,7 @@ def write_board(
     }
     if enrol:
         federation["auth_private_key"] = str(board / "node.key")
-    document = {"board": {"id": name}, "buffer": {"path": str(buffer_path)}}
+    document = {"board": {"id": name, "timezone": timezone}, "buffer": {"path": str(buffer_path)}}
     document["federation"] = federation
     config = agent_toml.write(
         board / "agent.toml", agent_toml.merged(document, f"[federation]\n{federation_extra}")

@@ -11,6 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sleepfed.server.app.fedbuff import FedBuffBuffer, staleness_discount
+from sleepfed.server.app.fedbuff_run import new_buffer
+from sleepfed.server.app.privacy import PrivacySettings
+from sleepfed.server.app.strategies import StrategySettings
+from sleepfed.server.app.update_validation import ValidationRules
 
 SHAPE = (1, 13)
 
@@ -96,3 +100,31 @@ def test_fresh_updates_and_a_unit_rate_are_fedavg(values: list[float], weights: 
     fedavg = sum(w * b[0] for w, b in zip(used, boards, strict=True)) / sum(used)
     assert buffer.version == 1
     np.testing.assert_allclose(buffer.model[0], fedavg, rtol=1e-9, atol=1e-12)
+
+
+def test_under_dp_a_board_counts_once_a_version_and_each_version_gets_its_noise() -> None:
+    settings = StrategySettings(name="fedbuff", buffer_size=2, max_staleness=2)
+    privacy = PrivacySettings(dp=True, clipping_norm=0.5, noise_multiplier=0.8)
+    buffer = new_buffer(_model(0.0), settings, ValidationRules(), privacy)
+    assert buffer.one_update_per_board and buffer.noise_stddev == pytest.approx(0.8 * 0.5 / 2)
+    buffer.rng = np.random.default_rng(7)
+    # a board's second update before the next version would double its share of the sum
+    assert buffer.offer(1, 0, _model(0.0), examples=1.0) == "buffered"
+    assert buffer.offer(1, 0, _model(0.0), examples=1.0) == "duplicate"
+    assert buffer.pending == 1 and buffer.holds_update_of(1) and not buffer.holds_update_of(2)
+    # zero updates: every version moves the model by its noise alone, η·σ·C/K per coordinate
+    # (the noise goes on the mean update, which the server's learning rate η = 0.5 scales)
+    steps = []
+    for _ in range(200):
+        before = buffer.model[0].copy()
+        base = buffer.version
+        if not buffer.pending:
+            buffer.offer(1, base, [before], examples=1.0)
+        assert buffer.offer(2, base, [before], examples=1.0) == "aggregated"
+        steps.append(buffer.model[0] - before)
+    noise = np.concatenate(steps).ravel()  # 2,600 draws
+    assert buffer.version == 200
+    assert noise.std() == pytest.approx(0.5 * 0.2, rel=0.05) and abs(noise.mean()) < 0.01
+    # without DP no noise and any number of updates a board
+    plain = new_buffer(_model(0.0), settings, ValidationRules())
+    assert not plain.one_update_per_board and plain.noise_stddev == 0.0

@@ -4,12 +4,15 @@ discounted, a malicious board's updates are rejected, and no board ever has two 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+import pytest
 from flwr.app import Message
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from sleepfed.board.buffer.store import Buffer
 from sleepfed.board.training import client_app
@@ -18,6 +21,10 @@ from sleepfed.model import logistic as model
 from sleepfed.model.walch import walch_dataset, walch_subjects
 from sleepfed.server.app.fedbuff import Contribution, FedBuffBuffer
 from sleepfed.server.app.fedbuff_loop import run_fedbuff_loop
+from sleepfed.server.app.fedbuff_run import run_fedbuff
+from sleepfed.server.app.privacy import PrivacySettings
+from sleepfed.server.app.server_app import dp_rules
+from sleepfed.server.app.strategies import StrategySettings
 from sleepfed.server.app.update_validation import ValidationRules
 from sleepfed.server.research.simulation import InProcessGrid, prepare_buffers
 
@@ -187,3 +194,68 @@ def test_an_outsized_update_or_claim_is_rejected_without_a_round_beside_it(
     assert contributors == {1, 2, 5}, contributors
     assert counts.rejected >= 8  # each of the two, in each of the later versions' time
     assert np.abs(buffer.model[0]).max() < 50  # a 1000x update would have thrown it far
+
+
+class UnclippedBoardGrid(FleetGrid):
+    """Records every train config and each reply's update norm; node MALICIOUS does not clip
+    (it sends its clipped update 10 times over), node SLOW answers after 3 pulls."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)  # type: ignore[arg-type]
+        self.configs: list[dict[str, object]] = []
+        self.honest: list[tuple[float, dict[str, object]]] = []  # norm, metrics
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        messages = list(messages)
+        sent = {m.metadata.dst_node_id: unpack(m.content) for m in messages}
+        ids = list(InProcessGrid.push_messages(self, messages))
+        for message, message_id in zip(messages, ids, strict=True):
+            node = message.metadata.dst_node_id
+            if message.metadata.message_type != "train":
+                continue
+            if node == SLOW:
+                self.held[message_id] = 3
+            self.configs.append(dict(sent[node]["config"]))
+            reply = self._replies[message_id]
+            content = unpack(reply.content)
+            base = sent[node]["arrays"].to_numpy_ndarrays()[0]
+            update = content["arrays"].to_numpy_ndarrays()[0] - base
+            if node == MALICIOUS:
+                content["arrays"] = type(content["arrays"])([base + 10.0 * update])
+            else:
+                self.honest.append((float(np.linalg.norm(update)), dict(content["metrics"])))
+            reply.content = pack(content)
+        return ids
+
+
+def test_under_dp_boards_clip_send_no_scalar_and_count_once_a_version(
+    tmp_path: Path, walch_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, run_config = _boards(tmp_path, walch_dir, 5)
+    grid = UnclippedBoardGrid(client_app.app, 5, run_config)
+    clip = 0.05  # well under a trained update's norm: every honest board clips
+    privacy = PrivacySettings(dp=True, clipping_norm=clip, noise_multiplier=0.5)
+    made: list[list[Contribution]] = []
+    with caplog.at_level(logging.WARNING, logger="sleepfed.server"):
+        buffer = run_fedbuff(
+            grid,
+            initial=model.initial_arrays(),
+            rounds=(0, 4),
+            settings=StrategySettings(name="fedbuff", buffer_size=4, max_staleness=3),
+            rules=dp_rules(ValidationRules(), clip),
+            training={"local-iterations": 20, "learning-rate": 0.5},
+            round_timeout=15.0,  # the run's deadline: 4 x 15 s
+            persist=lambda version, arrays, used, _: made.append(list(used)),
+            privacy=privacy,
+        )
+    assert buffer.version == 4 and len(made) == 4
+    assert all(c[KEY_CLIPPING_NORM] == clip for c in grid.configs)  # every board asked to clip
+    # each honest update clipped to C, and no scalar of the board left it
+    assert grid.honest and all(n <= clip * (1 + 1e-6) for n, _ in grid.honest)
+    assert all(not any(metrics.values()) for _, metrics in grid.honest)
+    # one update per board a version, each weighing 1: the four honest boards, the fast ones
+    # waiting for the slow one
+    for used in made:
+        assert sorted(c.node_id for c in used) == [1, 2, SLOW, 5]
+        assert all(c.weight == 1.0 for c in used) and MALICIOUS not in {c.node_id for c in used}
+    assert f"rejected the update of node {MALICIOUS} (norm-cap" in caplog.text

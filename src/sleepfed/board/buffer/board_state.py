@@ -41,6 +41,9 @@ class BoardState:
     refused_until: float = 0.0
     # the ClientApp
     last_train_round: int | None = None
+    # the global round (FedBuff: version) of the model the board last trained from; 0 for the
+    # initial model
+    last_trained_from: int | None = None
     last_train_at: float | None = None
     model_version: int | None = None
     model_round: int | None = None
@@ -79,6 +82,7 @@ class BoardState:
             closed_window_start=opt("closed_window_start", float),
             refused_until=float(stored.get("refused_until") or 0),
             last_train_round=opt("last_train_round", int),
+            last_trained_from=opt("last_trained_from", int),
             last_train_at=opt("last_train_at", float),
             model_version=opt("model_version", int),
             model_round=opt("model_round", int),

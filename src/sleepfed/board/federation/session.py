@@ -37,6 +37,7 @@ from sleepfed.board.federation.supernode import (
     supernode_command,
     whole_lines_from,
 )
+from sleepfed.board.service import clock
 from sleepfed.board.service.config import FederationConfig
 from sleepfed.board.training.code_guard import guarded_environment
 from sleepfed.common import backoff
@@ -83,7 +84,8 @@ class Session:
     def run(self) -> SessionOutcome:
         """Returns how the session ended: finished, window_end, idle, shutdown, gave_up
         (transient errors until the window's end) or refused (permanent error)."""
-        budget = self.deadline - time.time()
+        # the window's end is the board's wall clock (clock.now), which a test may step
+        budget = self.deadline - clock.now()
         if budget <= 0:
             return SessionOutcome.WINDOW_END
 
@@ -165,9 +167,9 @@ class Session:
                     return SessionOutcome.FINISHED
                 if self.stop.is_set():
                     return SessionOutcome.SHUTDOWN
-                now = time.time()
-                if now >= self.deadline:
+                if clock.now() >= self.deadline:
                     return SessionOutcome.WINDOW_END
+                now = time.time()
                 if now - started_at > self.config.session_idle_seconds:
                     return SessionOutcome.IDLE
                 # After the final round the server may leave: only watch it until then.

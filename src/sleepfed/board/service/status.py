@@ -141,6 +141,7 @@ def _rounds_section(snapshot: _BufferSnapshot) -> dict[str, Any]:
         "evaluated": counters.get("rounds_evaluated", 0),
         "last_global_round": latest[1] if latest else None,
         "last_train_round": state.last_train_round,
+        "last_trained_from": state.last_trained_from,
         "last_train_at": state.last_train_at,
         "retries": counters.get("federation_retries", 0),
         "last_retry": state.last_retry,

@@ -75,7 +75,13 @@ def _federation_lines(status: dict[str, Any]) -> list[str]:
     )
     return [
         f"rounds          joined {r['joined']}, evaluated {r['evaluated']}, "
-        f"last trained round {r['last_train_round'] or '-'} at {_when(r['last_train_at'])}, "
+        f"last trained round {r['last_train_round'] or '-'}"
+        + (
+            f" from global round {r['last_trained_from']}"
+            if r["last_trained_from"] is not None
+            else ""
+        )
+        + f" at {_when(r['last_train_at'])}, "
         f"{r['retries']} retries",
         f"federation      server={f['server']} window={f['window']} "
         f"session={'running' if f['session_running'] else 'idle'} last={f['last_session_outcome']}",

@@ -180,7 +180,11 @@ def train(msg: Message, context: Context) -> Message:
         seconds = time.perf_counter() - started
         scores = _score(new_arrays, train_x, train_y)
         buffer.bump_counters({"rounds_trained": 1})
-        buffer.set_state(last_train_round=server_round, last_train_at=time.time())
+        buffer.set_state(
+            last_train_round=server_round,
+            last_trained_from=model_round if isinstance(model_round, int) else 0,
+            last_train_at=time.time(),
+        )
     finally:
         buffer.close()
     metrics = MetricRecord(

@@ -13,6 +13,13 @@ the server's learning rate. An update more than ``max_staleness`` versions old i
 and counted. With η = 1, fresh updates only and ``buffer_size`` boards, a version is exactly
 FedAvg's example-weighted mean of the boards' arrays.
 
+Under differential privacy (sleepfed.server.app.privacy) the boards clip their updates to C
+and the buffer runs with ``one_update_per_board`` (a board's second update waits for the next
+version, so one board moves a version's sum by at most C, s(τ) ≤ 1) and ``noise_stddev`` =
+σ·C/K: every version adds Gaussian noise of that standard deviation to the buffer's mean
+update, one Gaussian mechanism per version. The boards' examples are then withheld, and every
+update weighs 1.
+
 This module holds the numbers only: who may train, validation of an update's structure and
 values, and persistence belong to the ServerApp around it.
 """
@@ -54,6 +61,9 @@ class FedBuffBuffer:
     max_staleness: int
     max_weight: float | None = None
     server_learning_rate: float = 1.0
+    one_update_per_board: bool = False
+    noise_stddev: float = 0.0
+    rng: np.random.Generator = field(default_factory=np.random.default_rng, repr=False)
     version: int = 0
     rejected_stale: int = 0
     last_contributions: list[Contribution] = field(default_factory=list)
@@ -65,6 +75,8 @@ class FedBuffBuffer:
             raise ValueError("buffer_size must be >= 1 and max_staleness >= 0")
         if not math.isfinite(self.server_learning_rate) or self.server_learning_rate <= 0:
             raise ValueError("server_learning_rate must be a positive number")
+        if not math.isfinite(self.noise_stddev) or self.noise_stddev < 0:
+            raise ValueError("noise_stddev must be a number >= 0")
         self._models[self.version] = [np.array(a, dtype=float) for a in self.initial]
 
     @property
@@ -75,6 +87,10 @@ class FedBuffBuffer:
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+    def holds_update_of(self, node_id: int) -> bool:
+        """Whether an update of ``node_id`` waits in the buffer for the next version."""
+        return any(c.node_id == node_id for c, _ in self._pending)
 
     def model_of(self, version: int) -> Arrays | None:
         """Version ``version``'s model, while an update may still be trained from it."""
@@ -95,9 +111,12 @@ class FedBuffBuffer:
 
     def offer(self, node_id: int, base_version: int, arrays: Arrays, examples: float) -> str:
         """Buffer a board's new arrays, trained from version ``base_version``: returns
-        "stale" (rejected, counted), "buffered", or "aggregated" (a new version was made)."""
+        "stale" (rejected, counted), "duplicate" (``one_update_per_board`` and the board's last
+        update still waits: refused), "buffered", or "aggregated" (a new version was made)."""
         if self.refuse_if_stale(base_version):
             return "stale"
+        if self.one_update_per_board and self.holds_update_of(node_id):
+            return "duplicate"
         staleness = self.version - base_version
         if not math.isfinite(examples) or examples <= 0:
             raise ValueError(f"node {node_id}: examples must be a positive number")
@@ -123,6 +142,9 @@ class FedBuffBuffer:
             scale = contribution.weight * staleness_discount(contribution.staleness) / total
             for s, d in zip(step, delta, strict=True):
                 s += scale * d
+        if self.noise_stddev > 0:
+            for s in step:
+                s += self.rng.normal(0.0, self.noise_stddev, size=s.shape)
         rate = self.server_learning_rate
         new = [g + rate * s for g, s in zip(self.model, step, strict=True)]
         self.last_contributions = [c for c, _ in self._pending]

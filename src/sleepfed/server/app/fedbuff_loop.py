@@ -60,10 +60,12 @@ class LoopCounts:
 TrainConfig = dict[str, int | float | bool]
 
 
-def _train_message(grid: Grid, buffer: FedBuffBuffer, node: int, base: TrainConfig) -> Message:
+def _train_message(
+    grid: Grid, buffer: FedBuffBuffer, node: int, base: TrainConfig, offset: int
+) -> Message:
     config: TrainConfig = dict(base)
-    if buffer.version > 0:  # the initial model is nobody's to keep
-        config[MODEL_ROUND_KEY] = buffer.version
+    if offset + buffer.version > 0:  # the initial model is nobody's to keep
+        config[MODEL_ROUND_KEY] = offset + buffer.version
     content = RecordDict({"arrays": ArrayRecord(buffer.model), "config": ConfigRecord(config)})
     return grid.create_message(content, MessageType.TRAIN, node, group_id=str(buffer.version))
 
@@ -75,10 +77,12 @@ def _take(
     rules: ValidationRules,
     recent: deque[tuple[float, float]],
     counts: LoopCounts,
+    uniform_weights: bool = False,
 ) -> bool:
     """Offer one reply to the buffer; whether a new version was made. ``recent``: the
     (norm, num-examples) of the updates accepted lately, which the validation's majority
-    rules (norm and num-examples outliers) count beside this one."""
+    rules (norm and num-examples outliers) count beside this one. ``uniform_weights``
+    (differential privacy): no scalar of the board is read, every update weighs 1."""
     node = reply.metadata.src_node_id
     if reply.has_error():
         counts.errors += 1
@@ -89,14 +93,16 @@ def _take(
         return False
     base = buffer.model_of(task.base_version)
     assert base is not None  # not stale
-    _, rejected, norms = validate_replies([reply], base, rules, recent=recent)
+    _, rejected, norms = validate_replies(
+        [reply], base, rules, use_scalars=not uniform_weights, recent=recent
+    )
     if rejected:
         counts.rejected += 1
         log.warning("fedbuff: rejected the update of node %d (%s)", node, rejected[0].reason)
         return False
     arrays, metrics = arrays_of(reply), metrics_of(reply)
-    assert arrays is not None and metrics is not None  # validated
-    examples = float(metrics[rules.weight_key])  # type: ignore[arg-type]
+    assert arrays is not None  # validated
+    examples = 1.0 if uniform_weights else float(metrics[rules.weight_key])  # type: ignore[index,arg-type]
     recent.append((norms[node], examples))
     counts.taken += 1
     return buffer.offer(node, task.base_version, arrays.to_numpy_ndarrays(), examples) == (
@@ -115,9 +121,14 @@ def run_fedbuff_loop(
     on_version: OnVersion,
     deadline: float | None = None,
     poll_seconds: float = PULL_INTERVAL_SECONDS,
+    global_offset: int = 0,
+    uniform_weights: bool = False,
 ) -> LoopCounts:
     """Run until the buffer made ``versions`` versions (or ``deadline``, monotonic time),
-    asking for replies and for idle boards every ``poll_seconds``."""
+    asking for replies and for idle boards every ``poll_seconds``. ``global_offset``: the
+    history's global round of the buffer's version 0 (a run resumed after earlier ones); the
+    train messages name their model's global round. ``uniform_weights``: see :func:`_take`.
+    A buffer with ``one_update_per_board`` sends a board no task while its update waits."""
     counts = LoopCounts()
     tasks: dict[int, Task] = {}
     recent: deque[tuple[float, float]] = deque(
@@ -129,9 +140,16 @@ def run_fedbuff_loop(
             if now - task.sent_at > task_timeout:
                 del tasks[node]
                 counts.expired += 1
-        idle = [n for n in grid.get_node_ids() if n not in tasks]
+        idle = [
+            n
+            for n in grid.get_node_ids()
+            if n not in tasks and not (buffer.one_update_per_board and buffer.holds_update_of(n))
+        ]
         if idle:
-            messages = [packed_message(_train_message(grid, buffer, n, train_config)) for n in idle]
+            messages = [
+                packed_message(_train_message(grid, buffer, n, train_config, global_offset))
+                for n in idle
+            ]
             for node, message_id in zip(idle, grid.push_messages(messages), strict=True):
                 tasks[node] = Task(message_id, buffer.version, now)
             counts.sent += len(idle)
@@ -139,7 +157,7 @@ def run_fedbuff_loop(
         for reply in grid.pull_messages(list(by_message)):
             node = by_message[reply.metadata.reply_to_message_id]
             task = tasks.pop(node)
-            if _take(unpacked_reply(reply), task, buffer, rules, recent, counts):
+            if _take(unpacked_reply(reply), task, buffer, rules, recent, counts, uniform_weights):
                 on_version(buffer.version, buffer.last_contributions)
         time.sleep(poll_seconds)
     return counts

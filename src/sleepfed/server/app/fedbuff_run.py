@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.serverapp import Grid
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from sleepfed.model import logistic as model
 from sleepfed.server.app.fedbuff import Contribution, FedBuffBuffer
 from sleepfed.server.app.fedbuff_loop import run_fedbuff_loop
+from sleepfed.server.app.privacy import PrivacySettings
 from sleepfed.server.app.round_loop import send_and_receive
 from sleepfed.server.app.strategies import StrategySettings
 from sleepfed.server.app.update_validation import ValidationRules
@@ -33,11 +36,15 @@ Persist = Callable[[int, model.Arrays, list[Contribution], FedBuffBuffer], None]
 
 
 def staleness_metrics(contributions: list[Contribution], buffer: FedBuffBuffer) -> dict[str, float]:
+    """A version's staleness: max, mean, the updates refused as too stale so far, and the
+    histogram (``staleness-τ``: how many of its updates were τ versions old)."""
     ages = [c.staleness for c in contributions]
+    histogram = Counter(ages)
     return {
         "staleness-max": float(max(ages, default=0)),
         "staleness-mean": float(sum(ages) / len(ages)) if ages else 0.0,
         "stale-rejected": float(buffer.rejected_stale),
+        **{f"staleness-{tau}": float(n) for tau, n in sorted(histogram.items())},
     }
 
 
@@ -56,16 +63,27 @@ def version_row(
 
 
 def new_buffer(
-    initial: model.Arrays, settings: StrategySettings, rules: ValidationRules
+    initial: model.Arrays,
+    settings: StrategySettings,
+    rules: ValidationRules,
+    privacy: PrivacySettings | None = None,
 ) -> FedBuffBuffer:
     """The buffer of ``settings`` (K, max staleness, server learning rate), a board's
-    examples capped as the validation caps them."""
+    examples capped as the validation caps them; under DP (``privacy``) one update per
+    board a version and noise σ·C/K on each version's mean update (sleepfed.server.app.fedbuff)."""
+    dp = privacy is not None and privacy.dp
     return FedBuffBuffer(
         initial,
         settings.buffer_size,
         settings.max_staleness,
         float(rules.max_num_examples),
         settings.server_learning_rate,
+        one_update_per_board=dp,
+        noise_stddev=(
+            privacy.noise_multiplier * privacy.clipping_norm / settings.buffer_size
+            if privacy is not None and dp
+            else 0.0
+        ),
     )
 
 
@@ -79,19 +97,27 @@ def run_fedbuff(
     training: dict[str, int | float | bool],
     round_timeout: float,
     persist: Persist,
+    privacy: PrivacySettings | None = None,
 ) -> FedBuffBuffer:
-    """``rounds``: the history's last round before the run, and the versions to make."""
+    """``rounds``: the history's last round before the run, and the versions to make. Under
+    DP (``privacy``; ``rules`` already cap an update's norm at C) the boards are asked to
+    clip to C and send no scalar, and every update weighs 1."""
     start_round, versions = rounds
-    buffer = new_buffer(initial, settings, rules)
+    buffer = new_buffer(initial, settings, rules, privacy)
+    dp = privacy is not None and privacy.dp
+    if privacy is not None and dp:
+        training = {**training, KEY_CLIPPING_NORM: privacy.clipping_norm}
     counts = run_fedbuff_loop(
         grid,
         buffer,
         versions=versions,
         train_config=training,
+        uniform_weights=dp,
         rules=rules,
         task_timeout=round_timeout,
         on_version=lambda version, used: persist(version, buffer.model, used, buffer),
         deadline=time.monotonic() + versions * round_timeout,
+        global_offset=start_round,
     )
     log.info(
         "fedbuff: %d versions from %d updates (%d rejected, %d too stale, %d errors, %d "

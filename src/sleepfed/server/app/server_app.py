@@ -249,10 +249,13 @@ def _run_asynchronous(
         initial=plan.initial,
         rounds=(plan.start_round, plan.num_rounds),
         settings=settings,
-        rules=rules_from_run_config(cfg),
+        rules=dp_rules(
+            rules_from_run_config(cfg), plan.privacy.clipping_norm if plan.privacy.dp else 0.0
+        ),
         training=plan.training,
         round_timeout=float(cfg["round-timeout"]),
         persist=recorder.persist_version,
+        privacy=plan.privacy,
     )
 
 

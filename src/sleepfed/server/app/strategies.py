@@ -15,7 +15,7 @@
   fedbuff_loop): a board gets the current model whenever it is online and idle, and every
   ``federation.buffer_size`` updates make a new version, each discounted by its staleness;
   updates over ``federation.max_staleness`` versions old are rejected. Not with SecAgg+
-  (synchronous cohorts) nor, yet, DP.
+  (synchronous cohorts); under DP one update per board a version, noise per version.
 
 The server's recording (history, update screening) is kept for each: :func:`build_strategy`
 puts the server's recording FedAvg subclass in front of the chosen Flower class, whose own

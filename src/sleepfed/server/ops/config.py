@@ -160,11 +160,6 @@ def parse_config(data: dict[str, Any], base: Path) -> ServerConfig:
             f"federation.strategy = {strategy.name!r}: SecAgg+ needs synchronous cohorts "
             "(privacy.secure_aggregation = false, or a synchronous strategy)"
         )
-    if strategy.asynchronous and privacy.dp:
-        raise ConfigError(
-            f"federation.strategy = {strategy.name!r}: differential privacy is not supported "
-            "with it yet"
-        )
     return ServerConfig(
         state_dir=path_of(server["state_dir"], "server.state_dir"),
         host=server["host"],

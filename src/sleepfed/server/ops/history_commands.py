@@ -21,11 +21,21 @@ def format_round(record: RoundRecord) -> str:
         if "auc" in s
         else "no held-out set"
     )
+    boards = (
+        # a FedBuff version (sleepfed.server.app.fedbuff_run): its updates by staleness
+        "staleness "
+        + " ".join(
+            f"{k.removeprefix('staleness-')}:{int(v)}"
+            for k, v in t.items()
+            if k.removeprefix("staleness-").isdigit()
+        )
+        if "staleness-max" in t
+        else f"train-loss {t.get('train-loss', float('nan')):.3f}  "
+        f"board-eval acc {e.get('eval-accuracy', float('nan')):.3f}"
+    )
     return (
         f"round {record.global_round:3d}  "
-        f"nodes train {record.train_nodes} eval {record.eval_nodes}  "
-        f"train-loss {t.get('train-loss', float('nan')):.3f}  "
-        f"board-eval acc {e.get('eval-accuracy', float('nan')):.3f}  {held_out}"
+        f"nodes train {record.train_nodes} eval {record.eval_nodes}  {boards}  {held_out}"
         + describe_round(record.privacy, record.rejected)
         + ("  [rolled back]" if record.rolled_back else "")
     )
