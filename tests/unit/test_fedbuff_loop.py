@@ -22,10 +22,9 @@ from sleepfed.model.walch import walch_dataset, walch_subjects
 from sleepfed.server.app.fedbuff import Contribution, FedBuffBuffer
 from sleepfed.server.app.fedbuff_loop import run_fedbuff_loop
 from sleepfed.server.app.fedbuff_run import run_fedbuff
-from sleepfed.server.app.privacy import PrivacySettings
-from sleepfed.server.app.server_app import dp_rules
+from sleepfed.server.app.privacy import PrivacySettings, dp_rules
 from sleepfed.server.app.strategies import StrategySettings
-from sleepfed.server.app.update_validation import ValidationRules
+from sleepfed.server.app.update_validation import Rejection, ValidationRules
 from sleepfed.server.research.simulation import InProcessGrid, prepare_buffers
 
 SLOW, MALICIOUS = 3, 4
@@ -236,6 +235,12 @@ def test_under_dp_boards_clip_send_no_scalar_and_count_once_a_version(
     clip = 0.05  # well under a trained update's norm: every honest board clips
     privacy = PrivacySettings(dp=True, clipping_norm=clip, noise_multiplier=0.5)
     made: list[list[Contribution]] = []
+    rejections: list[Rejection] = []
+
+    def persist(version: int, arrays: object, used: list[Contribution], *rest: object) -> None:
+        made.append(list(used))
+        rejections.extend(rest[-1])  # type: ignore[call-overload]  # rejected in its time
+
     with caplog.at_level(logging.WARNING, logger="sleepfed.server"):
         buffer = run_fedbuff(
             grid,
@@ -245,7 +250,7 @@ def test_under_dp_boards_clip_send_no_scalar_and_count_once_a_version(
             rules=dp_rules(ValidationRules(), clip),
             training={"local-iterations": 20, "learning-rate": 0.5},
             round_timeout=15.0,  # the run's deadline: 4 x 15 s
-            persist=lambda version, arrays, used, _: made.append(list(used)),
+            persist=persist,
             privacy=privacy,
         )
     assert buffer.version == 4 and len(made) == 4
@@ -259,3 +264,5 @@ def test_under_dp_boards_clip_send_no_scalar_and_count_once_a_version(
         assert sorted(c.node_id for c in used) == [1, 2, SLOW, 5]
         assert all(c.weight == 1.0 for c in used) and MALICIOUS not in {c.node_id for c in used}
     assert f"rejected the update of node {MALICIOUS} (norm-cap" in caplog.text
+    # and each version's row names the updates rejected in its time
+    assert rejections and {(r.node_id, r.reason) for r in rejections} == {(MALICIOUS, "norm-cap")}

@@ -21,9 +21,9 @@ from sleepfed.common.packed_arrays import packed_arrays_mod
 from sleepfed.model import logistic as model
 from sleepfed.server.app.canonical_replies import UNIFORM_WEIGHT_KEY
 from sleepfed.server.app.history import History
+from sleepfed.server.app.privacy import dp_rules
 from sleepfed.server.app.recording_strategy import RecordingFedAvg
 from sleepfed.server.app.secure_aggregation import RecordingSecAggFedAvg
-from sleepfed.server.app.server_app import dp_rules
 from sleepfed.server.app.update_validation import (
     DEFAULT_MAX_NUM_EXAMPLES,
     GOOD_SHARE_KEY,

@@ -20,7 +20,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.app.message_type import MessageType
@@ -30,7 +30,7 @@ from sleepfed.board.training.client_app import MODEL_ROUND_KEY
 from sleepfed.server.app.fedbuff import Contribution, FedBuffBuffer
 from sleepfed.server.app.reply_records import arrays_of, metrics_of
 from sleepfed.server.app.round_loop import PULL_INTERVAL_SECONDS, packed_message, unpacked_reply
-from sleepfed.server.app.update_validation import ValidationRules, validate_replies
+from sleepfed.server.app.update_validation import Rejection, ValidationRules, validate_replies
 
 log = logging.getLogger("sleepfed.server")
 
@@ -55,6 +55,7 @@ class LoopCounts:
     stale: int = 0  # over max_staleness
     errors: int = 0  # error replies
     expired: int = 0  # no reply within task_timeout
+    rejections: list[Rejection] = field(default_factory=list)  # each, in order
 
 
 TrainConfig = dict[str, int | float | bool]
@@ -98,6 +99,7 @@ def _take(
     )
     if rejected:
         counts.rejected += 1
+        counts.rejections.append(rejected[0])
         log.warning("fedbuff: rejected the update of node %d (%s)", node, rejected[0].reason)
         return False
     arrays, metrics = arrays_of(reply), metrics_of(reply)
@@ -123,13 +125,15 @@ def run_fedbuff_loop(
     poll_seconds: float = PULL_INTERVAL_SECONDS,
     global_offset: int = 0,
     uniform_weights: bool = False,
+    counts: LoopCounts | None = None,
 ) -> LoopCounts:
     """Run until the buffer made ``versions`` versions (or ``deadline``, monotonic time),
     asking for replies and for idle boards every ``poll_seconds``. ``global_offset``: the
     history's global round of the buffer's version 0 (a run resumed after earlier ones); the
     train messages name their model's global round. ``uniform_weights``: see :func:`_take`.
-    A buffer with ``one_update_per_board`` sends a board no task while its update waits."""
-    counts = LoopCounts()
+    A buffer with ``one_update_per_board`` sends a board no task while its update waits.
+    ``counts``: where to count (read while the loop runs, e.g. by ``on_version``)."""
+    counts = counts if counts is not None else LoopCounts()
     tasks: dict[int, Task] = {}
     recent: deque[tuple[float, float]] = deque(
         maxlen=RECENT_UPDATES_PER_VERSION * buffer.buffer_size

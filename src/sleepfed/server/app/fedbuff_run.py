@@ -23,16 +23,17 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from sleepfed.model import logistic as model
 from sleepfed.server.app.fedbuff import Contribution, FedBuffBuffer
-from sleepfed.server.app.fedbuff_loop import run_fedbuff_loop
+from sleepfed.server.app.fedbuff_loop import LoopCounts, run_fedbuff_loop
 from sleepfed.server.app.privacy import PrivacySettings
 from sleepfed.server.app.round_loop import send_and_receive
 from sleepfed.server.app.strategies import StrategySettings
-from sleepfed.server.app.update_validation import ValidationRules
+from sleepfed.server.app.update_validation import Rejection, ValidationRules
 
 log = logging.getLogger("sleepfed.server")
 
-# (version, model, contributions, buffer) → the history row is written
-Persist = Callable[[int, model.Arrays, list[Contribution], FedBuffBuffer], None]
+# (version, model, contributions, buffer, updates rejected since the last version) → the
+# history row is written
+Persist = Callable[[int, model.Arrays, list[Contribution], FedBuffBuffer, list[Rejection]], None]
 
 
 def staleness_metrics(contributions: list[Contribution], buffer: FedBuffBuffer) -> dict[str, float]:
@@ -107,7 +108,15 @@ def run_fedbuff(
     dp = privacy is not None and privacy.dp
     if privacy is not None and dp:
         training = {**training, KEY_CLIPPING_NORM: privacy.clipping_norm}
-    counts = run_fedbuff_loop(
+    counts = LoopCounts()
+    reported = 0  # rejections already written with a version
+
+    def on_version(version: int, used: list[Contribution]) -> None:
+        nonlocal reported
+        persist(version, buffer.model, used, buffer, counts.rejections[reported:])
+        reported = len(counts.rejections)
+
+    run_fedbuff_loop(
         grid,
         buffer,
         versions=versions,
@@ -115,9 +124,10 @@ def run_fedbuff(
         uniform_weights=dp,
         rules=rules,
         task_timeout=round_timeout,
-        on_version=lambda version, used: persist(version, buffer.model, used, buffer),
+        on_version=on_version,
         deadline=time.monotonic() + versions * round_timeout,
         global_offset=start_round,
+        counts=counts,
     )
     log.info(
         "fedbuff: %d versions from %d updates (%d rejected, %d too stale, %d errors, %d "

@@ -25,18 +25,19 @@ Accounting assumptions (client-level, add-or-remove-one-board adjacency):
   boards' good-share) is sent back to the boards (the history's rejection details, e.g. an
   update's norm, stay with the operator, whom central DP trusts as it sees every update);
 * the server does not trust the boards to clip: an update longer than ``C`` is rejected
-  (``sleepfed.server.app.server_app.dp_rules``) and counts as a zero update.
+  (``sleepfed.server.app.privacy.dp_rules``) and counts as a zero update.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, Strategy
 
 from sleepfed.common.config_fields import ConfigError, Field, get_field, read_fields
+from sleepfed.server.app.update_validation import ValidationRules
 
 SIGMA_SEARCH_RANGE = (0.05, 500.0)
 
@@ -247,3 +248,18 @@ def describe_round(privacy: dict[str, float], rejected: list[dict[str, object]])
         reasons = ", ".join(f"{r['node']}:{r['reason']}" for r in rejected)
         parts.append(f"rejected {len(rejected)} ({reasons})")
     return "".join(f"  {p}" for p in parts)
+
+
+# An update clipped to C on the board has norm C up to rounding.
+CLIP_TOLERANCE = 1e-6
+
+
+def dp_rules(rules: ValidationRules, clipping_norm: float) -> ValidationRules:
+    """Under DP (``clipping_norm`` > 0) an update longer than C breaks the noise's
+    calibration (its sensitivity): the board did not clip, so it is rejected (``norm-cap``)."""
+    if clipping_norm <= 0:
+        return rules
+    cap = clipping_norm * (1.0 + CLIP_TOLERANCE)
+    if 0 < rules.max_update_norm < cap:
+        return rules
+    return replace(rules, max_update_norm=cap)

@@ -14,7 +14,7 @@ mid-run) is marked interrupted, and the next run does only its remaining rounds.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, UserConfig
@@ -29,6 +29,7 @@ from sleepfed.server.app.held_out import held_out_scores, held_out_set
 from sleepfed.server.app.history import History
 from sleepfed.server.app.privacy import (
     PrivacySettings,
+    dp_rules,
     round_privacy,
     settings_from_run_config,
     wrap_strategy,
@@ -40,25 +41,10 @@ from sleepfed.server.app.strategies import StrategySettings, build_strategy
 from sleepfed.server.app.strategies import (
     settings_from_run_config as strategy_settings_from_run_config,
 )
-from sleepfed.server.app.update_validation import ValidationRules, rules_from_run_config
+from sleepfed.server.app.update_validation import Rejection, rules_from_run_config
 
 log = logging.getLogger("sleepfed.server")
 app = ServerApp()
-
-
-# An update clipped to C on the board has norm C up to rounding.
-CLIP_TOLERANCE = 1e-6
-
-
-def dp_rules(rules: ValidationRules, clipping_norm: float) -> ValidationRules:
-    """Under DP (``clipping_norm`` > 0) an update longer than C breaks the noise's
-    calibration (its sensitivity): the board did not clip, so it is rejected (``norm-cap``)."""
-    if clipping_norm <= 0:
-        return rules
-    cap = clipping_norm * (1.0 + CLIP_TOLERANCE)
-    if 0 < rules.max_update_norm < cap:
-        return rules
-    return replace(rules, max_update_norm=cap)
 
 
 @dataclass(frozen=True)
@@ -151,14 +137,21 @@ class RoundRecorder:
         return scores
 
     def persist_version(
-        self, version: int, ndarrays: model.Arrays, used: list[Contribution], buffer: FedBuffBuffer
+        self,
+        version: int,
+        ndarrays: model.Arrays,
+        used: list[Contribution],
+        buffer: FedBuffBuffer,
+        rejected: list[Rejection],
     ) -> None:
-        """A FedBuff version as the run's round ``version``."""
+        """A FedBuff version as the run's round ``version``, with the updates rejected in its
+        time."""
         self.history.add_round(
             global_round=self.plan.start_round + version,
             run_id=self.plan.run_id,
             server_metrics=held_out_scores(ndarrays, *self.held_out) if self.held_out else {},
             privacy=round_privacy([r.privacy for r in self.history.rounds()], self.plan.privacy),
+            rejected=[r.as_dict() for r in rejected],
             **version_row(version, ndarrays, used, buffer),
         )
 
