@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from sleepfed.board.buffer.store import Buffer
-from sleepfed.board.training import client_app
+from sleepfed.board.nights.labelled_windows import labelled_windows
 from sleepfed.model import logistic as model
 from tests.support.federation_helpers import start_agent
 
@@ -23,7 +23,7 @@ def board_update(board_config: Path, global_arrays: model.Arrays) -> tuple[model
     """The arrays a board's ClientApp returns for ``global_arrays``, and its num-examples."""
     buffer = Buffer(board_config.parent / "buffer.db", readonly=True)
     try:
-        features, labels, held_out = client_app._labelled_windows(buffer)
+        features, labels, held_out = labelled_windows(buffer)
     finally:
         buffer.close()
     x, y = features[~held_out], labels[~held_out]

@@ -184,8 +184,21 @@ def fill_buffer(path: Path, walch_dir: Path) -> dict[str, list]:
     buffer = Buffer(path)
     buffer.add_readings([("sensor", r) for r in readings])
     buffer.save_night(NIGHT, rows[0][0], rows[-1][0] + 30.0, len(rows) * 20, rows, None)
+    # a global model from before: the daemon makes the person's own model from it at start
+    # (sleepfed.board.nights.personal_model), before the round
+    buffer.save_model(1, "earlier-run", model.arrays_to_bytes(model.initial_arrays()))
     buffer.close()
     return {"windows": rows, "readings": readings}
+
+
+def personal_arrays(path: Path) -> np.ndarray | None:
+    """The buffer's personal model's arrays (float64, the model's shape), or None."""
+    buffer = Buffer(path, readonly=True)
+    try:
+        record = buffer.personal_model()
+    finally:
+        buffer.close()
+    return None if record is None else model.arrays_from_bytes(record.arrays)[0]
 
 
 def walk(message: ProtoMessage, prefix: str = "") -> Iterator[tuple[str, object]]:
@@ -276,6 +289,8 @@ def test_a_board_sends_only_arrays_metrics_and_flower_ids(tmp_path: Path, walch_
         # start the board once the SuperLink listens, as a board meeting a live server does.
         wait_for(lambda: port_open(port) or server.poll() is not None, 60, "the SuperLink")
         agent = start_agent(board)
+        wait_for(lambda: personal_arrays(buffer_path) is not None, 60, "the board's personal model")
+        personal = [personal_arrays(buffer_path)]
         assert server.wait(240) == 0, (tmp_path / "server" / "server.log").read_text()[-3000:]
         # The whole session, the node's deactivation included.
         wait_for(
@@ -287,6 +302,8 @@ def test_a_board_sends_only_arrays_metrics_and_flower_ids(tmp_path: Path, walch_
         stop([*([agent] if agent else []), server])
         proxy.close()
     ended = time.time()
+    personal.append(personal_arrays(buffer_path))  # the one from the round's model, if made
+    assert personal[0] is not None
     rounds = History(tmp_path / "server" / "state" / "history.db").rounds()
     assert [(r.train_nodes, r.eval_nodes) for r in rounds] == [(1, 1)], "no round via the proxy"
 
@@ -453,6 +470,10 @@ def test_a_board_sends_only_arrays_metrics_and_flower_ids(tmp_path: Path, walch_
         )
     features = [v for w in windows[:SEARCHED_WINDOWS] for v in w[1]]
     needles.update(float_needles(features, "feature"))
+    # the person's own model never leaves the board: its arrays, whole or value by value
+    for arrays in (a for a in personal if a is not None):
+        needles[arrays.tobytes()] = "the personal model's arrays"
+        needles.update(float_needles(arrays.ravel().tolist(), "personal model coefficient"))
     needles.update(float_needles([r.value for r in readings], "reading value"))
     # Self-check: the search does see what left (the arrays' and metrics' float64 bytes).
     assert len(sent_values) == model.N_FEATURES + 1 + 6

@@ -13,6 +13,7 @@ import pytest
 from flwr.app import Context, Message, RecordDict
 
 from sleepfed.board.buffer.store import Buffer
+from sleepfed.board.nights.labelled_windows import labelled_windows
 from sleepfed.board.training import client_app
 from sleepfed.model import logistic as model
 from sleepfed.model.walch import walch_dataset, walch_subjects
@@ -72,7 +73,7 @@ def _run(tmp_path: Path, rounds: int) -> CountingGrid:
 def _held_out(path: Path) -> tuple[np.ndarray, np.ndarray]:
     buffer = Buffer(path, readonly=True)
     try:
-        features, labels, held_out = client_app._labelled_windows(buffer)
+        features, labels, held_out = labelled_windows(buffer)
     finally:
         buffer.close()
     return features[held_out], labels[held_out]

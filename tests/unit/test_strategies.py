@@ -14,7 +14,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum
 
-from sleepfed.board.training.client_app import _is_held_out
+from sleepfed.board.nights.labelled_windows import is_held_out
 from sleepfed.common.config_fields import ConfigError
 from sleepfed.model import logistic as model
 from sleepfed.model import objective
@@ -131,7 +131,7 @@ def test_aggregate_on_crafted_replies_is_what_the_math_says(
 
 def _subject_windows(walch_dir: Path, subject: str) -> tuple[np.ndarray, ...]:
     night = walch_dataset(walch_dir, [subject])[subject]
-    held = np.array([_is_held_out("n", float(s) * 30.0) for s in night.start_epochs])
+    held = np.array([is_held_out("n", float(s) * 30.0) for s in night.start_epochs])
     train, test = night.labelled & ~held, night.labelled & held
     return night.features[train], night.labels[train], night.features[test], night.labels[test]
 

@@ -4,8 +4,27 @@ model made. Kept, never evicted."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from sleepfed.board.buffer.connection import BufferConnection
+
+
+@dataclass(frozen=True)
+class PersonalModelRecord:
+    """The person's own model as the buffer keeps it: fine-tuned from global model
+    ``base_version`` on ``train_windows`` labelled windows; both models scored on the
+    ``held_out_windows`` (log loss, accuracy); ``kept``: it scored better and predicts."""
+
+    base_version: int
+    arrays: bytes
+    train_windows: int
+    held_out_windows: int
+    global_loss: float
+    personal_loss: float
+    global_accuracy: float
+    personal_accuracy: float
+    kept: bool
+    made_at: float
 
 
 class ModelTables(BufferConnection):
@@ -42,18 +61,59 @@ class ModelTables(BufferConnection):
         return rows[::-1]
 
     def save_prediction(
-        self, night: str, model_version: int, efficiency: float, quality: str
+        self,
+        night: str,
+        model_version: int,
+        efficiency: float,
+        quality: str,
+        model_kind: str = "global",
     ) -> None:
+        """``model_kind``: "global", or "personal" (the person's own model, fine-tuned from
+        global model ``model_version``)."""
         with self.transaction() as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO predictions VALUES (?, ?, ?, ?, ?)",
-                (night, model_version, efficiency, quality, time.time()),
+                "INSERT OR REPLACE INTO predictions VALUES (?, ?, ?, ?, ?, ?)",
+                (night, model_version, efficiency, quality, time.time(), model_kind),
             )
 
-    def latest_predictions(self) -> dict[str, tuple[int, float, str]]:
-        """night -> (model version, efficiency, quality), newest model per night."""
+    def latest_predictions(self) -> dict[str, tuple[int, float, str, str]]:
+        """night -> (model version, efficiency, quality, model kind), newest model per night."""
         rows = self.conn.execute(
-            "SELECT night, model_version, efficiency, quality FROM predictions p WHERE "
-            "model_version = (SELECT MAX(model_version) FROM predictions q WHERE q.night = p.night)"
+            "SELECT night, model_version, efficiency, quality, model_kind FROM predictions p "
+            "WHERE model_version = "
+            "(SELECT MAX(model_version) FROM predictions q WHERE q.night = p.night)"
         ).fetchall()
-        return {night: (version, eff, quality) for night, version, eff, quality in rows}
+        return {night: (version, eff, quality, kind) for night, version, eff, quality, kind in rows}
+
+    # -- the person's own model (sleepfed.board.nights.personal_model) --------------------
+    def save_personal_model(self, record: PersonalModelRecord) -> None:
+        """Keep ``record``, and only it: a personal model of an earlier global model is
+        never used again."""
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM personal_models")
+            conn.execute(
+                "INSERT INTO personal_models VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    record.base_version,
+                    record.arrays,
+                    record.train_windows,
+                    record.held_out_windows,
+                    record.global_loss,
+                    record.personal_loss,
+                    record.global_accuracy,
+                    record.personal_accuracy,
+                    int(record.kept),
+                    record.made_at,
+                ),
+            )
+
+    def personal_model(self) -> PersonalModelRecord | None:
+        row = self.conn.execute("SELECT * FROM personal_models").fetchone()
+        if row is None:
+            return None
+        return PersonalModelRecord(*row[:8], kept=bool(row[8]), made_at=row[9])
+
+    def retire_personal_model(self) -> int:
+        """Delete the personal model; returns how many rows went."""
+        with self.transaction() as conn:
+            return conn.execute("DELETE FROM personal_models").rowcount

@@ -59,5 +59,22 @@ MIGRATIONS: list[str] = [
     CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
     CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    # The person's own model (sleepfed.board.nights.personal_model), one per global model it
+    # was fine-tuned from, and which model made each prediction.
+    """
+    CREATE TABLE personal_models (
+        base_version INTEGER PRIMARY KEY,
+        arrays BLOB NOT NULL,
+        train_windows INTEGER NOT NULL,
+        held_out_windows INTEGER NOT NULL,
+        global_loss REAL NOT NULL,
+        personal_loss REAL NOT NULL,
+        global_accuracy REAL NOT NULL,
+        personal_accuracy REAL NOT NULL,
+        kept INTEGER NOT NULL,
+        made_at REAL NOT NULL
+    );
+    ALTER TABLE predictions ADD COLUMN model_kind TEXT NOT NULL DEFAULT 'global';
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

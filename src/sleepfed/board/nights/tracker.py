@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from sleepfed.board.buffer.store import Buffer
+from sleepfed.board.nights.personal_model import model_for_predictions
 from sleepfed.board.nights.schedule import night_bounds, night_of
 from sleepfed.board.service import clock
 from sleepfed.model import logistic as model
@@ -124,6 +125,44 @@ def extract_night(buffer: Buffer, night: str, tz: ZoneInfo) -> int:
     return len(rows)
 
 
+def _usable_model(
+    buffer: Buffer, version: int, server_round: int, blob: bytes
+) -> model.Arrays | None:
+    """Model ``version``'s arrays, or None: a corrupt blob must not stop the daemon (counted
+    and logged once, the model marked unusable)."""
+    try:
+        arrays = model.arrays_from_bytes(blob)
+        model.check_arrays(arrays)
+    except Exception as error:
+        buffer.bump_counters({"model_unusable": 1})
+        buffer.set_state(unusable_model_version=version)
+        log.error(
+            "model=%d (round %d) cannot be used for predictions: %s: %s",
+            version,
+            server_round,
+            type(error).__name__,
+            error,
+            extra={"ERROR_CLASS": "model_unusable"},
+        )
+        return None
+    return arrays
+
+
+def _predicting_model(
+    buffer: Buffer, version: int, arrays: model.Arrays
+) -> tuple[model.Arrays, str]:
+    """The person's own model when it wins (sleepfed.board.nights.personal_model), else the
+    global one; a failure there is counted and the global model predicts."""
+    try:
+        return model_for_predictions(buffer, version, arrays)
+    except Exception as error:
+        buffer.bump_counters({"personal_model_failed": 1})
+        log.error(
+            "personal model for model=%d failed: %s: %s", version, type(error).__name__, error
+        )
+        return arrays, "global"
+
+
 def predict_nights(buffer: Buffer) -> list[tuple[str, float, str]]:
     """Predict every night that has no prediction from the latest model yet."""
     # Runs every second on the idle path: the model's arrays are read and decoded only
@@ -142,21 +181,10 @@ def predict_nights(buffer: Buffer) -> list[tuple[str, float, str]]:
     state = buffer.state()
     if state.get("unusable_model_version") == version:
         return []  # already counted and logged; waits for the next round's model
-    try:
-        arrays = model.arrays_from_bytes(blob)
-        model.check_arrays(arrays)
-    except Exception as error:  # a corrupt blob must not stop the daemon
-        buffer.bump_counters({"model_unusable": 1})
-        buffer.set_state(unusable_model_version=version)
-        log.error(
-            "model=%d (round %d) cannot be used for predictions: %s: %s",
-            version,
-            server_round,
-            type(error).__name__,
-            error,
-            extra={"ERROR_CLASS": "model_unusable"},
-        )
+    arrays = _usable_model(buffer, version, server_round, blob)
+    if arrays is None:
         return []
+    arrays, kind = _predicting_model(buffer, version, arrays)
     share = state.get("population_good_share")
     good_share = float(share) if isinstance(share, int | float) else None
     made = []
@@ -169,15 +197,16 @@ def predict_nights(buffer: Buffer) -> list[tuple[str, float, str]]:
         if math.isnan(efficiency):
             continue
         quality = night_quality(efficiency)
-        buffer.save_prediction(night, version, efficiency, quality)
+        buffer.save_prediction(night, version, efficiency, quality, kind)
         made.append((night, efficiency, quality))
         log.info(
-            "night=%s predicted efficiency=%.3f quality=%s model=%d (round %d)",
+            "night=%s predicted efficiency=%.3f quality=%s model=%d (round %d, %s)",
             night,
             efficiency,
             quality,
             version,
             server_round,
+            kind,
             extra={"ROUND": server_round},
         )
     return made

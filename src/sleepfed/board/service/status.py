@@ -9,6 +9,7 @@ from typing import Any
 
 from sleepfed.board.buffer.board_state import BoardState
 from sleepfed.board.buffer.counter_classes import failure_classes, rejection_classes
+from sleepfed.board.buffer.model_tables import PersonalModelRecord
 from sleepfed.board.buffer.store import Buffer, BufferCounts
 from sleepfed.board.federation.outcome import SessionOutcome
 from sleepfed.board.service import clock
@@ -47,7 +48,8 @@ class _BufferSnapshot:
     state: BoardState
     counters: dict[str, int]
     latest_model: tuple[int, int, str, bytes] | None
-    predictions: dict[str, tuple[int, float, str]]
+    predictions: dict[str, tuple[int, float, str, str]]
+    personal: PersonalModelRecord | None
     reports: dict[str, str]
     last_night: str | None
     last_info: dict[str, object] | None
@@ -65,6 +67,7 @@ def _read_buffer(config: AgentConfig) -> _BufferSnapshot:
             counters=buffer.counters(),
             latest_model=buffer.latest_model(),
             predictions=buffer.latest_predictions(),
+            personal=buffer.personal_model(),
             reports=buffer.night_reports(),
             last_night=last_night,
             last_info=buffer.night_info(last_night) if last_night else None,
@@ -98,6 +101,7 @@ def collect(config: AgentConfig) -> dict[str, Any]:
             "round": snapshot.latest_model[1] if snapshot.latest_model else None,
             # the prior of the night estimates (sleepfed.model.features.estimated_efficiency)
             "population_good_share": state.population_good_share,
+            "personal": _personal_section(snapshot.personal),
         },
         "last_night": _last_night_section(snapshot),
     }
@@ -160,6 +164,24 @@ def _federation_section(config: AgentConfig, state: BoardState, running: bool) -
     }
 
 
+def _personal_section(record: PersonalModelRecord | None) -> dict[str, Any] | None:
+    """The person's own model (sleepfed.board.nights.personal_model), without its arrays."""
+    if record is None:
+        return None
+    return {
+        "base_version": record.base_version,
+        "used": record.kept,
+        "train_windows": record.train_windows,
+        "held_out_windows": record.held_out_windows,
+        "held_out_loss": {"personal": record.personal_loss, "global": record.global_loss},
+        "held_out_accuracy": {
+            "personal": record.personal_accuracy,
+            "global": record.global_accuracy,
+        },
+        "made_at": record.made_at,
+    }
+
+
 def _last_night_section(snapshot: _BufferSnapshot) -> dict[str, Any]:
     last_night, info, labelled = snapshot.last_night, snapshot.last_info, snapshot.labelled
     prediction = snapshot.predictions.get(last_night) if last_night else None
@@ -168,6 +190,7 @@ def _last_night_section(snapshot: _BufferSnapshot) -> dict[str, Any]:
         "predicted_efficiency": prediction[1] if prediction else None,
         "predicted_quality": prediction[2] if prediction else None,
         "model_version": prediction[0] if prediction else None,
+        "model_kind": prediction[3] if prediction else None,  # global or personal
         "reference_efficiency": info.get("reference_efficiency") if info else None,
         "reference_good_share": (
             sum(int(w[3] or 0) for w in labelled) / len(labelled) if labelled else None

@@ -19,6 +19,7 @@ def render(status: dict[str, Any]) -> str:
         *_count_lines(status),
         *_federation_lines(status),
         _model_line(status["model"]),
+        _personal_line(status["model"]["personal"]),
         _last_night_line(status["last_night"]),
     ]
     return "\n".join(lines)
@@ -99,11 +100,24 @@ def _model_line(m: dict[str, Any]) -> str:
     )
 
 
+def _personal_line(p: dict[str, Any] | None) -> str:
+    if p is None:
+        return "personal model  none yet (needs labelled nights)"
+    loss, accuracy = p["held_out_loss"], p["held_out_accuracy"]
+    return (
+        f"personal model  {'used' if p['used'] else 'not used'}, from model {p['base_version']}: "
+        f"held-out loss {loss['personal']:.3f} vs global {loss['global']:.3f}, accuracy "
+        f"{100 * accuracy['personal']:.0f}% vs {100 * accuracy['global']:.0f}% "
+        f"({p['held_out_windows']} windows)"
+    )
+
+
 def _last_night_line(n: dict[str, Any]) -> str:
     if not n["night"]:
         return "last night      no finished night yet"
     predicted = (
-        f"{n['predicted_quality']} (efficiency {100 * n['predicted_efficiency']:.0f}%)"
+        f"{n['predicted_quality']} (efficiency {100 * n['predicted_efficiency']:.0f}%, "
+        f"{n['model_kind']} model)"
         if n["predicted_quality"]
         else "not predicted yet"
     )

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -33,13 +32,13 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from sleepfed.board.buffer.store import Buffer
+from sleepfed.board.nights.labelled_windows import labelled_windows
 from sleepfed.board.training.privacy_mods import CLIENT_MODS
 from sleepfed.model import logistic as model
 from sleepfed.model import objective
 
 app = ClientApp(mods=CLIENT_MODS)  # secure aggregation and DP clipping, when asked for
 
-HELD_OUT_SHARE_PERCENT = 20
 # Train metric (the board's share of Good training windows) and evaluate config (the boards'
 # pooled share, from the server): the prior that calibrates the board's night estimates.
 GOOD_SHARE_KEY = "good-share"
@@ -50,23 +49,6 @@ EVAL_LOSS_KEY = "eval-loss"
 EVAL_ACCURACY_KEY = "eval-accuracy"
 EVAL_EXAMPLES_KEY = "eval-examples"
 EVAL_KEYS = (EVAL_LOSS_KEY, EVAL_ACCURACY_KEY, EVAL_EXAMPLES_KEY)
-
-
-def _is_held_out(night: str, start_ts: float) -> bool:
-    """Deterministic 20% of windows, stable across rounds (a hash of the window's key)."""
-    key = f"{night}:{start_ts:.0f}".encode()
-    return zlib.crc32(key) % 100 < HELD_OUT_SHARE_PERCENT
-
-
-def _labelled_windows(buffer: Buffer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    rows = buffer.windows(labelled_only=True)
-    if not rows:
-        empty = np.zeros((0, model.N_FEATURES))
-        return empty, np.zeros(0, dtype=int), np.zeros(0, dtype=bool)
-    features = np.array([r[2] for r in rows], dtype=float)
-    labels = np.array([r[3] for r in rows], dtype=int)
-    held_out = np.array([_is_held_out(r[0], r[1]) for r in rows], dtype=bool)
-    return features, labels, held_out
 
 
 def _score(arrays: model.Arrays, features: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -133,7 +115,7 @@ def _adopt_global_model(
     version = buffer.save_model(
         global_round, str(msg.metadata.run_id), model.arrays_to_bytes(arrays)
     )
-    features, labels, held_out = _labelled_windows(buffer)
+    features, labels, held_out = labelled_windows(buffer)
     test_x, test_y = features[held_out], labels[held_out]
     scores = _score(arrays, test_x, test_y)
     buffer.bump_counters({"rounds_evaluated": 1})
@@ -171,7 +153,7 @@ def train(msg: Message, context: Context) -> Message:
         evaluation: dict[str, float] = {}
         if isinstance(model_round, int) and model_round > 0:
             evaluation = _adopt_global_model(buffer, arrays, model_round, msg, final_round=-1)
-        features, labels, held_out = _labelled_windows(buffer)
+        features, labels, held_out = labelled_windows(buffer)
         train_x, train_y = features[~held_out], labels[~held_out]
         started = time.perf_counter()
         new_arrays = model.train(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sleepfed.board.training import client_app as board_app
+from sleepfed.board.nights.labelled_windows import is_held_out
 from sleepfed.model.features import (
     WINDOW_EPOCHS,
     EpochSeries,
@@ -59,7 +59,7 @@ def load_people(data_dir: str | Path, subjects: Sequence[str] | None = None) -> 
         # (sleepfed.server.research.simulation.prepare_buffers)
         name = simulated_night_name(subject, 0)
         held = np.array(
-            [board_app._is_held_out(name, float(s) * 30.0) for s in night.start_epochs],
+            [is_held_out(name, float(s) * 30.0) for s in night.start_epochs],
             dtype=bool,
         )
         people.append(
