@@ -5,6 +5,7 @@ the global model's shape; and a buffer from before it migrates."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +21,7 @@ from sleepfed.board.nights.tracker import predict_nights
 from sleepfed.model import logistic as model
 from sleepfed.model.features import estimated_efficiency
 from sleepfed.model.walch import walch_dataset, walch_subjects
+from tests.support.helpers import run_agent, write_agent_config
 
 # One real night each (Walch 2019): with a global model trained on six other people, the
 # personal model wins on 8530312's held-out windows and loses on 1449548's.
@@ -144,3 +146,35 @@ def test_a_buffer_from_before_migrates_and_its_predictions_were_global(tmp_path:
     assert buffer.latest_predictions() == {"2026-11-20": (3, 0.9, "good", "global")}
     assert buffer.personal_model() is None
     buffer.close()
+
+
+def test_status_shows_which_model_predicted_and_both_scores(
+    tmp_path: Path, walch_dir: Path
+) -> None:
+    buffer = _buffer(tmp_path, walch_dir)
+    buffer.save_model(1, "run-1", model.arrays_to_bytes(_global_model(walch_dir)))
+    ((_, efficiency, _),) = predict_nights(buffer)
+    record = buffer.personal_model()
+    buffer.close()
+    assert record is not None
+    config = write_agent_config(tmp_path / "agent.toml", buffer=tmp_path / "buffer.db")
+
+    result = run_agent("status", "--json", "--config", str(config))
+    assert result.returncode == 1, result.stderr  # no daemon runs: the status still prints
+    status = json.loads(result.stdout)
+    personal = status["model"]["personal"]
+    assert personal["used"] is True and personal["base_version"] == 1
+    assert personal["held_out_loss"] == {
+        "personal": record.personal_loss,
+        "global": record.global_loss,
+    }
+    assert personal["held_out_windows"] == record.held_out_windows
+    assert "arrays" not in json.dumps(personal)
+    assert status["last_night"]["model_kind"] == "personal"
+
+    text = run_agent("status", "--config", str(config)).stdout
+    assert (
+        f"personal model  used, from model 1: held-out loss {record.personal_loss:.3f} vs "
+        f"global {record.global_loss:.3f}" in text
+    ), text
+    assert f"(efficiency {100 * efficiency:.0f}%, personal model)" in text, text
