@@ -23,9 +23,11 @@ def print_results(configs: list[Path], subjects: list[str], ble_boards: set[int]
     print()
     print("SE = estimated sleep efficiency, the share of 10-min windows predicted Good;")
     print("PSG: the share of windows that are Good by polysomnography, and the PSG SE")
+    print("model: the federation's (global) or the person's own (personal), whichever")
+    print("scored better on the board's held-out windows")
     print(
         "board   via     subject   night        predicted        PSG windows   PSG SE"
-        "      trained in"
+        "      trained in  model"
     )
     agree = 0
     for index, config in enumerate(configs):
@@ -41,5 +43,6 @@ def print_results(configs: list[Path], subjects: list[str], ble_boards: set[int]
             f"{predicted_q:4s} {100 * night['predicted_efficiency']:5.1f}%    "
             f"{100 * night['reference_good_share']:5.1f}%       "
             f"{night_quality(reference):4s} {100 * reference:5.1f}%   {trained} rounds"
+            f"    {night['model_kind']}"
         )
     return agree
