@@ -1,9 +1,12 @@
-"""ActiGraph counts per 30-s epoch (sleepfed.board.sources.activity_counts) against agcounts,
-the reference implementation: its vectorised and its serial (per-sample) code paths, values
-pinned from agcounts 0.2.6, the algorithm's known behaviour (still → 0, band-pass, monotone in
-amplitude), the resampled H10 rates, and the streaming counter against the batch."""
+"""ActiGraph counts per 30-s epoch (sleepfed.board.sources.activity_counts) against ActiLife's
+own counts of a real recording (tests/data/actilife_link_100hz), against agcounts' vectorised
+and serial (per-sample) code paths, values pinned from agcounts 0.2.6, the algorithm's known
+behaviour (still → 0, band-pass, monotone in amplitude), the resampled H10 rates, and the
+streaming counter against the batch."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +14,34 @@ from agcounts.extract import get_counts
 
 from sleepfed.board.sources import activity_counts as ac
 from sleepfed.board.sources import polar_pmd as pmd
+
+ACTILIFE = Path(__file__).resolve().parents[1] / "data" / "actilife_link_100hz"
+
+
+def actilife_example() -> tuple[np.ndarray, np.ndarray]:
+    """3 min of an ActiGraph Link at 100 Hz (g) and ActiLife 6.13.4's 5-s counts, axes in
+    agcounts' x, y, z order (ActiLife's Axis2, Axis1, Axis3)."""
+    raw = np.loadtxt(ACTILIFE / "raw_xyz_256ths_g.csv.gz", delimiter=",", skiprows=1) / 256
+    actilife = np.loadtxt(ACTILIFE / "actilife_5s_counts.csv", delimiter=",", skiprows=1)
+    return raw, actilife[:, [1, 0, 2]].astype(np.int64)
+
+
+def test_equals_actilife_on_a_real_recording() -> None:
+    raw, actilife = actilife_example()
+    assert raw.shape == (18_000, 3) and actilife.shape == (36, 3)
+    np.testing.assert_array_equal(ac.axis_counts(raw, 100, epoch_seconds=5), actilife)
+    assert actilife[:3].tolist() == [[92, 171, 261], [46, 253, 389], [27, 391, 381]]
+
+
+def test_30_s_epochs_of_the_real_recording() -> None:
+    """30-s counts are the sums of six 5-s ones (the 10 Hz counts are whole numbers)."""
+    raw, actilife = actilife_example()
+    expected = ac.vector_magnitude(actilife.reshape(6, 6, 3).sum(axis=1))
+    np.testing.assert_allclose(ac.activity_counts(raw, 100), expected, rtol=1e-12)
+    counter, streamed = ac.EpochCounter(100), []
+    for start in range(0, len(raw), 36):
+        streamed += counter.add(raw[start : start + 36])
+    np.testing.assert_allclose(streamed, expected, atol=1)
 
 
 def night(rate: int, epochs: int = 10) -> np.ndarray:

@@ -2,8 +2,9 @@
 
 The counts are ActiGraph's, as computed by the open ``agcounts`` package (ActiGraph LLC,
 https://github.com/actigraph/agcounts; Brønd, Andersen and Arvidsson, Med Sci Sports Exerc
-49(11):2351-2360, 2017; Neishabouri et al., BMC Res Notes 15:321, 2022), whose own tests match
-ActiLife's counts exactly: ``agcounts.extract.get_counts`` with its legacy ActiGraph resampling
+49(11):2351-2360, 2017; Neishabouri et al., BMC Res Notes 15:321, 2022), which reproduces
+ActiLife's counts exactly (the tests: a real 100 Hz recording, every 5-s epoch and axis as
+ActiLife 6.13.4 counted it): ``agcounts.extract.get_counts`` with its legacy ActiGraph resampling
 (``use_mne=False``), per axis, then the vector magnitude ``sqrt(x² + y² + z²)`` of each epoch's
 three axis counts (ActiLife's "Vector Magnitude"), since a chest strap has no axis that
 matches a wrist watch's.
