@@ -16,6 +16,7 @@ from tests.support.helpers import REPO, run_agent
 
 GOOD = '[board]\nid = "b"\n[buffer]\npath = "b.db"\n'
 SOURCE = '[[sources]]\ntype = "serial"\nport = "/dev/ttyACM0"\n'
+STRAP = '[[sources]]\ntype = "ble"\n[[sources.devices]]\naddress = "AA:BB:CC:DD:EE:FF"\n'
 HOSTILE_AGENT = [
     ('[board]\nid = "b"\n[bufer]\npath = "b.db"\n', "config.buffer: missing (unknown: bufer"),
     (GOOD + "max_mbb = 5\n", "buffer.max_mbb: unknown key"),
@@ -43,6 +44,11 @@ HOSTILE_AGENT = [
     ("sources = 7\n" + GOOD, "config.sources: expected list"),
     ("a = " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
     ("\x00\x01\x02garbage = = =\n", "not valid TOML"),
+    # a Polar strap's accelerometer at a rate or range the H10 lacks
+    (GOOD + STRAP + "pmd_acc_hz = 30\n", "sources[0].devices[0]: ACC sample rate 30 Hz"),
+    (GOOD + STRAP + "pmd_acc_hz = 50\npmd_acc_range_g = 16\n",
+     "sources[0].devices[0]: ACC range 16 G"),
+    (GOOD + STRAP + 'pmd_acc_hz = "50"\n', "sources[0].devices[0].pmd_acc_hz: expected int"),
 ]  # fmt: skip
 
 
@@ -83,6 +89,7 @@ def test_a_good_config_still_loads(tmp_path: Path) -> None:
         (GOOD + "max_mbb = 5\n", "buffer.max_mbb: unknown key"),
         ('[buffer]\npath = "../../../etc/sleepfed.db"\n', "buffer.path"),
         (GOOD + "max_mb = 1e308\n", "buffer.max_mb"),
+        (GOOD + STRAP + "pmd_acc_hz = 30\n", "ACC sample rate 30 Hz"),
     ],
 )
 def test_agent_run_exits_2(tmp_path: Path, text: str, needle: str) -> None:

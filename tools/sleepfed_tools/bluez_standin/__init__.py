@@ -214,6 +214,25 @@ class BlueZStandIn:
         """``hci0`` (re)appears, knowing no devices until they advertise during discovery."""
         return str(self._call("AddAdapter"))
 
+    def add_pmd(self, address: str) -> None:
+        """The sensor offers Polar's PMD service (ACC) from its next connection on."""
+        self._call("AddPmd", address)
+
+    def refuse_next_pmd_start(self, address: str, code: int) -> None:
+        """The next PMD start is answered with error ``code`` (e.g. 13, device in charger)."""
+        self._call("RefuseNextPmdStart", address, dbus.Byte(code))
+
+    def end_pmd_measurement(self, address: str) -> None:
+        """The strap ends its ACC measurement by itself; heart rate goes on."""
+        self._call("EndPmdMeasurement", address)
+
+    def pmd_measuring(self, address: str) -> bool:
+        return bool(self._call("PmdMeasuring", address))
+
+    def pmd_starts(self, address: str) -> int:
+        """How many PMD measurements were started so far."""
+        return int(self._call("PmdStarts", address))
+
     def connect_count(self, address: str) -> int:
         """How many ``Connect`` calls the sensor's device object got (failed ones included)."""
         return int(self._call("ConnectCount", address))

@@ -29,6 +29,18 @@ drive the radio world through the interface ``org.sleepfed.BlueZStandIn`` on ``/
     ``hci0`` goes away (connections dropped, devices and adapter removed) and comes back empty.
 ``ConnectCount(s address) -> u``, ``IsNotifying(s address, s char_uuid) -> b``
     What happened so far (every ``Connect`` call counts, failed ones too).
+``AddPmd(s address)``
+    The sensor offers Polar's PMD service from its next connection on (``mock/pmd.py``: a
+    control point that starts and stops an ACC measurement, a data characteristic whose
+    notifications ``Notify`` delivers only while one runs).
+``RefuseNextPmdStart(s address, y code)`` / ``EndPmdMeasurement(s address)``
+    The next start is answered with that error code / the strap ends its measurement by
+    itself (heart rate goes on).
+``PmdMeasuring(s address) -> b``, ``PmdStarts(s address) -> u``
+    Whether a measurement runs, and how many started so far.
+
+A notification longer than the ATT MTU allows (``ATT_MTU`` - 3 bytes) is refused
+(``org.bluez.Error.InvalidValueLength``), as the link would refuse it.
 
 Characteristic UUIDs may be given short (``"2a37"``, ``"0x2A37"``) or in full.
 """
@@ -61,9 +73,12 @@ from sleepfed_tools.bluez_standin.mock.gatt import char_path_of, notifying_char
 from sleepfed_tools.bluez_standin.mock.ids import (
     ADAPTER_NAME,
     ADAPTER_PATH,
+    ATT_MTU,
     ERROR_PREFIX,
     GATT_CHARACTERISTIC_IFACE,
+    PMD_DATA,
     STANDIN_IFACE,
+    normalize_uuid,
 )
 from sleepfed_tools.bluez_standin.mock.world import Sensor, new_world, world
 
@@ -98,9 +113,19 @@ def StopAdvertising(self, address):
     world().sensor(address).advertising = False
 
 
+def _deliverable(address, char_uuid, values):
+    """The notifying characteristic, or None (not notifying; PMD data with no measurement);
+    a value over the MTU is an error."""
+    if any(len(bytes(v)) > ATT_MTU - 3 for v in values):
+        raise error("org.bluez.Error.InvalidValueLength", f"over the ATT MTU {ATT_MTU} - 3")
+    if normalize_uuid(char_uuid) == PMD_DATA and not world().sensor(address).pmd_streaming:
+        return None
+    return notifying_char(address, char_uuid)
+
+
 @dbus.service.method(STANDIN_IFACE, in_signature="ssay", out_signature="b")
 def Notify(self, address, char_uuid, value):
-    char = notifying_char(address, char_uuid)
+    char = _deliverable(address, char_uuid, [value])
     if char is None:
         return False
     set_props(char, GATT_CHARACTERISTIC_IFACE, {"Value": byte_array(bytes(value))})
@@ -110,12 +135,37 @@ def Notify(self, address, char_uuid, value):
 @dbus.service.method(STANDIN_IFACE, in_signature="ssaay", out_signature="u")
 def NotifyMany(self, address, char_uuid, values):
     """Several notifications of one characteristic in one call (one signal each)."""
-    char = notifying_char(address, char_uuid)
+    char = _deliverable(address, char_uuid, values)
     if char is None:
         return dbus.UInt32(0)
     for value in values:
         set_props(char, GATT_CHARACTERISTIC_IFACE, {"Value": byte_array(bytes(value))})
     return dbus.UInt32(len(values))
+
+
+@dbus.service.method(STANDIN_IFACE, in_signature="s", out_signature="")
+def AddPmd(self, address):
+    world().sensor(address).with_pmd = True
+
+
+@dbus.service.method(STANDIN_IFACE, in_signature="sy", out_signature="")
+def RefuseNextPmdStart(self, address, code):
+    world().sensor(address).pmd_refusals.append(int(code))
+
+
+@dbus.service.method(STANDIN_IFACE, in_signature="s", out_signature="")
+def EndPmdMeasurement(self, address):
+    world().sensor(address).pmd_streaming = False
+
+
+@dbus.service.method(STANDIN_IFACE, in_signature="s", out_signature="b")
+def PmdMeasuring(self, address):
+    return dbus.Boolean(world().sensor(address).pmd_streaming)
+
+
+@dbus.service.method(STANDIN_IFACE, in_signature="s", out_signature="u")
+def PmdStarts(self, address):
+    return dbus.UInt32(world().sensor(address).pmd_starts)
 
 
 @dbus.service.method(STANDIN_IFACE, in_signature="ss", out_signature="b")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from sleepfed.board.federation.outcome import FAILED_OUTCOMES, SessionOutcome
 from sleepfed.board.sources.ble_parsing import BleReason
+from sleepfed.board.sources.polar_pmd import PmdReason
 from sleepfed.board.sources.protocol import RejectReason
 
 REJECTION_CLASSES: tuple[str, ...] = (
@@ -15,6 +16,7 @@ REJECTION_CLASSES: tuple[str, ...] = (
     BleReason.WRONG_LENGTH,
     BleReason.TRUNCATED_RR,
     BleReason.BAD_TIME,
+    *(reason for name, reason in vars(PmdReason).items() if name.isupper()),
 )
 
 # Source events: a lost or refused link, not a rejected reading (counted under their name).
@@ -28,6 +30,9 @@ SOURCE_FAILURE_CLASSES: tuple[str, ...] = (
     "ble_notify_failed",
     "ble_link_lost",
     "ble_no_contact",
+    "ble_pmd_missing",  # sleepfed.board.sources.ble_pmd
+    "ble_pmd_refused",
+    "ble_pmd_stalled",
 )
 
 # How a participation session can end without the run finishing (``sessions_<outcome>``).

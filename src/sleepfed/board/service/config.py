@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sleepfed.board.buffer.connection import SYNCHRONOUS_MODES
 from sleepfed.board.nights.schedule import ParticipationWindow
 from sleepfed.board.sources.ble_source import BleDeviceConfig
+from sleepfed.board.sources.polar_pmd import start_acc_command
 from sleepfed.common.config_fields import (
     METRICS_FIELDS,
     ConfigError,
@@ -91,6 +92,8 @@ BLE_DEVICE_FIELDS = (
     Field("address", str, "", "AA:BB:CC:DD:EE:FF; or give service"),
     Field("service", str, "", "a service UUID: the first device advertising it"),
     Field("movement_characteristic", str, "", "UUID of a movement characteristic (optional)"),
+    Field("pmd_acc_hz", int, 0, "Polar PMD accelerometer: 25, 50, 100 or 200 Hz; 0: none"),
+    Field("pmd_acc_range_g", int, 8, "its range: 2, 4 or 8 G"),
 )
 FEDERATION_FIELDS = (
     Field("server", str, help="HOST:PORT of the server's fleet proxy"),
@@ -180,6 +183,11 @@ def _ble_source(src: dict[str, Any], where: str, index: int) -> BleSourceConfig:
         if address is not None and not _ADDRESS.match(address):
             raise ConfigError(f"{at}.address: expected AA:BB:CC:DD:EE:FF, got {address!r}")
         movement = values["movement_characteristic"] or None
+        if values["pmd_acc_hz"]:
+            try:  # the strap's own limits (sleepfed.board.sources.polar_pmd)
+                start_acc_command(values["pmd_acc_hz"], values["pmd_acc_range_g"])
+            except ValueError as bad:
+                raise ConfigError(f"{at}: {bad}") from None
         devices.append(
             BleDeviceConfig(
                 name=name,
@@ -188,6 +196,8 @@ def _ble_source(src: dict[str, Any], where: str, index: int) -> BleSourceConfig:
                 movement_characteristic=(
                     normalize_uuid(movement, f"{at}.movement_characteristic") if movement else None
                 ),
+                pmd_acc_hz=values["pmd_acc_hz"],
+                pmd_acc_range_g=values["pmd_acc_range_g"],
             )
         )
     if not devices:

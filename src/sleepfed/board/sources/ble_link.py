@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from sleepfed.board.sources.ble_pmd import PmdStream
 from sleepfed.common import backoff
 
 # Per failure class: (first delay, cap) in seconds of the board's one backoff policy
@@ -30,6 +31,8 @@ class BleDeviceConfig:
     address: str | None = None
     service: str | None = None
     movement_characteristic: str | None = None
+    pmd_acc_hz: int = 0  # Polar PMD accelerometer (sleepfed.board.sources.ble_pmd); 0: none
+    pmd_acc_range_g: int = 8
 
 
 def classify(error: BaseException) -> str:
@@ -64,6 +67,7 @@ class DeviceLink:
     failures: dict[str, int] = field(default_factory=dict)
     device_time: float | None = None  # the device's clock at device_time_at (monotonic)
     device_time_at: float = 0.0
+    pmd: PmdStream | None = None  # the accelerometer measurement of this connection
 
     def back_off(self, failure: str, now: float) -> float:
         count = self.failures.get(failure, 0)

@@ -20,6 +20,7 @@ from sleepfed.board.sources.ble_parsing import (
     parse_illuminance,
     parse_movement,
 )
+from sleepfed.board.sources.ble_pmd import frame_readings
 from sleepfed.board.sources.protocol import Kind, LineRejected, checked_reading
 
 
@@ -83,6 +84,11 @@ class BleNotifications:
         if lux is None:
             return [SourceEvent("ble_illuminance_unknown", f"device={link.config.name}")]
         return [checked_reading(self._stamp(link), Kind.LUX, lux)]
+
+    def _on_pmd_frame(self, link: DeviceLink, data: bytes) -> list[Item]:
+        if link.pmd is None:
+            return []
+        return frame_readings(link.pmd, data, self._stamp(link), link.config.name)
 
     def _on_movement(self, link: DeviceLink, data: bytes) -> list[Item]:
         try:

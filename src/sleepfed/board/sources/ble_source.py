@@ -21,7 +21,7 @@ from collections.abc import Callable
 from datetime import UTC, tzinfo
 from typing import Any
 
-from sleepfed.board.sources import Emit, Source, SourceEvent
+from sleepfed.board.sources import Emit, Source, SourceEvent, ble_pmd
 from sleepfed.board.sources.ble_link import BleDeviceConfig, DeviceLink, DeviceNotFound, classify
 from sleepfed.board.sources.ble_notifications import BleNotifications
 from sleepfed.board.sources.ble_parsing import CURRENT_TIME, HEART_RATE_MEASUREMENT, ILLUMINANCE
@@ -66,6 +66,8 @@ class BleSource(BleNotifications, Source):
                     connected = link.client is not None and link.client.is_connected
                     if not connected and time.monotonic() >= link.next_attempt:
                         await self._connect(link, emit)
+                    elif connected:
+                        await self._watch_pmd(link, emit)
                 self._update_connected()
                 await asyncio.sleep(POLL_SECONDS)
         finally:
@@ -178,7 +180,7 @@ class BleSource(BleNotifications, Source):
     def _link_lost(self, link: DeviceLink, client: Any, emit: Emit) -> None:
         if link.client is not client:
             return
-        link.client = None
+        link.client, link.pmd = None, None  # the strap ends its measurement with the link
         delay = link.back_off("link_lost", time.monotonic())
         emit(self.name, [SourceEvent("ble_link_lost", f"device={link.config.name}")])
         log.warning(
@@ -219,3 +221,68 @@ class BleSource(BleNotifications, Source):
             subscribed,
             extra=self._fields(link),
         )
+        if link.config.pmd_acc_hz:
+            await self._subscribe_pmd(link, client, emit)
+
+    # -- the accelerometer of a Polar strap (sleepfed.board.sources.ble_pmd) ------------------
+    async def _subscribe_pmd(self, link: DeviceLink, client: Any, emit: Emit) -> None:
+        config = link.config
+        if not ble_pmd.offers_pmd(client):
+            emit(self.name, [SourceEvent("ble_pmd_missing", f"device={config.name}")])
+            log.warning(
+                "device=%s has no PMD service: heart rate only, no movement",
+                config.name,
+                extra=self._fields(link, "pmd_missing"),
+            )
+            return
+        link.pmd = ble_pmd.PmdStream.new(config.pmd_acc_hz, config.pmd_acc_range_g)
+
+        def on_frame(data: bytes) -> None:
+            items = self._on_pmd_frame(link, data)
+            if items:
+                emit(self.name, items)
+
+        await ble_pmd.subscribe(client, link.pmd, on_frame)
+        await self._start_pmd(link, client, emit)
+
+    async def _start_pmd(self, link: DeviceLink, client: Any, emit: Emit) -> None:
+        stream = link.pmd
+        assert stream is not None
+        try:
+            await ble_pmd.start(client, stream)
+        except Exception as error:  # refused, unanswered, or the write failed
+            stream.retry_at = time.monotonic() + ble_pmd.PMD_RETRY_SECONDS
+            emit(self.name, [SourceEvent("ble_pmd_refused", f"device={link.config.name} {error}")])
+            log.warning(
+                "device=%s PMD accelerometer not started (%s); next try in %.0fs",
+                link.config.name,
+                error,
+                ble_pmd.PMD_RETRY_SECONDS,
+                extra=self._fields(link, "pmd_refused"),
+            )
+            return
+        log.info(
+            "device=%s PMD accelerometer at %d Hz, %d G",
+            link.config.name,
+            stream.sample_rate_hz,
+            stream.range_g,
+            extra=self._fields(link),
+        )
+
+    async def _watch_pmd(self, link: DeviceLink, emit: Emit) -> None:
+        """A stalled measurement is started again; a refused one after its wait."""
+        stream, client = link.pmd, link.client
+        if stream is None or client is None or not client.is_connected:
+            return
+        now = time.monotonic()
+        if stream.stalled(now):
+            emit(self.name, [SourceEvent("ble_pmd_stalled", f"device={link.config.name}")])
+            log.warning(
+                "device=%s no PMD frame for %.0fs on a live link; starting it again",
+                link.config.name,
+                now - stream.last_frame_at,
+                extra=self._fields(link, "pmd_stalled"),
+            )
+            await self._start_pmd(link, client, emit)
+        elif not stream.running and 0 < stream.retry_at <= now:
+            await self._start_pmd(link, client, emit)

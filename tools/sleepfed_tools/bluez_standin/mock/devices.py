@@ -125,6 +125,7 @@ def drop_link(sensor: Sensor) -> bool:
     if not sensor.connected:
         return False
     sensor.connected = False
+    sensor.pmd_streaming = False  # the strap ends a measurement with the link
     sensor.generation += 1
     device = obj(sensor.path)
     if device is not None and device.props[DEVICE_IFACE].get("ServicesResolved"):

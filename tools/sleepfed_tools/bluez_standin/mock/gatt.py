@@ -6,6 +6,7 @@ from __future__ import annotations
 import dbus
 from dbusmock import mockobject
 
+from sleepfed_tools.bluez_standin.mock import pmd
 from sleepfed_tools.bluez_standin.mock.bus_objects import (
     MockObject,
     add_object,
@@ -21,6 +22,7 @@ from sleepfed_tools.bluez_standin.mock.ids import (
     GATT_CHARACTERISTIC_IFACE,
     GATT_DESCRIPTOR_IFACE,
     GATT_SERVICE_IFACE,
+    PMD_CONTROL_POINT,
     normalize_uuid,
 )
 from sleepfed_tools.bluez_standin.mock.world import Characteristic, Sensor, world
@@ -140,7 +142,17 @@ def _char_write(char: MockObject, value: bytes, _options: object) -> None:
     props = char.props[GATT_CHARACTERISTIC_IFACE]
     if "write" not in props["Flags"] and "write-without-response" not in props["Flags"]:
         raise error("org.bluez.Error.NotPermitted", "Write not permitted")
+    if str(props["UUID"]) == PMD_CONTROL_POINT:
+        # the answer is an indication, sent only if the client enabled them (as BlueZ does)
+        answer = pmd.control_point(_sensor_of(char), bytes(value))
+        if props["Notifying"]:
+            set_props(char, GATT_CHARACTERISTIC_IFACE, {"Value": byte_array(answer)})
+        return
     set_props(char, GATT_CHARACTERISTIC_IFACE, {"Value": byte_array(bytes(value))})
+
+
+def _sensor_of(char: MockObject) -> Sensor:
+    return next(s for s in world().sensors.values() if char.path.startswith(s.path + "/"))
 
 
 def _set_notifying(char: MockObject, notifying: bool) -> None:

@@ -33,6 +33,10 @@ CURRENT_TIME_SERVICE = uuid16(0x1805)
 CURRENT_TIME = uuid16(0x2A2B)
 MOVEMENT_SERVICE = "7e1a0001-5c1e-4f2a-9b9e-5f1eedc0ffee"
 MOVEMENT_CHARACTERISTIC = "7e1a0002-5c1e-4f2a-9b9e-5f1eedc0ffee"
+# Polar Measurement Data (mock/pmd.py)
+PMD_SERVICE = "fb005c80-02e7-f387-1cad-8acd2d8df0c8"
+PMD_CONTROL_POINT = "fb005c81-02e7-f387-1cad-8acd2d8df0c8"
+PMD_DATA = "fb005c82-02e7-f387-1cad-8acd2d8df0c8"
 
 #: 0xFFFF is the company identifier reserved for tests.
 MANUFACTURER_ID = 0xFFFF

@@ -14,6 +14,9 @@ from sleepfed_tools.bluez_standin.mock.ids import (
     ILLUMINANCE_UNKNOWN,
     MOVEMENT_CHARACTERISTIC,
     MOVEMENT_SERVICE,
+    PMD_CONTROL_POINT,
+    PMD_DATA,
+    PMD_SERVICE,
     device_path,
 )
 
@@ -45,6 +48,11 @@ class Sensor:
         self.fail_next = 0
         self.fail_error = ""
         self.gatt_paths: list[str] = []  # creation order: service, chars, descriptors
+        # Polar PMD (mock/pmd.py): offered, a measurement running, start refusals queued
+        self.with_pmd = False
+        self.pmd_streaming = False
+        self.pmd_refusals: list[int] = []
+        self.pmd_starts = 0
 
     @property
     def path(self) -> str:
@@ -66,6 +74,17 @@ class Sensor:
         if self.with_movement:
             services.append(
                 (0x0030, MOVEMENT_SERVICE, [(0x0031, MOVEMENT_CHARACTERISTIC, ["notify"], b"")])
+            )
+        if self.with_pmd:
+            services.append(
+                (
+                    0x0050,
+                    PMD_SERVICE,
+                    [
+                        (0x0051, PMD_CONTROL_POINT, ["read", "write", "indicate"], b""),
+                        (0x0054, PMD_DATA, ["notify"], b""),
+                    ],
+                )
             )
         if self.with_current_time:
             services.append(
