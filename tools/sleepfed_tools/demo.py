@@ -4,10 +4,12 @@ by its own replayed real subject through its own pseudo-terminal, federated over
     python -m sleepfed_tools.demo --data ../shared/data
 
 Boards replay Walch 2019 subjects (PSG-labelled); the server scores every round's global
-model on the Walch subjects that no board holds. The last board (``--ble-boards``) reads its
-wearable over Bluetooth LE: bleak's real BlueZ backend talks over a private D-Bus system bus
-to a BlueZ stand-in whose heart-rate sensor sends the subject's night as notifications,
-while a reference device sends the PSG labels over serial. At the end each board's predicted night
+model on the Walch subjects that no board holds. The last board (``--ble-boards``) reads a
+Polar-H10-like strap over Bluetooth LE: bleak's real BlueZ backend talks over a private D-Bus
+system bus to a BlueZ stand-in whose strap sends the subject's night as heart-rate
+notifications and PMD accelerometer frames (synthesised so that their counts follow the
+night: sleepfed_tools.replay.walch_polar), while a reference device sends the PSG labels over
+serial. At the end each board's predicted night
 quality is printed beside its PSG reference.
 """
 
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sleepfed.board.sources.polar_pmd import PMD_DATA
 from sleepfed.model.walch import walch_subjects
 from sleepfed.provisioning import agent_toml
 from sleepfed.provisioning.pki import ensure_demo_pki
@@ -44,11 +47,10 @@ from sleepfed_tools.replay import (
     PtyLink,
     default_night_start,
     replay,
-    replay_ble,
-    walch_ble_notifications,
     walch_labels,
     walch_readings,
 )
+from sleepfed_tools.replay.walch_polar import replay_polar, walch_polar_notifications
 
 if TYPE_CHECKING:
     from sleepfed_tools.bluez_standin import BlueZStandIn
@@ -147,12 +149,18 @@ class Demo:
         if ble:
             assert self.standin is not None
             self.standin.add_heart_rate_sensor(
-                ble_address(index), with_illuminance=False, with_current_time=True
+                ble_address(index),
+                "Polar H10 DEM0",
+                with_illuminance=False,
+                with_movement=False,
+                with_current_time=True,
             )
+            self.standin.add_pmd(ble_address(index))
             self.standin.advertise(ble_address(index))
             how = (
-                f"BLE wearable {ble_address(index)} (Heart Rate 0x2A37 + RR, movement, "
-                f"Current Time) + reference labels over serial {link.device_path}"
+                f"Polar-H10-like strap {ble_address(index)} (Heart Rate 0x2A37 + RR, PMD "
+                f"accelerometer frames, Current Time) + reference labels over serial "
+                f"{link.device_path}"
             )
         else:
             how = f"serial {link.device_path}"
@@ -208,10 +216,16 @@ class Demo:
         labels = replay(
             walch_labels(self.walch_dir, subject, night_start), link.write, None, drain=link.drain
         )
-        counts[index] = labels + replay_ble(
-            walch_ble_notifications(self.walch_dir, subject, night_start),
-            lambda uuid, value: standin.notify(address, uuid, value),
-            lambda uuid: standin.wait_until_notifying(address, uuid, timeout=60),
+
+        def wait_ready(uuid: str) -> None:
+            standin.wait_until_notifying(address, uuid, timeout=60)
+            if uuid == PMD_DATA:
+                wait_until(lambda: standin.pmd_measuring(address), 60, "the PMD measurement")
+
+        counts[index] = labels + replay_polar(
+            walch_polar_notifications(self.walch_dir, subject, night_start),
+            lambda uuid, values: standin.notify_many(address, uuid, values),
+            wait_ready,
         )
 
     def relay_server(self, server: subprocess.Popen[bytes]) -> int:

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sleepfed.board.sources.ble_parsing import MOVEMENT
 from sleepfed.model.walch import walch_subjects
+from sleepfed_tools.replay.walch_polar import RATE as POLAR_RATE
 
 PYTHON = sys.executable
 
@@ -91,7 +91,8 @@ def board_sources(ble: bool, port: str, address: str) -> list[dict[str, object]]
     """The board's sources: a serial wearable, or a BLE wearable + a serial reference device."""
     if not ble:
         return [{"type": "serial", "name": "wrist", "port": port}]
-    strap = {"name": "strap", "address": address, "movement_characteristic": MOVEMENT}
+    # a Polar-H10-like strap: heart rate, and movement from its accelerometer (PMD)
+    strap = {"name": "strap", "address": address, "pmd_acc_hz": POLAR_RATE}
     return [
         {"type": "ble", "name": "wearable", "devices": [strap]},
         {"type": "serial", "name": "reference", "port": port},
