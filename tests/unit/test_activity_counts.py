@@ -236,3 +236,16 @@ def test_bad_shapes_and_short_input() -> None:
         ac.axis_counts(np.zeros((100, 2)), 50)
     assert ac.axis_counts(np.zeros((50 * 29, 3)), 50).shape == (0, 3)
     assert ac.axis_counts(night(50, 2)[: 50 * 59], 50).shape == (1, 3)  # partial epoch dropped
+
+
+@pytest.mark.parametrize(("rate", "n"), [(50, 149), (40, 119), (100, 299), (70, 209)])
+def test_a_nearly_whole_epoch_is_not_counted(rate: int, n: int) -> None:
+    """Found by hypothesis: every M-th of the L-times upsampled samples reaches one more 30 Hz
+    sample than the whole epochs hold (agcounts' vectorised path counts the partial epoch
+    then; its serial path does not). The earlier epochs are as if the input had ended with
+    them."""
+    samples = motion(rate, 3)[:n]
+    ours = ac.axis_counts(samples, rate, epoch_seconds=1)
+    assert len(ours) == 2 and len(agcounts(samples, rate, 1)) == 3
+    np.testing.assert_array_equal(ours, agcounts(samples, rate, 1, fast=False))
+    np.testing.assert_array_equal(ours, ac.axis_counts(samples[: 2 * rate], rate, 1))

@@ -135,9 +135,12 @@ def axis_counts(
     if rate != sample_rate_hz:
         up, down = RESAMPLING[sample_rate_hz]
         samples = resample_poly(samples, up, down, axis=0, padtype="edge")
-    if len(samples) < rate * epoch_seconds:
+    # whole epochs only: the filters are causal, so the samples after them change nothing
+    # before, and a partial epoch's last 30 Hz samples cannot complete it
+    whole = len(samples) // (rate * epoch_seconds) * rate * epoch_seconds
+    if whole == 0:
         return np.zeros((0, 3), dtype=np.int64)
-    return epoch_sums(band_pass(to_30_hz(samples, rate)), epoch_seconds)
+    return epoch_sums(band_pass(to_30_hz(samples[:whole], rate)), epoch_seconds)
 
 
 def vector_magnitude(counts: npt.ArrayLike) -> npt.NDArray[np.float64]:
