@@ -11,15 +11,16 @@ Per axis, on samples in g:
 1. To 30 Hz (:func:`to_30_hz`): insert ``L - 1`` zeros after each sample, low-pass with the
    first-order IIR ``y[n] = a·L·(u[n] + u[n-1]) - b·y[n-1]``, ``a = π / (π + 2L)``,
    ``b = (π - 2L) / (π + 2L)`` (rates that are not multiples of 30 Hz only; a weak filter, so
-   some 5-15 Hz motion aliases into the band, in ActiLife's counts as in ours), keep every
+   some motion above 5 Hz aliases into the band, in ActiLife's counts as in ours), keep every
    ``M``-th sample (``30 = rate · L / M``: :data:`FACTORS`), round to 1 mg.
-2. The band-pass filter (:data:`BPF_B`, :data:`BPF_A`: the published 7th-order IIR
-   coefficients; at 30 Hz its magnitude peaks at 0.76 Hz and is above half the peak from
+2. The band-pass filter (:data:`BPF_B`, :data:`BPF_A`: the 7th-order IIR coefficients
+   ActiGraph published with the paper, to the digits of agcounts, its reference
+   implementation; at 30 Hz the magnitude peaks at 0.76 Hz and is above half the peak from
    0.21 to 2.1 Hz), its state started as if the first sample had always been there (the
    steady state of a constant input, so gravity does not ring at the start).
-3. Scaled by ``(3/4096) / (2.6/256) · 237.5 ≈ 17.127`` (:data:`GAIN`, ActiLife's; the
-   firmware's is 17.128), rectified, below 4 set to 0 (the dead band), above 128 set to 128
-   (saturation), floored to whole counts.
+3. Scaled by ``(3/4096) / (2.6/256) · 237.5 ≈ 17.127`` (:data:`GAIN`, ActiLife's),
+   rectified, below 4 set to 0 (the dead band), above 128 set to 128 (saturation), floored
+   to whole counts.
 4. Down to 10 Hz: the floor of the mean of each 3 samples; summed over each epoch.
 
 The counts reproduce ActiLife's exactly: the tests compare them with ActiLife 6.13.4's on a
