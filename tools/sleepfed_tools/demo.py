@@ -5,11 +5,9 @@ by its own replayed real subject through its own pseudo-terminal, federated over
 
 Boards replay Walch 2019 subjects (PSG-labelled); the server scores every round's global
 model on the Walch subjects that no board holds. The last board (``--ble-boards``) reads a
-Polar-H10-like strap over Bluetooth LE: bleak's real BlueZ backend talks over a private D-Bus
-system bus to a BlueZ stand-in whose strap sends the subject's night as heart-rate
-notifications and PMD accelerometer frames (synthesised so that their counts follow the
-night: sleepfed_tools.replay.walch_polar), while a reference device sends the PSG labels over
-serial. At the end each board's predicted night
+Polar-H10-like strap over BLE (bleak's real BlueZ backend, a private D-Bus, the BlueZ stand-in):
+heart rate and PMD accelerometer frames (sleepfed_tools.replay.walch_polar), the PSG labels
+from a reference device over serial. At the end each board's predicted night
 quality is printed beside its PSG reference.
 """
 
