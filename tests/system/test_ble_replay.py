@@ -20,18 +20,24 @@ from sleepfed_tools.replay import (
     walch_ble_notifications,
     walch_labels,
 )
+from sleepfed_tools.replay.walch_polar import RATE as POLAR_RATE
+from sleepfed_tools.replay.walch_polar import replay_polar, walch_polar_notifications
 
 from sleepfed.board.buffer.store import Buffer
 from sleepfed.board.nights.schedule import night_of
 from sleepfed.board.nights.tracker import extract_night
 from sleepfed.board.sources.ble_parsing import MOVEMENT
-from sleepfed.model.features import night_windows
-from sleepfed.model.walch import load_walch_subject
+from sleepfed.model import logistic as model
+from sleepfed.model.features import estimated_efficiency, night_quality, night_windows
+from sleepfed.model.walch import load_walch_subject, walch_dataset, walch_subjects
 from tests.support.helpers import agent_status, wait_connected, wait_for, write_agent_config
 
 SUBJECT = "1455390"
 ADDRESS = "C0:FF:EE:00:00:05"
 UTC = ZoneInfo("UTC")
+# The synthesised frames reproduce each epoch's Walch count within the burst table's steps
+# and the counter filter's memory (sleepfed_tools.replay.walch_polar)
+ACTIVITY_TOLERANCE = 1.0
 
 
 def board_config(tmp_path: Path, port: str) -> Path:
@@ -159,3 +165,87 @@ def test_replay_cli_ble_mode(tmp_path: Path, walch_dir: Path, agent_procs: Any) 
     finally:
         if replayer.poll() is None:
             replayer.kill()
+
+
+def polar_config(tmp_path: Path, port: str) -> Path:
+    sources = f"""
+[[sources]]
+type = "ble"
+name = "wearable"
+
+[[sources.devices]]
+name = "h10"
+address = "{ADDRESS}"
+pmd_acc_hz = {POLAR_RATE}
+"""
+    return write_agent_config(
+        tmp_path / "agent.toml",
+        buffer=tmp_path / "buffer.db",
+        ports={"reference": port},
+        settle_seconds=3600,
+        extra=sources,
+    )
+
+
+def test_a_walch_night_from_a_polar_strap_predicts_as_the_data_set_does(
+    tmp_path: Path, walch_dir: Path, bluez: BlueZStandIn, agent_procs: Any
+) -> None:
+    """Heart rate over 0x2A37 and movement as PMD accelerometer frames, synthesised so that
+    their counts follow the night (sleepfed_tools.replay.walch_polar): the board's windows
+    are the data set's within the synthesis' error, and a model predicts the same night."""
+    bluez.add_heart_rate_sensor(
+        ADDRESS, "Polar H10 C0FFEE05", with_illuminance=False, with_movement=False,
+        with_current_time=True,
+    )  # fmt: skip
+    bluez.add_pmd(ADDRESS)
+    bluez.advertise(ADDRESS)
+    with PtyLink() as link:
+        config = polar_config(tmp_path, link.device_path)
+        proc = agent_procs(config)
+        wait_connected(config, expected="2/2", timeout=30, proc=proc)
+        wait_for(lambda: bluez.pmd_measuring(ADDRESS), 20, message="the PMD measurement")
+        night_start = default_night_start()
+        replay(walch_labels(walch_dir, SUBJECT, night_start), link.write, None, drain=link.drain)
+        replay_polar(
+            walch_polar_notifications(walch_dir, SUBJECT, night_start),
+            lambda uuid, values: bluez.notify_many(ADDRESS, uuid, values),
+            lambda uuid: bluez.wait_until_notifying(ADDRESS, uuid, timeout=20),
+        )
+        epochs = len(load_walch_subject(walch_dir, SUBJECT).hr)
+        wait_for(
+            lambda: (s := agent_status(config)) and s["accepted"].get("mov") == epochs,
+            120,
+            message="one MOV reading per epoch",
+        )
+        status = agent_status(config)
+        assert status is not None and status["rejected"] == {}, status
+
+    night = night_of(night_start, UTC)
+    buffer = Buffer(tmp_path / "buffer.db")
+    try:
+        extract_night(buffer, night, UTC)
+        got = np.array([r[2] for r in buffer.windows(night)])
+    finally:
+        buffer.close()
+    expected = night_windows(load_walch_subject(walch_dir, SUBJECT))
+    assert got.shape == expected.features.shape
+    time_features = [10, 11]
+    assert np.allclose(got[:, time_features], expected.features[:, time_features], atol=1e-4)
+    activity = got[:, :6] - expected.features[:, :6]
+    print(
+        f"activity features: |error| max {np.abs(activity).max():.3f}, mean "
+        f"{np.abs(activity).mean():.3f} (log1p counts)"
+    )
+    assert np.abs(activity).max() < ACTIVITY_TOLERANCE and np.abs(activity).mean() < 0.2
+    # the same model's estimate of the night, from the board's windows and the data set's
+    others = [s for s in walch_subjects(walch_dir) if s != SUBJECT][:8]
+    people = walch_dataset(walch_dir, others)
+    x = np.concatenate([people[s].features for s in others])
+    y = np.concatenate([people[s].labels for s in others])
+    trained = model.train(model.initial_arrays(), x[y >= 0], y[y >= 0], steps=300)
+    on_board, in_dataset = (model.good_probability(trained, w) for w in (got, expected.features))
+    board, dataset = (estimated_efficiency(p, None) for p in (on_board, in_dataset))
+    differing = int(((on_board >= 0.5) != (in_dataset >= 0.5)).sum())
+    print(f"estimated efficiency: board {board:.3f}, data set {dataset:.3f}; {differing} windows")
+    assert differing <= 1  # of the night's 47 windows
+    assert night_quality(board) == night_quality(dataset)
