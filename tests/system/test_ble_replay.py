@@ -40,7 +40,10 @@ UTC = ZoneInfo("UTC")
 ACTIVITY_TOLERANCE = 1.0
 
 
-def board_config(tmp_path: Path, port: str) -> Path:
+def board_config(
+    tmp_path: Path, port: str, device: str = f'movement_characteristic = "{MOVEMENT}"'
+) -> Path:
+    """A BLE wearable (``device``: its movement lines) and a serial reference device."""
     sources = f"""
 [[sources]]
 type = "ble"
@@ -49,7 +52,7 @@ name = "wearable"
 [[sources.devices]]
 name = "strap"
 address = "{ADDRESS}"
-movement_characteristic = "{MOVEMENT}"
+{device}
 """
     return write_agent_config(
         tmp_path / "agent.toml",
@@ -167,26 +170,6 @@ def test_replay_cli_ble_mode(tmp_path: Path, walch_dir: Path, agent_procs: Any) 
             replayer.kill()
 
 
-def polar_config(tmp_path: Path, port: str) -> Path:
-    sources = f"""
-[[sources]]
-type = "ble"
-name = "wearable"
-
-[[sources.devices]]
-name = "h10"
-address = "{ADDRESS}"
-pmd_acc_hz = {POLAR_RATE}
-"""
-    return write_agent_config(
-        tmp_path / "agent.toml",
-        buffer=tmp_path / "buffer.db",
-        ports={"reference": port},
-        settle_seconds=3600,
-        extra=sources,
-    )
-
-
 def test_a_walch_night_from_a_polar_strap_predicts_as_the_data_set_does(
     tmp_path: Path, walch_dir: Path, bluez: BlueZStandIn, agent_procs: Any
 ) -> None:
@@ -200,7 +183,7 @@ def test_a_walch_night_from_a_polar_strap_predicts_as_the_data_set_does(
     bluez.add_pmd(ADDRESS)
     bluez.advertise(ADDRESS)
     with PtyLink() as link:
-        config = polar_config(tmp_path, link.device_path)
+        config = board_config(tmp_path, link.device_path, f"pmd_acc_hz = {POLAR_RATE}")
         proc = agent_procs(config)
         wait_connected(config, expected="2/2", timeout=30, proc=proc)
         wait_for(lambda: bluez.pmd_measuring(ADDRESS), 20, message="the PMD measurement")
