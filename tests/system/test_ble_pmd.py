@@ -156,3 +156,20 @@ def test_a_strap_without_pmd_gives_heart_rate_and_says_so(
     push_until_stored(bluez, config, [hrm(57), hrm(58)], HR_KIND, 2)
     wait_for(lambda: counters(config).get("ble_pmd_missing") == 1, 10)
     assert rows(config, MOV_KIND) == []
+
+
+@pytest.mark.slow
+def test_pmd_notifications_refused_leave_heart_rate_and_the_link(
+    tmp_path: Path, bluez: BlueZStandIn, agent_procs: Any
+) -> None:
+    config = pmd_config(tmp_path)
+    bluez.add_heart_rate_sensor(ADDRESS, "Polar H10 C0FFEE01", with_illuminance=False)
+    bluez.add_pmd(ADDRESS)
+    bluez.break_pmd_notifications(ADDRESS)
+    bluez.advertise(ADDRESS)
+    agent_procs(config)
+    bluez.wait_until_notifying(ADDRESS, HEART_RATE_MEASUREMENT, timeout=20)
+    wait_for(lambda: counters(config).get("ble_pmd_refused") == 1, 10)
+    push_until_stored(bluez, config, [hrm(57), hrm(58)], HR_KIND, 2)
+    assert bluez.connect_count(ADDRESS) == 1 and not bluez.pmd_measuring(ADDRESS)
+    assert "ble_link_lost" not in counters(config) or counters(config)["ble_link_lost"] == 0

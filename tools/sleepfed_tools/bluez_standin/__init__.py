@@ -222,6 +222,10 @@ class BlueZStandIn:
         """The next PMD start is answered with error ``code`` (e.g. 13, device in charger)."""
         self._call("RefuseNextPmdStart", address, dbus.Byte(code))
 
+    def break_pmd_notifications(self, address: str) -> None:
+        """From the next connection on, subscribing to PMD data fails (NotSupported)."""
+        self._call("BreakPmdNotifications", address)
+
     def end_pmd_measurement(self, address: str) -> None:
         """The strap ends its ACC measurement by itself; heart rate goes on."""
         self._call("EndPmdMeasurement", address)

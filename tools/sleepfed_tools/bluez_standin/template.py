@@ -36,6 +36,9 @@ drive the radio world through the interface ``org.sleepfed.BlueZStandIn`` on ``/
 ``RefuseNextPmdStart(s address, y code)`` / ``EndPmdMeasurement(s address)``
     The next start is answered with that error code / the strap ends its measurement by
     itself (heart rate goes on).
+``BreakPmdNotifications(s address)``
+    From the next connection on, the PMD data characteristic cannot notify (``StartNotify``
+    fails with ``org.bluez.Error.NotSupported``).
 ``PmdMeasuring(s address) -> b``, ``PmdStarts(s address) -> u``
     Whether a measurement runs, and how many started so far.
 
@@ -146,6 +149,11 @@ def NotifyMany(self, address, char_uuid, values):
 @dbus.service.method(STANDIN_IFACE, in_signature="s", out_signature="")
 def AddPmd(self, address):
     world().sensor(address).with_pmd = True
+
+
+@dbus.service.method(STANDIN_IFACE, in_signature="s", out_signature="")
+def BreakPmdNotifications(self, address):
+    world().sensor(address).pmd_data_flags = ["read"]
 
 
 @dbus.service.method(STANDIN_IFACE, in_signature="sy", out_signature="")

@@ -242,7 +242,18 @@ class BleSource(BleNotifications, Source):
             if items:
                 emit(self.name, items)
 
-        await ble_pmd.subscribe(client, link.pmd, on_frame)
+        try:
+            await ble_pmd.subscribe(client, link.pmd, on_frame)
+        except Exception as error:  # heart rate goes on without the accelerometer
+            link.pmd = None
+            emit(self.name, [SourceEvent("ble_pmd_refused", f"device={config.name} {error}")])
+            log.warning(
+                "device=%s PMD notifications refused (%s): heart rate only",
+                config.name,
+                error,
+                extra=self._fields(link, "pmd_refused"),
+            )
+            return
         await self._start_pmd(link, client, emit)
 
     async def _start_pmd(self, link: DeviceLink, client: Any, emit: Emit) -> None:

@@ -53,6 +53,7 @@ class Sensor:
         self.pmd_streaming = False
         self.pmd_refusals: list[int] = []
         self.pmd_starts = 0
+        self.pmd_data_flags = ["notify"]  # BreakPmdNotifications: ["read"]
 
     @property
     def path(self) -> str:
@@ -82,7 +83,7 @@ class Sensor:
                     PMD_SERVICE,
                     [
                         (0x0051, PMD_CONTROL_POINT, ["read", "write", "indicate"], b""),
-                        (0x0054, PMD_DATA, ["notify"], b""),
+                        (0x0054, PMD_DATA, list(self.pmd_data_flags), b""),
                     ],
                 )
             )
