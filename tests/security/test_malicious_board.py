@@ -24,6 +24,7 @@ from flwr.proto import fleet_pb2, message_pb2
 from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
 
 from sleepfed.board.buffer.store import Buffer
+from sleepfed.board.nights.labelled_windows import labelled_windows
 from sleepfed.board.training import client_app
 from sleepfed.model import logistic as model
 from sleepfed.server.app.history import History
@@ -64,7 +65,7 @@ def _good_share(board_config: Path) -> float:
     """The board's own share of Good training windows (what its ClientApp reports)."""
     buffer = Buffer(board_config.parent / "buffer.db", readonly=True)
     try:
-        _, labels, held_out = client_app._labelled_windows(buffer)
+        _, labels, held_out = labelled_windows(buffer)
     finally:
         buffer.close()
     return float(labels[~held_out].mean())

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from sleepfed.board.training import client_app
+from sleepfed.board.nights.labelled_windows import labelled_windows
 from sleepfed.model import logistic as model
 from sleepfed.server.app.history import History
 from tests.support.federation_helpers import (
@@ -98,7 +98,7 @@ def test_three_boards_two_rounds_over_tls(tmp_path: Path, walch_dir: Path) -> No
         shares = []
         for config in boards:
             buffer = Buffer(config.parent / "buffer.db", readonly=True)
-            _, labels, held_out = client_app._labelled_windows(buffer)
+            _, labels, held_out = labelled_windows(buffer)
             buffer.close()
             shares.append(float(labels[~held_out].mean()))
         prior = float(np.median(shares))
