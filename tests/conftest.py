@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,29 @@ def agent_procs() -> Iterator[Callable[[Path], subprocess.Popen[bytes]]]:
     yield start
     for proc in started:
         stop_agent(proc, timeout=5)
+
+
+# The folders a test unpacks a whole Debian root or builds packages in (1-2 GB each): removed
+# as soon as the test has passed, so that a run's peak disk use is one machine, not all of them.
+BULKY_FOLDERS = ("root", "debs")
+CALL_PASSED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.when == "call":
+        item.stash[CALL_PASSED] = report.passed
+    return report
+
+
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    tmp_path = getattr(item, "funcargs", {}).get("tmp_path")
+    if isinstance(tmp_path, Path) and item.stash.get(CALL_PASSED, False):
+        for name in BULKY_FOLDERS:
+            shutil.rmtree(tmp_path / name, ignore_errors=True)
 
 
 from tests.bluez.fixtures import bluez_fixture  # noqa: E402, F401  (the `bluez` fixture)
