@@ -65,7 +65,7 @@ def _good_share(board_config: Path) -> float:
     """The board's own share of Good training windows (what its ClientApp reports)."""
     buffer = Buffer(board_config.parent / "buffer.db", readonly=True)
     try:
-        _, labels, held_out = labelled_windows(buffer)
+        _, labels, held_out, _ = labelled_windows(buffer)
     finally:
         buffer.close()
     return float(labels[~held_out].mean())

@@ -23,7 +23,7 @@ def board_update(board_config: Path, global_arrays: model.Arrays) -> tuple[model
     """The arrays a board's ClientApp returns for ``global_arrays``, and its num-examples."""
     buffer = Buffer(board_config.parent / "buffer.db", readonly=True)
     try:
-        features, labels, held_out = labelled_windows(buffer)
+        features, labels, held_out, _ = labelled_windows(buffer)
     finally:
         buffer.close()
     x, y = features[~held_out], labels[~held_out]

@@ -25,12 +25,25 @@ from sleepfed_tools.replay.walch_polar import replay_polar, walch_polar_notifica
 
 from sleepfed.board.buffer.store import Buffer
 from sleepfed.board.nights.schedule import night_of
-from sleepfed.board.nights.tracker import extract_night
+from sleepfed.board.nights.tracker import extract_night, predict_nights
 from sleepfed.board.sources.ble_parsing import MOVEMENT
 from sleepfed.model import logistic as model
-from sleepfed.model.features import estimated_efficiency, night_quality, night_windows
+from sleepfed.model.features import (
+    FEATURE_NAMES,
+    MOVEMENT_COLUMNS,
+    estimated_efficiency,
+    night_quality,
+    night_windows,
+)
 from sleepfed.model.walch import load_walch_subject, walch_dataset, walch_subjects
-from tests.support.helpers import agent_status, wait_connected, wait_for, write_agent_config
+from tests.support.helpers import (
+    agent_status,
+    run_agent,
+    stop_agent,
+    wait_connected,
+    wait_for,
+    write_agent_config,
+)
 
 SUBJECT = "1455390"
 ADDRESS = "C0:FF:EE:00:00:05"
@@ -83,6 +96,15 @@ def compare_with_dataset(buffer_path: Path, walch_dir: Path, night_start: float)
         got[:, activity_and_time], expected.features[:, activity_and_time], atol=1e-4
     )
     assert np.abs(got[:, 6:10] - expected.features[:, 6:10]).max() < 0.1
+
+
+def _model_of_others(walch_dir: Path) -> model.Arrays:
+    """Both heads trained on eight other people's nights."""
+    others = [s for s in walch_subjects(walch_dir) if s != SUBJECT][:8]
+    people = walch_dataset(walch_dir, others)
+    x = np.concatenate([people[s].features for s in others])
+    y = np.concatenate([people[s].labels for s in others])
+    return model.train(model.initial_arrays(), x[y >= 0], y[y >= 0], steps=300)
 
 
 def test_a_walch_night_over_ble_gives_the_data_sets_windows(
@@ -221,14 +243,93 @@ def test_a_walch_night_from_a_polar_strap_predicts_as_the_data_set_does(
     )
     assert np.abs(activity).max() < ACTIVITY_TOLERANCE and np.abs(activity).mean() < 0.2
     # the same model's estimate of the night, from the board's windows and the data set's
-    others = [s for s in walch_subjects(walch_dir) if s != SUBJECT][:8]
-    people = walch_dataset(walch_dir, others)
-    x = np.concatenate([people[s].features for s in others])
-    y = np.concatenate([people[s].labels for s in others])
-    trained = model.train(model.initial_arrays(), x[y >= 0], y[y >= 0], steps=300)
+    trained = _model_of_others(walch_dir)
     on_board, in_dataset = (model.good_probability(trained, w) for w in (got, expected.features))
     board, dataset = (estimated_efficiency(p, None) for p in (on_board, in_dataset))
     differing = int(((on_board >= 0.5) != (in_dataset >= 0.5)).sum())
     print(f"estimated efficiency: board {board:.3f}, data set {dataset:.3f}; {differing} windows")
     assert differing <= 1  # of the night's 47 windows
     assert night_quality(board) == night_quality(dataset)
+
+
+def test_a_plain_heart_rate_strap_is_predicted_by_the_movement_free_model(
+    tmp_path: Path, walch_dir: Path, bluez: BlueZStandIn, agent_procs: Any
+) -> None:
+    """A strap that sends heart rate and nothing else (0x2A37; no movement characteristic, no
+    PMD): status says the board has no movement, the night is kept as one without movement,
+    and it is predicted by the model's movement-free head, as the data set's night is when
+    its movement is taken away."""
+    bluez.add_heart_rate_sensor(
+        ADDRESS, "HR strap C0FFEE05", with_illuminance=False, with_movement=False,
+        with_current_time=True,
+    )  # fmt: skip
+    bluez.advertise(ADDRESS)
+    with PtyLink() as link:
+        config = board_config(tmp_path, link.device_path, device="")
+        proc = agent_procs(config)
+        wait_connected(config, expected="2/2", timeout=30, proc=proc)
+        night_start = default_night_start()
+        labels = replay(
+            walch_labels(walch_dir, SUBJECT, night_start), link.write, None, drain=link.drain
+        )
+        heart_rate_only = (
+            (uuid, value)
+            for uuid, value in walch_ble_notifications(walch_dir, SUBJECT, night_start)
+            if uuid != MOVEMENT
+        )
+        replay_ble(
+            heart_rate_only,
+            lambda uuid, value: bluez.notify(ADDRESS, uuid, value),
+            lambda uuid: bluez.wait_until_notifying(ADDRESS, uuid, timeout=20),
+        )
+        epochs = len(load_walch_subject(walch_dir, SUBJECT).hr)
+        wait_for(
+            lambda: (
+                (s := agent_status(config))
+                and s["accepted"].get("hr") == epochs
+                and s["accepted"].get("lbl") == labels
+            ),
+            60,
+            message="every heart rate and label committed",
+        )
+        stop_agent(proc, timeout=10)
+    status = agent_status(config)
+    assert status is not None
+    assert status["movement"] == {"wearable/strap": "none", "reference": "serial"}
+    assert "mov" not in status["accepted"] and status["rejected"] == {}
+
+    night = night_of(night_start, UTC)
+    trained = _model_of_others(walch_dir)
+    buffer = Buffer(tmp_path / "buffer.db")
+    try:
+        extract_night(buffer, night, UTC)
+        assert buffer.nights_without_movement() == {night}
+        got = np.array([r[2] for r in buffer.windows(night)])
+        buffer.save_model(1, "run-1", model.arrays_to_bytes(trained))
+        ((_, efficiency, quality),) = predict_nights(buffer)
+        assert buffer.latest_predictions()[night][3:] == ("global", "no_movement")
+    finally:
+        buffer.close()
+    # Without a reading the movement features read as lying still (still share 1): only the
+    # night's flag tells "no movement sensor" from "did not move", and the head ignores them.
+    still_share = MOVEMENT_COLUMNS[FEATURE_NAMES.index("still_share")]
+    assert (got[:, list(MOVEMENT_COLUMNS)] == 0).sum() == len(got) * (len(MOVEMENT_COLUMNS) - 1)
+    assert (got[:, still_share] == 1).all()
+    expected = night_windows(load_walch_subject(walch_dir, SUBJECT)).features
+    on_board, in_dataset = (
+        model.good_probability(trained, w, model.NO_MOVEMENT) for w in (got, expected)
+    )
+    assert efficiency == estimated_efficiency(on_board, None)
+    dataset = estimated_efficiency(in_dataset, None)
+    differing = int(((on_board >= 0.5) != (in_dataset >= 0.5)).sum())
+    # the full head, given the missing movement as zeros, reads the night as lying still
+    still = estimated_efficiency(model.good_probability(trained, got), None)
+    print(
+        f"movement-free head: board {efficiency:.3f}, data set {dataset:.3f}, {differing} "
+        f"windows differ; the full head on the same windows: {still:.3f}"
+    )
+    assert differing <= 1 and quality == night_quality(dataset)
+    assert still - efficiency > 0.2
+    text = run_agent("status", "--config", str(config)).stdout
+    assert "wearable/strap none (heart rate only: nights without movement are predicted" in text
+    assert "global model, movement-free head: no movement readings that night" in text

@@ -46,7 +46,7 @@ def main(grid, context):
         time.sleep(1)
     content = RecordDict(
         {
-            "arrays": ArrayRecord([np.zeros((1, 13))]),
+            "arrays": ArrayRecord([np.zeros((2, 13))]),
             "config": ConfigRecord({"server-round": 1, "local-iterations": 1}),
         }
     )

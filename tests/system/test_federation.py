@@ -98,7 +98,7 @@ def test_three_boards_two_rounds_over_tls(tmp_path: Path, walch_dir: Path) -> No
         shares = []
         for config in boards:
             buffer = Buffer(config.parent / "buffer.db", readonly=True)
-            _, labels, held_out = labelled_windows(buffer)
+            _, labels, held_out, _ = labelled_windows(buffer)
             buffer.close()
             shares.append(float(labels[~held_out].mean()))
         prior = float(np.median(shares))

@@ -476,7 +476,7 @@ def test_a_board_sends_only_arrays_metrics_and_flower_ids(tmp_path: Path, walch_
         needles.update(float_needles(arrays.ravel().tolist(), "personal model coefficient"))
     needles.update(float_needles([r.value for r in readings], "reading value"))
     # Self-check: the search does see what left (the arrays' and metrics' float64 bytes).
-    assert len(sent_values) == model.N_FEATURES + 1 + 6
+    assert len(sent_values) == int(np.prod(model.SHAPE)) + 6
     for value in sent_values:
         assert struct.pack("<d", value) in raw, f"search self-check: {value!r} not seen"
     found = sorted({why for needle, why in needles.items() if needle in haystack})

@@ -57,7 +57,7 @@ def test_wal_and_schema_version_and_idempotent_reopen(tmp_path: Path) -> None:
     path = tmp_path / "buffer.db"
     buffer = Buffer(path)
     assert buffer.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert buffer.schema_version() == SCHEMA_VERSION == 2
+    assert buffer.schema_version() == SCHEMA_VERSION == 3
     assert buffer.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert buffer.conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # INCREMENTAL
     buffer.add_readings([("s", Reading(T0 + i, Kind.HR, 60.0 + i)) for i in range(10)])

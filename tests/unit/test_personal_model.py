@@ -68,7 +68,7 @@ def test_a_personal_model_that_wins_predicts_the_persons_nights(
 
     record = buffer.personal_model()
     assert record is not None and record.base_version == 1
-    features, labels, held_out = labelled_windows(buffer)
+    features, labels, held_out, _ = labelled_windows(buffer)
     assert record.train_windows == int((~held_out).sum()) >= MIN_TRAIN_WINDOWS
     assert record.held_out_windows == int(held_out.sum())
     # the scores are the two models' own on the held-out windows
@@ -78,8 +78,8 @@ def test_a_personal_model_that_wins_predicts_the_persons_nights(
     assert record.personal_loss == pytest.approx(model.log_loss(personal, test_x, test_y))
     assert record.kept and record.personal_loss < record.global_loss, record
     # the night was predicted with the personal model
-    version, _, _, kind = buffer.latest_predictions()[night]
-    assert (version, kind) == (1, "personal")
+    version, _, _, kind, head = buffer.latest_predictions()[night]
+    assert (version, kind, head) == (1, "personal", "full")
     rows = np.array([r[2] for r in buffer.windows(NIGHT)])
     assert efficiency == pytest.approx(
         estimated_efficiency(model.good_probability(personal, rows), None)
@@ -134,7 +134,9 @@ def test_a_personal_model_of_another_shape_is_retired(tmp_path: Path, walch_dir:
     buffer.close()
 
 
-def test_a_buffer_from_before_migrates_and_its_predictions_were_global(tmp_path: Path) -> None:
+def test_a_buffer_from_before_migrates_and_its_predictions_were_global_and_full(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path)
     conn.executescript(MIGRATIONS[0])
@@ -143,7 +145,8 @@ def test_a_buffer_from_before_migrates_and_its_predictions_were_global(tmp_path:
     conn.commit()
     conn.close()
     buffer = Buffer(str(path))
-    assert buffer.latest_predictions() == {"2026-11-20": (3, 0.9, "good", "global")}
+    assert buffer.latest_predictions() == {"2026-11-20": (3, 0.9, "good", "global", "full")}
+    assert buffer.nights_without_movement() == set()
     assert buffer.personal_model() is None
     buffer.close()
 

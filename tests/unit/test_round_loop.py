@@ -73,7 +73,7 @@ def _run(tmp_path: Path, rounds: int) -> CountingGrid:
 def _held_out(path: Path) -> tuple[np.ndarray, np.ndarray]:
     buffer = Buffer(path, readonly=True)
     try:
-        features, labels, held_out = labelled_windows(buffer)
+        features, labels, held_out, _ = labelled_windows(buffer)
     finally:
         buffer.close()
     return features[held_out], labels[held_out]

@@ -106,7 +106,8 @@ def test_each_rule_rejects_with_its_reason() -> None:
         10: "norm-outlier",
     }
     assert sorted(norms) == [1, 2, 3, 10]
-    assert math.isclose(norms[1], math.sqrt(12 * 0.01 + 0.04))
+    # both heads: all 12 coefficients and the intercept, then the 6 not of movement and it
+    assert math.isclose(norms[1], math.sqrt((12 + 6) * 0.01 + 2 * 0.04))
 
 
 def test_mad_rule_needs_three_updates_and_tolerates_honest_spread() -> None:
@@ -236,12 +237,12 @@ def test_under_dp_no_scalar_is_used_and_unclipped_updates_are_rejected() -> None
     assert rules.max_update_norm == pytest.approx(0.5 * (1 + 1e-6))
     assert dp_rules(ValidationRules(max_update_norm=0.1), 0.5).max_update_norm == 0.1
     assert dp_rules(ValidationRules(), 0.0) == ValidationRules()
-    clipped = [np.full(model.SHAPE, 0.1)]
-    scale = 0.5 / np.sqrt(13 * 0.01)
+    clipped = [np.full(model.SHAPE, 0.05)]
+    scale = 0.5 / np.sqrt(2 * 13 * 0.05**2)
     replies = [
         _reply(1, [a * scale for a in clipped], weight=None),  # norm C: the board clipped
         _reply(2, clipped, weight=1e300, metrics={GOOD_SHARE_KEY: 7.0}),  # scalars: ignored
-        _reply(3, [a * 10 for a in clipped], weight=None),  # norm 3.6 > C: did not clip
+        _reply(3, [a * 10 for a in clipped], weight=None),  # norm 2.5 > C: did not clip
     ]
     replies[0].content["metrics"] = MetricRecord()  # what a board sends under DP
     strategy = _recording(rules, dp=True)
@@ -249,7 +250,7 @@ def test_under_dp_no_scalar_is_used_and_unclipped_updates_are_rejected() -> None
     assert [(r.node_id, r.reason) for r in strategy.rejections[1]] == [(3, "norm-cap")]
     # equal weights, node 3 counts as a zero update: (clipped * scale + clipped + 0) / 3
     got = arrays.to_numpy_ndarrays() if arrays is not None else []
-    assert got[0][0, -1] == pytest.approx(0.1 * (scale + 1) / 3)  # the intercept
+    assert got[0][0, -1] == pytest.approx(0.05 * (scale + 1) / 3)  # the intercept
     assert strategy.train_metrics[1] == {} and strategy.good_shares[1] is None
     for reply in replies:
         assert dict(reply.content["metrics"]) == {UNIFORM_WEIGHT_KEY: 1.0}

@@ -50,6 +50,11 @@ FEATURE_NAMES = (
     "hours_since_start",
 )
 N_FEATURES = len(FEATURE_NAMES)
+# The features a night without any MOV reading (a plain heart-rate strap) cannot have: the
+# model's movement-free head (sleepfed.model.logistic) sees them as 0.
+MOVEMENT_COLUMNS = tuple(
+    i for i, name in enumerate(FEATURE_NAMES) if name.startswith(("activity", "still"))
+)
 
 # Kinds as stored in the buffer (sleepfed.board.sources.protocol.Kind values), repeated here so
 # that the
@@ -65,6 +70,8 @@ class EpochSeries:
     hr: np.ndarray
     hours: np.ndarray
     asleep: np.ndarray  # 1.0 asleep, 0.0 awake, NaN unlabelled
+    # False for a night without a single MOV reading: its activity is unknown, not still.
+    has_movement: bool = True
 
     def __len__(self) -> int:
         return len(self.activity)
@@ -75,6 +82,7 @@ class NightWindows:
     features: np.ndarray  # (n_windows, N_FEATURES)
     labels: np.ndarray  # (n_windows,) 1 Good, 0 Poor, -1 unlabelled
     start_epochs: np.ndarray  # (n_windows,)
+    has_movement: bool = True
 
     @property
     def labelled(self) -> np.ndarray:
@@ -111,7 +119,10 @@ def night_windows(series: EpochSeries) -> NightWindows:
     n_windows = len(series) // WINDOW_EPOCHS
     if n_windows == 0:
         return NightWindows(
-            np.zeros((0, N_FEATURES)), np.zeros(0, dtype=int), np.zeros(0, dtype=int)
+            np.zeros((0, N_FEATURES)),
+            np.zeros(0, dtype=int),
+            np.zeros(0, dtype=int),
+            series.has_movement,
         )
     used = n_windows * WINDOW_EPOCHS
     activity = np.log1p(np.nan_to_num(series.activity[:used], nan=0.0).clip(min=0.0))
@@ -142,7 +153,7 @@ def night_windows(series: EpochSeries) -> NightWindows:
     labels = np.where(
         labelled >= MIN_LABELLED_EPOCHS, (share >= GOOD_WINDOW_ASLEEP_SHARE).astype(int), -1
     )
-    return NightWindows(features, labels, np.arange(n_windows) * WINDOW_EPOCHS)
+    return NightWindows(features, labels, np.arange(n_windows) * WINDOW_EPOCHS, series.has_movement)
 
 
 def reference_efficiency(series: EpochSeries) -> float | None:
@@ -193,6 +204,7 @@ def epochs_from_readings(
     """Epoch series from buffered readings ``(ts, kind, value)`` and labels ``(ts, stage)``."""
     n_epochs = max(math.floor((end_ts - start_ts) / EPOCH_SECONDS) + 1, 0)
     activity = np.zeros(n_epochs)
+    has_movement = False
     hr_sum, hr_count = np.zeros(n_epochs), np.zeros(n_epochs)
     rr_sum, rr_count = np.zeros(n_epochs), np.zeros(n_epochs)
     if readings:
@@ -207,6 +219,7 @@ def epochs_from_readings(
             np.add.at(counts, index[mask], 1)
         mask = kinds == _MOV
         np.add.at(activity, index[mask], values[mask])
+        has_movement = bool(mask.any())
     with np.errstate(invalid="ignore", divide="ignore"):
         hr = np.where(hr_count > 0, hr_sum / hr_count, np.nan)
         from_rr = np.where(rr_count > 0, 60000.0 / (rr_sum / rr_count), np.nan)
@@ -217,4 +230,4 @@ def epochs_from_readings(
         if 0 <= i < n_epochs:
             asleep[i] = 1.0 if stage > 0 else 0.0
     hours = np.arange(n_epochs) * EPOCH_SECONDS / 3600.0
-    return EpochSeries(activity, hr, hours, asleep)
+    return EpochSeries(activity, hr, hours, asleep, has_movement)

@@ -1,4 +1,5 @@
-"""The sleep model's training objective and the board's two ways of lowering it.
+"""The sleep model's training objective and the board's two ways of lowering it, for one
+head of the model (:mod:`sleepfed.model.logistic` applies them to each head).
 
 One objective, per window ``i`` of a board's ``n`` training windows, with ``θ = (w, b)``::
 
@@ -26,27 +27,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from sleepfed.model.features import N_FEATURES
-
 DEFAULT_ALPHA = 1e-3  # ridge per window (about scikit-learn's C = 1 on ~1,000 windows)
 DEFAULT_STEPS = 20
 DEFAULT_LEARNING_RATE = 0.5
-
-Arrays = list[np.ndarray]
 
 
 def balanced_weights(labels: np.ndarray) -> np.ndarray:
     n = len(labels)
     counts = np.bincount(labels, minlength=2).astype(float)
     return n / (2.0 * counts[labels])
-
-
-def _theta(arrays: Arrays) -> np.ndarray:
-    return arrays[0][0].astype(float)  # astype copies: the caller's arrays stay as they are
-
-
-def _arrays(theta: np.ndarray) -> Arrays:
-    return [theta.reshape(1, N_FEATURES + 1).copy()]
 
 
 def value_and_gradient(
@@ -78,7 +67,7 @@ def _two_classes(labels: np.ndarray) -> bool:
 
 
 def descend(
-    arrays: Arrays,
+    start: np.ndarray,
     features: np.ndarray,
     labels: np.ndarray,
     *,
@@ -86,16 +75,17 @@ def descend(
     learning_rate: float = DEFAULT_LEARNING_RATE,
     alpha: float = DEFAULT_ALPHA,
     mu: float = 0.0,
-) -> Arrays:
-    """``steps`` gradient steps of size ``learning_rate`` from ``arrays`` (also the anchor)."""
+) -> np.ndarray:
+    """``steps`` gradient steps of size ``learning_rate`` from ``start`` = θ (also the
+    anchor); a new θ, ``start`` unchanged."""
     if mu < 0 or learning_rate <= 0 or steps < 0:
         raise ValueError(
             f"bad training settings: steps {steps}, learning rate {learning_rate}, mu {mu}"
         )
     labels = np.asarray(labels, dtype=int)
+    anchor = np.array(start, dtype=float)  # a copy: the caller's θ stays as it is
     if not _two_classes(labels):
-        return [a.copy() for a in arrays]  # one class only: nothing to learn locally
-    anchor = _theta(arrays)
+        return anchor  # one class only: nothing to learn locally
     theta = anchor.copy()
     weights = balanced_weights(labels)
     for _ in range(steps):
@@ -103,27 +93,27 @@ def descend(
             theta, features, labels, weights, alpha=alpha, anchor=anchor, mu=mu
         )
         theta -= learning_rate * gradient
-    return _arrays(theta)
+    return theta
 
 
 def fit_proximal(
-    arrays: Arrays,
+    start: np.ndarray,
     features: np.ndarray,
     labels: np.ndarray,
     *,
     mu: float,
     alpha: float = DEFAULT_ALPHA,
     iterations: int = 100,
-) -> Arrays:
-    """Minimise the objective with its proximal term around ``arrays`` (L-BFGS)."""
+) -> np.ndarray:
+    """Minimise the objective with its proximal term around ``start`` = θ (L-BFGS)."""
     from scipy.optimize import minimize
 
     if mu < 0:
         raise ValueError(f"proximal mu must be >= 0, got {mu}")
     labels = np.asarray(labels, dtype=int)
+    anchor = np.array(start, dtype=float)
     if not _two_classes(labels):
-        return [a.copy() for a in arrays]  # one class only: nothing to learn locally
-    anchor = _theta(arrays)
+        return anchor  # one class only: nothing to learn locally
     weights = balanced_weights(labels)
     result = minimize(
         lambda theta: value_and_gradient(
@@ -134,4 +124,4 @@ def fit_proximal(
         method="L-BFGS-B",
         options={"maxiter": iterations},
     )
-    return _arrays(result.x)
+    return np.asarray(result.x, dtype=float)

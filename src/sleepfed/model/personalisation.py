@@ -24,8 +24,16 @@ def personalise(
     features: np.ndarray,
     labels: np.ndarray,
     *,
+    movement: np.ndarray | None = None,
     mu: float = DEFAULT_MU,
     iterations: int = DEFAULT_ITERATIONS,
 ) -> model.Arrays:
-    """The person's own model: the global one fine-tuned on their labelled windows."""
-    return objective.fit_proximal(global_arrays, features, labels, mu=mu, iterations=iterations)
+    """The person's own model: the global one fine-tuned on their labelled windows, each
+    head on its windows (``movement``: which windows' nights have movement; None: all)."""
+    return model.each_head(
+        global_arrays,
+        features,
+        labels,
+        movement,
+        lambda theta, x, y: objective.fit_proximal(theta, x, y, mu=mu, iterations=iterations),
+    )

@@ -67,23 +67,26 @@ class ModelTables(BufferConnection):
         efficiency: float,
         quality: str,
         model_kind: str = "global",
+        head: str = "full",
     ) -> None:
         """``model_kind``: "global", or "personal" (the person's own model, fine-tuned from
-        global model ``model_version``)."""
+        global model ``model_version``); ``head``: "full", or "no_movement" for a night
+        without movement readings (sleepfed.model.logistic)."""
         with self.transaction() as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO predictions VALUES (?, ?, ?, ?, ?, ?)",
-                (night, model_version, efficiency, quality, time.time(), model_kind),
+                "INSERT OR REPLACE INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (night, model_version, efficiency, quality, time.time(), model_kind, head),
             )
 
-    def latest_predictions(self) -> dict[str, tuple[int, float, str, str]]:
-        """night -> (model version, efficiency, quality, model kind), newest model per night."""
+    def latest_predictions(self) -> dict[str, tuple[int, float, str, str, str]]:
+        """night -> (model version, efficiency, quality, model kind, head), newest model per
+        night."""
         rows = self.conn.execute(
-            "SELECT night, model_version, efficiency, quality, model_kind FROM predictions p "
+            "SELECT night, model_version, efficiency, quality, model_kind, head FROM predictions p "
             "WHERE model_version = "
             "(SELECT MAX(model_version) FROM predictions q WHERE q.night = p.night)"
         ).fetchall()
-        return {night: (version, eff, quality, kind) for night, version, eff, quality, kind in rows}
+        return {night: tuple(rest) for night, *rest in rows}
 
     # -- the person's own model (sleepfed.board.nights.personal_model) --------------------
     def save_personal_model(self, record: PersonalModelRecord) -> None:

@@ -22,6 +22,7 @@ class NightTables(BufferConnection):
         epochs: int,
         windows: Iterable[tuple[float, list[float], int | None]],
         reference_efficiency: float | None,
+        movement: bool = True,
     ) -> None:
         rows = [(night, start, json.dumps(feats), label) for start, feats, label in windows]
         with self.transaction() as conn:
@@ -31,7 +32,8 @@ class NightTables(BufferConnection):
             )
             conn.execute(
                 "INSERT OR REPLACE INTO nights (night, start_ts, end_ts, epochs, windows, "
-                "labelled_windows, reference_efficiency, extracted_at) VALUES (?,?,?,?,?,?,?,?)",
+                "labelled_windows, reference_efficiency, extracted_at, movement) "
+                "VALUES (?,?,?,?,?,?,?,?,?)",
                 (
                     night,
                     start_ts,
@@ -41,11 +43,16 @@ class NightTables(BufferConnection):
                     sum(1 for r in rows if r[3] is not None),
                     reference_efficiency,
                     time.time(),
+                    int(movement),
                 ),
             )
 
     def night_names(self) -> list[str]:
         return [r[0] for r in self.conn.execute("SELECT night FROM nights ORDER BY night")]
+
+    def nights_without_movement(self) -> set[str]:
+        """Nights without a single movement reading: the movement-free head predicts them."""
+        return {r[0] for r in self.conn.execute("SELECT night FROM nights WHERE movement = 0")}
 
     def night_info(self, night: str) -> dict[str, object] | None:
         cursor = self.conn.execute("SELECT * FROM nights WHERE night = ?", (night,))

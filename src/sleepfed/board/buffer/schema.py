@@ -76,5 +76,11 @@ MIGRATIONS: list[str] = [
     );
     ALTER TABLE predictions ADD COLUMN model_kind TEXT NOT NULL DEFAULT 'global';
     """,
+    # Nights without a single movement reading (a plain heart-rate strap) and the model head
+    # that predicted each night (sleepfed.model.logistic: full or no_movement).
+    """
+    ALTER TABLE nights ADD COLUMN movement INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE predictions ADD COLUMN head TEXT NOT NULL DEFAULT 'full';
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -9,6 +9,7 @@ board trains.
 from __future__ import annotations
 
 import zlib
+from typing import NamedTuple
 
 import numpy as np
 
@@ -24,13 +25,24 @@ def is_held_out(night: str, start_ts: float) -> bool:
     return zlib.crc32(key) % 100 < HELD_OUT_SHARE_PERCENT
 
 
-def labelled_windows(buffer: Buffer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(features, labels, held-out mask) of the buffer's labelled windows."""
+class LabelledWindows(NamedTuple):
+    features: np.ndarray  # (n, F)
+    labels: np.ndarray  # (n,) 1 Good, 0 Poor
+    held_out: np.ndarray  # (n,) never trained on
+    movement: np.ndarray  # (n,) False where the window's night has no movement reading
+
+
+def labelled_windows(buffer: Buffer) -> LabelledWindows:
+    """The buffer's labelled windows, which are held out, and which have movement."""
     rows = buffer.windows(labelled_only=True)
     if not rows:
         empty = np.zeros((0, model.N_FEATURES))
-        return empty, np.zeros(0, dtype=int), np.zeros(0, dtype=bool)
-    features = np.array([r[2] for r in rows], dtype=float)
-    labels = np.array([r[3] for r in rows], dtype=int)
-    held_out = np.array([is_held_out(r[0], r[1]) for r in rows], dtype=bool)
-    return features, labels, held_out
+        none = np.zeros(0, dtype=bool)
+        return LabelledWindows(empty, np.zeros(0, dtype=int), none, none)
+    still_unknown = buffer.nights_without_movement()
+    return LabelledWindows(
+        np.array([r[2] for r in rows], dtype=float),
+        np.array([r[3] for r in rows], dtype=int),
+        np.array([is_held_out(r[0], r[1]) for r in rows], dtype=bool),
+        np.array([r[0] not in still_unknown for r in rows], dtype=bool),
+    )

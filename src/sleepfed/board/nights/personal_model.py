@@ -37,8 +37,10 @@ MIN_TRAIN_WINDOWS = 30  # about one night (48 windows, 20% held out)
 MIN_HELD_OUT_WINDOWS = 5
 
 
-def _accuracy(arrays: model.Arrays, features: np.ndarray, labels: np.ndarray) -> float:
-    predicted = (model.good_probability(arrays, features) >= 0.5).astype(int)
+def _accuracy(
+    arrays: model.Arrays, features: np.ndarray, labels: np.ndarray, movement: np.ndarray
+) -> float:
+    predicted = (model.probability_by_window(arrays, features, movement) >= 0.5).astype(int)
     return float((predicted == labels).mean())
 
 
@@ -47,18 +49,18 @@ def make_personal_model(
 ) -> PersonalModelRecord | None:
     """Fine-tune global model ``base_version`` on the board's training windows and score
     both on its held-out windows; None if the board has too few windows of both classes."""
-    features, labels, held_out = labelled_windows(buffer)
+    features, labels, held_out, movement = labelled_windows(buffer)
     train_x, train_y = features[~held_out], labels[~held_out]
-    test_x, test_y = features[held_out], labels[held_out]
+    test_x, test_y, test_movement = features[held_out], labels[held_out], movement[held_out]
     if (
         len(train_y) < MIN_TRAIN_WINDOWS
         or len(test_y) < MIN_HELD_OUT_WINDOWS
         or len(np.unique(train_y)) < 2
     ):
         return None
-    personal = personalise(global_arrays, train_x, train_y)
-    global_loss = model.log_loss(global_arrays, test_x, test_y)
-    personal_loss = model.log_loss(personal, test_x, test_y)
+    personal = personalise(global_arrays, train_x, train_y, movement=movement[~held_out])
+    global_loss = model.log_loss(global_arrays, test_x, test_y, test_movement)
+    personal_loss = model.log_loss(personal, test_x, test_y, test_movement)
     return PersonalModelRecord(
         base_version=base_version,
         arrays=model.arrays_to_bytes(personal),
@@ -66,8 +68,8 @@ def make_personal_model(
         held_out_windows=len(test_y),
         global_loss=global_loss,
         personal_loss=personal_loss,
-        global_accuracy=_accuracy(global_arrays, test_x, test_y),
-        personal_accuracy=_accuracy(personal, test_x, test_y),
+        global_accuracy=_accuracy(global_arrays, test_x, test_y, test_movement),
+        personal_accuracy=_accuracy(personal, test_x, test_y, test_movement),
         kept=personal_loss < global_loss,
         made_at=time.time(),
     )

@@ -114,13 +114,16 @@ def extract_night(buffer: Buffer, night: str, tz: ZoneInfo) -> int:
             windows.start_epochs, windows.features, windows.labels, strict=True
         )
     ]
-    buffer.save_night(night, first, last, len(series), rows, reference_efficiency(series))
+    buffer.save_night(
+        night, first, last, len(series), rows, reference_efficiency(series), series.has_movement
+    )
     log.info(
-        "night=%s extracted epochs=%d windows=%d labelled=%d",
+        "night=%s extracted epochs=%d windows=%d labelled=%d movement=%s",
         night,
         len(series),
         len(rows),
         sum(1 for r in rows if r[2] is not None),
+        "yes" if series.has_movement else "none",
     )
     return len(rows)
 
@@ -188,25 +191,30 @@ def predict_nights(buffer: Buffer) -> list[tuple[str, float, str]]:
     share = state.get("population_good_share")
     good_share = float(share) if isinstance(share, int | float) else None
     made = []
+    still_unknown = buffer.nights_without_movement()
     for night in pending:
         rows = buffer.windows(night)
         if not rows:
             continue
         features = np.array([r[2] for r in rows], dtype=float)
-        efficiency = estimated_efficiency(model.good_probability(arrays, features), good_share)
+        # A night without movement readings: the head that never learnt from movement.
+        head = model.NO_MOVEMENT if night in still_unknown else model.FULL
+        probabilities = model.good_probability(arrays, features, head)
+        efficiency = estimated_efficiency(probabilities, good_share)
         if math.isnan(efficiency):
             continue
         quality = night_quality(efficiency)
-        buffer.save_prediction(night, version, efficiency, quality, kind)
+        buffer.save_prediction(night, version, efficiency, quality, kind, model.HEADS[head])
         made.append((night, efficiency, quality))
         log.info(
-            "night=%s predicted efficiency=%.3f quality=%s model=%d (round %d, %s)",
+            "night=%s predicted efficiency=%.3f quality=%s model=%d (round %d, %s, %s head)",
             night,
             efficiency,
             quality,
             version,
             server_round,
             kind,
+            model.HEADS[head],
             extra={"ROUND": server_round},
         )
     return made

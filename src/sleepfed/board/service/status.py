@@ -13,7 +13,7 @@ from sleepfed.board.buffer.model_tables import PersonalModelRecord
 from sleepfed.board.buffer.store import Buffer, BufferCounts
 from sleepfed.board.federation.outcome import SessionOutcome
 from sleepfed.board.service import clock
-from sleepfed.board.service.config import AgentConfig
+from sleepfed.board.service.config import AgentConfig, BleSourceConfig
 
 # Exit codes of ``sleepfed-agent status`` (2 is a configuration error, as everywhere).
 EXIT_HEALTHY = 0
@@ -93,6 +93,7 @@ def collect(config: AgentConfig) -> dict[str, Any]:
             "sources_connected": state.sources_connected,
         },
         "buffer": _buffer_section(config, snapshot.counts),
+        "movement": movement_sources(config),
         **_counter_sections(snapshot.counters),
         "rounds": _rounds_section(snapshot),
         "federation": _federation_section(config, state, running),
@@ -105,6 +106,26 @@ def collect(config: AgentConfig) -> dict[str, Any]:
         },
         "last_night": _last_night_section(snapshot),
     }
+
+
+def movement_sources(config: AgentConfig) -> dict[str, str]:
+    """Where each configured device's movement comes from: ``pmd`` (Polar accelerometer),
+    ``characteristic``, ``serial`` (MOV lines, if the device sends them) or ``none`` (a plain
+    heart-rate strap: its nights are predicted by the movement-free head)."""
+    found: dict[str, str] = {}
+    for source in config.sources:
+        if isinstance(source, BleSourceConfig):
+            for device in source.devices:
+                found[f"{source.name}/{device.name}"] = (
+                    "pmd"
+                    if device.pmd_acc_hz
+                    else "characteristic"
+                    if device.movement_characteristic
+                    else "none"
+                )
+        else:
+            found[source.name] = "serial"
+    return found
 
 
 def _buffer_section(config: AgentConfig, counts: BufferCounts) -> dict[str, Any]:
@@ -191,6 +212,9 @@ def _last_night_section(snapshot: _BufferSnapshot) -> dict[str, Any]:
         "predicted_quality": prediction[2] if prediction else None,
         "model_version": prediction[0] if prediction else None,
         "model_kind": prediction[3] if prediction else None,  # global or personal
+        # full, or no_movement: the night had no movement reading (a plain heart-rate strap)
+        "model_head": prediction[4] if prediction else None,
+        "movement": bool(info.get("movement", 1)) if info else None,
         "reference_efficiency": info.get("reference_efficiency") if info else None,
         "reference_good_share": (
             sum(int(w[3] or 0) for w in labelled) / len(labelled) if labelled else None

@@ -37,7 +37,24 @@ def _board_lines(status: dict[str, Any]) -> list[str]:
         f"buffer          {b['readings']} readings, {b['stage_labels']} stage labels, "
         f"{b['nights']} nights, {b['windows']} windows ({b['labelled_windows']} labelled)",
         f"buffer size     {b['used_bytes'] / 1e6:.2f} MB used, cap {cap}",
+        _movement_line(status["movement"]),
     ]
+
+
+MOVEMENT_WORDS = {
+    "none": "none (heart rate only: nights without movement are predicted by the movement-free"
+    " model)",
+    "serial": "serial (MOV lines, if the device sends them)",
+}
+
+
+def _movement_line(sources: dict[str, str]) -> str:
+    return "movement        " + (
+        ", ".join(
+            f"{name} {MOVEMENT_WORDS.get(kind, kind)}" for name, kind in sorted(sources.items())
+        )
+        or "no sources"
+    )
 
 
 def _count_lines(status: dict[str, Any]) -> list[str]:
@@ -112,12 +129,15 @@ def _personal_line(p: dict[str, Any] | None) -> str:
     )
 
 
+HEAD_WORDS = {"no_movement": ", movement-free head: no movement readings that night"}
+
+
 def _last_night_line(n: dict[str, Any]) -> str:
     if not n["night"]:
         return "last night      no finished night yet"
     predicted = (
         f"{n['predicted_quality']} (efficiency {100 * n['predicted_efficiency']:.0f}%, "
-        f"{n['model_kind']} model)"
+        f"{n['model_kind']} model{HEAD_WORDS.get(n['model_head'], '')})"
         if n["predicted_quality"]
         else "not predicted yet"
     )

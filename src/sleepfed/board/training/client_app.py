@@ -51,12 +51,15 @@ EVAL_EXAMPLES_KEY = "eval-examples"
 EVAL_KEYS = (EVAL_LOSS_KEY, EVAL_ACCURACY_KEY, EVAL_EXAMPLES_KEY)
 
 
-def _score(arrays: model.Arrays, features: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+def _score(
+    arrays: model.Arrays, features: np.ndarray, labels: np.ndarray, movement: np.ndarray
+) -> dict[str, float]:
+    """Loss and accuracy, each window by the head its night calls for."""
     if len(labels) == 0:
         return {"loss": 0.0, "accuracy": 0.0}
-    probabilities = model.good_probability(arrays, features)
+    probabilities = model.probability_by_window(arrays, features, movement)
     return {
-        "loss": model.log_loss(arrays, features, labels),
+        "loss": model.log_loss(arrays, features, labels, movement),
         "accuracy": float(((probabilities >= 0.5).astype(int) == labels).mean()),
     }
 
@@ -115,9 +118,10 @@ def _adopt_global_model(
     version = buffer.save_model(
         global_round, str(msg.metadata.run_id), model.arrays_to_bytes(arrays)
     )
-    features, labels, held_out = labelled_windows(buffer)
-    test_x, test_y = features[held_out], labels[held_out]
-    scores = _score(arrays, test_x, test_y)
+    windows = labelled_windows(buffer)
+    held_out = windows.held_out
+    test_y = windows.labels[held_out]
+    scores = _score(arrays, windows.features[held_out], test_y, windows.movement[held_out])
     buffer.bump_counters({"rounds_evaluated": 1})
     state: dict[str, object] = {
         "model_version": version,
@@ -153,14 +157,22 @@ def train(msg: Message, context: Context) -> Message:
         evaluation: dict[str, float] = {}
         if isinstance(model_round, int) and model_round > 0:
             evaluation = _adopt_global_model(buffer, arrays, model_round, msg, final_round=-1)
-        features, labels, held_out = labelled_windows(buffer)
-        train_x, train_y = features[~held_out], labels[~held_out]
+        windows = labelled_windows(buffer)
+        training = ~windows.held_out
+        train_x, train_y = windows.features[training], windows.labels[training]
+        movement = windows.movement[training]
         started = time.perf_counter()
         new_arrays = model.train(
-            arrays, train_x, train_y, steps=steps, learning_rate=learning_rate, mu=mu
+            arrays,
+            train_x,
+            train_y,
+            movement=movement,
+            steps=steps,
+            learning_rate=learning_rate,
+            mu=mu,
         )
         seconds = time.perf_counter() - started
-        scores = _score(new_arrays, train_x, train_y)
+        scores = _score(new_arrays, train_x, train_y, movement)
         buffer.bump_counters({"rounds_trained": 1})
         buffer.set_state(
             last_train_round=server_round,

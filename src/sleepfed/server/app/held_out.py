@@ -20,6 +20,10 @@ def held_out_scores(
         "balanced_accuracy": model.balanced_accuracy(labels, predicted),
         "loss": model.log_loss(arrays, features, labels),
         "windows": float(len(labels)),
+        # the same windows as a plain heart-rate strap's board sees them (no movement)
+        "auc_no_movement": model.auc(
+            labels, model.good_probability(arrays, features, model.NO_MOVEMENT)
+        ),
     }
 
 

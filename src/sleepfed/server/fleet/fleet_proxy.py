@@ -35,7 +35,7 @@ from sleepfed.server.ops.config import ServerConfig
 log = logging.getLogger("sleepfed.server")
 
 # The largest request body a board may send (Flower pushes one object per request; our model
-# is 13 floats and a SecAgg+ share a few KB). Larger bodies get 413 from nginx.
+# is 26 floats and a SecAgg+ share a few KB). Larger bodies get 413 from nginx.
 MAX_BODY = "4m"
 LOOPBACK_NAME = "localhost"  # a DNS SAN of the loopback certificate (nginx checks names only)
 ACCESS_LOG_FORMAT = '$remote_addr [$time_iso8601] "$request" $status $body_bytes_sent'

@@ -165,13 +165,15 @@ def format_table(result: dict[str, Any]) -> str:
         f"{setup['subjects']} subjects, {setup['folds']} leave-subjects-out folds, "
         f"strategy {setup['strategy']}, {setup['rounds']} rounds "
         f"x {setup['local_iterations']} local gradient steps of {setup['learning_rate']}",
-        f"{'method':<12} {'AUC':>6} {'bal.acc':>8} {'SE MAE (pts)':>13} {'rounds to 99%':>14}",
+        f"{'method':<12} {'AUC':>6} {'bal.acc':>8} {'SE MAE (pts)':>13} {'rounds to 99%':>14}"
+        f" {'AUC no movement':>16}",
     ]
     for method in METHODS:
         row = result[method]
         lines.append(
             f"{method:<12} {cell(row['auc']):>6} {cell(row['balanced_accuracy']):>8} "
             f"{cell(row['night_se_mae'], 2):>13} {cell(row.get('rounds_to_99pct_auc')):>14}"
+            f" {cell(row.get('auc_no_movement')):>16}"
         )
     personal = result.get("personalisation") or {}
     if personal:

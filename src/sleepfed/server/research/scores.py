@@ -52,6 +52,7 @@ def scores(
     features = np.vstack([p.labelled_xy[0] for p in people])
     labels = np.concatenate([p.labelled_xy[1] for p in people])
     probabilities = model.good_probability(arrays, features)
+    heart_rate_only = model.good_probability(arrays, features, model.NO_MOVEMENT)
     errors = [
         abs(night_efficiency(arrays, p.night.features, calibration) - p.reference_efficiency)
         for p in people
@@ -61,6 +62,8 @@ def scores(
         "auc": model.auc(labels, probabilities),
         "balanced_accuracy": model.balanced_accuracy(labels, (probabilities >= 0.5).astype(int)),
         "night_se_mae": 100.0 * float(np.mean(errors)) if errors else float("nan"),
+        # the movement-free head on the same windows, as a plain heart-rate strap's board
+        "auc_no_movement": model.auc(labels, heart_rate_only),
     }
 
 
