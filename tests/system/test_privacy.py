@@ -92,7 +92,8 @@ def test_dp_clipping_mod_clips_only_when_asked() -> None:
     context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
     plain = dp_clipping_mod(_train_message(global_arrays, {}), context, app)
     norm = np.sqrt(sum(np.sum(a**2) for a in plain.content["arrays"].to_numpy_ndarrays()))
-    assert norm == pytest.approx(np.sqrt(12 * 9 + 16))
+    # both heads: 12 coefficients and the intercept, then the 6 not of movement and it
+    assert norm == pytest.approx(np.sqrt((12 + 6) * 9 + 2 * 16))
     asked = _train_message(global_arrays, {"clipping_norm": 0.5})
     clipped = dp_clipping_mod(asked, context, app).content["arrays"].to_numpy_ndarrays()
     assert np.sqrt(sum(np.sum(a**2) for a in clipped)) == pytest.approx(0.5)
