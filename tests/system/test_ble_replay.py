@@ -98,6 +98,43 @@ def compare_with_dataset(buffer_path: Path, walch_dir: Path, night_start: float)
     assert np.abs(got[:, 6:10] - expected.features[:, 6:10]).max() < 0.1
 
 
+def send_night(
+    config: Path,
+    link: PtyLink,
+    bluez: BlueZStandIn,
+    walch_dir: Path,
+    night_start: float,
+    *,
+    with_movement: bool = True,
+) -> tuple[int, int, int]:
+    """The subject's labels over the serial reference device and its notifications over
+    BLE (without the movement ones unless ``with_movement``), until every heart rate and
+    label is committed: (notifications sent, labels sent, epochs)."""
+    labels = replay(
+        walch_labels(walch_dir, SUBJECT, night_start), link.write, None, drain=link.drain
+    )
+    sent = replay_ble(
+        (
+            (uuid, value)
+            for uuid, value in walch_ble_notifications(walch_dir, SUBJECT, night_start)
+            if with_movement or uuid != MOVEMENT
+        ),
+        lambda uuid, value: bluez.notify(ADDRESS, uuid, value),
+        lambda uuid: bluez.wait_until_notifying(ADDRESS, uuid, timeout=20),
+    )
+    epochs = len(load_walch_subject(walch_dir, SUBJECT).hr)
+    wait_for(
+        lambda: (
+            (s := agent_status(config))
+            and s["accepted"].get("hr") == epochs
+            and s["accepted"].get("lbl") == labels
+        ),
+        60,
+        message="every heart rate and label committed",
+    )
+    return sent, labels, epochs
+
+
 def _model_of_others(walch_dir: Path) -> model.Arrays:
     """Both heads trained on eight other people's nights."""
     others = [s for s in walch_subjects(walch_dir) if s != SUBJECT][:8]
@@ -117,25 +154,8 @@ def test_a_walch_night_over_ble_gives_the_data_sets_windows(
         proc = agent_procs(config)
         wait_connected(config, expected="2/2", timeout=30, proc=proc)
         night_start = default_night_start()
-        labels = replay(
-            walch_labels(walch_dir, SUBJECT, night_start), link.write, None, drain=link.drain
-        )
-        sent = replay_ble(
-            walch_ble_notifications(walch_dir, SUBJECT, night_start),
-            lambda uuid, value: bluez.notify(ADDRESS, uuid, value),
-            lambda uuid: bluez.wait_until_notifying(ADDRESS, uuid, timeout=20),
-        )
-        epochs = len(load_walch_subject(walch_dir, SUBJECT).hr)
+        sent, labels, epochs = send_night(config, link, bluez, walch_dir, night_start)
         assert sent == 4 * epochs
-        wait_for(
-            lambda: (
-                (s := agent_status(config))
-                and s["accepted"].get("hr") == epochs
-                and s["accepted"].get("lbl") == labels
-            ),
-            60,
-            message="every heart rate and label committed",
-        )
         status = agent_status(config)
         assert status is not None
         assert status["accepted"] == {"hr": epochs, "rr": epochs, "mov": epochs, "lbl": labels}
@@ -269,29 +289,10 @@ def test_a_plain_heart_rate_strap_is_predicted_by_the_movement_free_model(
         proc = agent_procs(config)
         wait_connected(config, expected="2/2", timeout=30, proc=proc)
         night_start = default_night_start()
-        labels = replay(
-            walch_labels(walch_dir, SUBJECT, night_start), link.write, None, drain=link.drain
+        sent, _, epochs = send_night(
+            config, link, bluez, walch_dir, night_start, with_movement=False
         )
-        heart_rate_only = (
-            (uuid, value)
-            for uuid, value in walch_ble_notifications(walch_dir, SUBJECT, night_start)
-            if uuid != MOVEMENT
-        )
-        replay_ble(
-            heart_rate_only,
-            lambda uuid, value: bluez.notify(ADDRESS, uuid, value),
-            lambda uuid: bluez.wait_until_notifying(ADDRESS, uuid, timeout=20),
-        )
-        epochs = len(load_walch_subject(walch_dir, SUBJECT).hr)
-        wait_for(
-            lambda: (
-                (s := agent_status(config))
-                and s["accepted"].get("hr") == epochs
-                and s["accepted"].get("lbl") == labels
-            ),
-            60,
-            message="every heart rate and label committed",
-        )
+        assert sent == 3 * epochs
         stop_agent(proc, timeout=10)
     status = agent_status(config)
     assert status is not None
