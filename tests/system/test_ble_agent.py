@@ -14,16 +14,17 @@ import pytest
 from sleepfed_tools.bluez_standin import BlueZStandIn
 
 from sleepfed.board.sources.ble_parsing import (
+    BATTERY_LEVEL,
     CURRENT_TIME,
     HEART_RATE_MEASUREMENT,
     ILLUMINANCE,
     MOVEMENT,
     format_current_time,
 )
-from tests.support.helpers import agent_status, wait_for, write_agent_config
+from tests.support.helpers import agent_status, run_agent, wait_for, write_agent_config
 
 ADDRESS = "C0:FF:EE:00:00:01"
-HR_KIND, RR_KIND, MOV_KIND, LUX_KIND = 1, 2, 3, 4
+HR_KIND, RR_KIND, MOV_KIND, LUX_KIND, BAT_KIND = 1, 2, 3, 4, 6
 
 
 def ble_config(tmp_path: Path, *, by: str = "address", extra_device: str = "") -> Path:
@@ -244,3 +245,37 @@ def test_a_device_that_disappears_is_searched_for_until_it_is_back(
     seen = counters(config)
     assert seen["ble_link_lost"] == 1 and seen["ble_connects"] == 2
     assert proc.poll() is None
+
+
+def test_the_battery_level_is_read_at_connect_its_changes_followed_and_a_low_one_flagged(
+    tmp_path: Path, bluez: BlueZStandIn, agent_procs: Any
+) -> None:
+    config = ble_config(tmp_path)
+    bluez.add_heart_rate_sensor(ADDRESS, with_illuminance=False)
+    bluez.add_battery(ADDRESS, bytes([84]))
+    bluez.advertise(ADDRESS)
+    agent_procs(config)
+
+    def battery() -> float | None:
+        status = agent_status(config, check=False)  # None until the buffer exists
+        level = status["battery"].get("ble") if status else None
+        return level["percent"] if level else None
+
+    wait_for(lambda: battery() == 84.0, 20, message="the level read at connect")
+    status = agent_status(config)
+    assert status is not None and status["health"] == "ok", status
+    # the strap notifies changes; a malformed or impossible level is rejected and counted
+    bluez.wait_until_notifying(ADDRESS, BATTERY_LEVEL, timeout=10)
+    assert bluez.notify(ADDRESS, BATTERY_LEVEL, b"\x07\x00")
+    assert bluez.notify(ADDRESS, BATTERY_LEVEL, bytes([101]))
+    assert bluez.notify(ADDRESS, BATTERY_LEVEL, bytes([7]))
+    wait_for(lambda: battery() == 7.0, 20, message="the notified level")
+    status = agent_status(config)
+    assert status is not None
+    assert status["rejected"] == {"ble_wrong_length": 1, "value_out_of_range": 1}, status
+    assert status["health"] == "degraded"
+    assert "battery of ble at 7%: charge it or change its cell" in status["problems"]
+    assert [v for _, v in rows(config, BAT_KIND)] == [84.0, 7.0]
+    shown = run_agent("status", "--config", str(config))
+    assert shown.returncode == 3  # degraded
+    assert "battery         ble 7% at " in shown.stdout

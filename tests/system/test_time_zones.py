@@ -12,6 +12,7 @@ have trained. The server's clock is not moved: it has no windows.
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -69,6 +70,15 @@ class Fleet:
             return history.rounds(), history.runs()
         finally:
             history.close()
+
+
+def _server(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sleepfed.server.ops.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _trained(config: Path) -> int:
@@ -154,6 +164,16 @@ def test_fedbuff_trains_across_time_zones_where_fedavg_waits(
         text = run_agent("status", "--config", str(fedbuff.boards[last_zone][0])).stdout
     finally:
         stop(processes)
+    # the operator's commands read the versions as rounds
+    server_config = str(fedbuff.root / "server" / "server.toml")
+    listed = _server("history", "--config", server_config)
+    lines = listed.stdout.splitlines()
+    assert listed.returncode == 0 and len(lines) == VERSIONS, listed
+    assert all("  staleness " in line and "held-out AUC" in line for line in lines), lines
+    report = fedbuff.root / "report.html"
+    written = _server("report", "--config", server_config, "--out", str(report))
+    assert written.returncode == 0, written.stderr
+    assert written.stdout.strip() == f"wrote {report}: {VERSIONS} rounds"
 
     assert [r.global_round for r in rounds] == list(range(1, VERSIONS + 1))  # type: ignore[attr-defined]
     assert runs[-1]["status"] == "finished"

@@ -12,6 +12,7 @@ from sleepfed.board.sources.ble_parsing import (
     BleReason,
     HeartRateMeasurement,
     format_current_time,
+    parse_battery_level,
     parse_current_time,
     parse_heart_rate_measurement,
     parse_illuminance,
@@ -77,6 +78,14 @@ def test_illuminance() -> None:
         assert caught.value.reason == BleReason.WRONG_LENGTH
 
 
+def test_battery_level() -> None:
+    assert [parse_battery_level(bytes([v])) for v in (0, 84, 100, 255)] == [0, 84, 100, 255]
+    for payload in (b"", b"\x54\x00"):
+        with pytest.raises(LineRejected) as caught:
+            parse_battery_level(payload)
+        assert caught.value.reason == BleReason.WRONG_LENGTH  # 255: the range check's
+
+
 def test_movement() -> None:
     assert parse_movement(struct.pack("<f", 5.25)) == 5.25
     with pytest.raises(LineRejected):
@@ -103,7 +112,14 @@ def test_random_bytes_never_raise_anything_but_a_clean_rejection(data: bytes) ->
     def current_time(payload: bytes) -> float:
         return parse_current_time(payload, ZoneInfo("UTC"))
 
-    for parse in (parse_heart_rate_measurement, parse_illuminance, parse_movement, current_time):
+    parsers = (
+        parse_heart_rate_measurement,
+        parse_illuminance,
+        parse_movement,
+        parse_battery_level,
+        current_time,
+    )
+    for parse in parsers:
         try:
             parse(data)
         except LineRejected as rejected:

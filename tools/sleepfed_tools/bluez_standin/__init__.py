@@ -214,6 +214,11 @@ class BlueZStandIn:
         """``hci0`` (re)appears, knowing no devices until they advertise during discovery."""
         return str(self._call("AddAdapter"))
 
+    def add_battery(self, address: str, value: bytes) -> None:
+        """The sensor offers the Battery service from its next connection on, its Battery
+        Level (0x2A19) holding ``value`` (``bytes([84])``: 84%)."""
+        self._call("AddBattery", address, dbus.ByteArray(bytes(value)))
+
     def add_pmd(self, address: str) -> None:
         """The sensor offers Polar's PMD service (ACC) from its next connection on."""
         self._call("AddPmd", address)

@@ -36,6 +36,10 @@ drive the radio world through the interface ``org.sleepfed.BlueZStandIn`` on ``/
 ``RefuseNextPmdStart(s address, y code)`` / ``EndPmdMeasurement(s address)``
     The next start is answered with that error code / the strap ends its measurement by
     itself (heart rate goes on).
+``AddBattery(s address, ay value)``
+    The sensor offers the Battery service (0x180F) from its next connection on: Battery
+    Level (0x2A19, read and notify) holding ``value`` (one byte, percent, for a real one);
+    ``Notify`` changes it.
 ``BreakPmdNotifications(s address)``
     From the next connection on, the PMD data characteristic cannot notify (``StartNotify``
     fails with ``org.bluez.Error.NotSupported``).
@@ -149,6 +153,11 @@ def NotifyMany(self, address, char_uuid, values):
 @dbus.service.method(STANDIN_IFACE, in_signature="s", out_signature="")
 def AddPmd(self, address):
     world().sensor(address).with_pmd = True
+
+
+@dbus.service.method(STANDIN_IFACE, in_signature="say", out_signature="")
+def AddBattery(self, address, value):
+    world().sensor(address).battery = bytes(value)
 
 
 @dbus.service.method(STANDIN_IFACE, in_signature="s", out_signature="")

@@ -33,6 +33,7 @@ SOURCE_FAILURE_CLASSES: tuple[str, ...] = (
     "ble_pmd_missing",  # sleepfed.board.sources.ble_pmd
     "ble_pmd_refused",
     "ble_pmd_stalled",
+    "ble_battery_unread",  # sleepfed.board.sources.ble_notifications
 )
 
 # How a participation session can end without the run finishing (``sessions_<outcome>``).

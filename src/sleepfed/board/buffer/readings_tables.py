@@ -58,6 +58,15 @@ class ReadingsTables(BufferConnection):
             (start, end),
         ).fetchall()
 
+    def latest_battery(self, since: float) -> dict[str, tuple[float, float]]:
+        """source -> (percent, time) of its newest ``BAT`` reading at or after ``since`` (the
+        time index bounds the search to that span)."""
+        rows = self.conn.execute(
+            "SELECT source, value, ts FROM readings WHERE ts >= ? AND kind = ? ORDER BY ts",
+            (since, int(Kind.BAT)),
+        ).fetchall()
+        return {source: (value, ts) for source, value, ts in rows}
+
     def labels_between(self, start: float, end: float) -> list[tuple[float, int]]:
         return self.conn.execute(
             "SELECT ts, stage FROM stage_labels WHERE ts >= ? AND ts < ? ORDER BY ts", (start, end)

@@ -54,6 +54,7 @@ class _BufferSnapshot:
     last_night: str | None
     last_info: dict[str, object] | None
     labelled: list[tuple[str, float, list[float], int | None]]
+    battery: dict[str, tuple[float, float]]
 
 
 def _read_buffer(config: AgentConfig) -> _BufferSnapshot:
@@ -72,6 +73,7 @@ def _read_buffer(config: AgentConfig) -> _BufferSnapshot:
             last_night=last_night,
             last_info=buffer.night_info(last_night) if last_night else None,
             labelled=buffer.windows(last_night, labelled_only=True) if last_night else [],
+            battery=buffer.latest_battery(clock.now() - BATTERY_SHOWN_SECONDS),
         )
     finally:
         buffer.close()
@@ -82,6 +84,12 @@ def collect(config: AgentConfig) -> dict[str, Any]:
     state = snapshot.state
     running = _pid_alive(state.daemon_pid) and clock.now() - state.heartbeat_at < 30
     health, problems = _health(running, state)
+    low = {s: v for s, (v, _) in snapshot.battery.items() if v <= LOW_BATTERY_PERCENT}
+    if low and running:
+        health = "degraded"
+        problems += [
+            f"battery of {s} at {v:.0f}%: charge it or change its cell" for s, v in low.items()
+        ]
     return {
         "board": config.board_id,
         "health": health,
@@ -94,6 +102,8 @@ def collect(config: AgentConfig) -> dict[str, Any]:
         },
         "buffer": _buffer_section(config, snapshot.counts),
         "movement": movement_sources(config),
+        # each source's newest battery level of the last two days (BLE 0x2A19, serial BAT)
+        "battery": {s: {"percent": v, "at": ts} for s, (v, ts) in snapshot.battery.items()},
         **_counter_sections(snapshot.counters),
         "rounds": _rounds_section(snapshot),
         "federation": _federation_section(config, state, running),
@@ -106,6 +116,10 @@ def collect(config: AgentConfig) -> dict[str, Any]:
         },
         "last_night": _last_night_section(snapshot),
     }
+
+
+BATTERY_SHOWN_SECONDS = 2 * 86400.0
+LOW_BATTERY_PERCENT = 10.0
 
 
 def movement_sources(config: AgentConfig) -> dict[str, str]:

@@ -38,6 +38,14 @@ def _board_lines(status: dict[str, Any]) -> list[str]:
         f"{b['nights']} nights, {b['windows']} windows ({b['labelled_windows']} labelled)",
         f"buffer size     {b['used_bytes'] / 1e6:.2f} MB used, cap {cap}",
         _movement_line(status["movement"]),
+        "battery         "
+        + (
+            ", ".join(
+                f"{source} {b['percent']:.0f}% at {_when(b['at'])}"
+                for source, b in sorted(status["battery"].items())
+            )
+            or "no level reported in two days"
+        ),
     ]
 
 

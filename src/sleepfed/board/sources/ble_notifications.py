@@ -11,10 +11,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import tzinfo
+from typing import Any
 
 from sleepfed.board.sources import Item, Rejection, SourceEvent
 from sleepfed.board.sources.ble_link import DeviceLink
 from sleepfed.board.sources.ble_parsing import (
+    BATTERY_LEVEL,
+    CURRENT_TIME,
+    HEART_RATE_MEASUREMENT,
+    ILLUMINANCE,
+    parse_battery_level,
     parse_current_time,
     parse_heart_rate_measurement,
     parse_illuminance,
@@ -34,6 +40,19 @@ class BleNotifications:
 
     clock: Callable[[], float]
     timezone: tzinfo
+
+    def _handlers(self, link: DeviceLink) -> dict[str, Callable[[DeviceLink, bytes], list[Item]]]:
+        """The characteristics to subscribe to, by UUID, and their handlers (those a device
+        does not have, or cannot notify, are left out when subscribing)."""
+        handlers = {
+            CURRENT_TIME: self._on_current_time,  # first, so the clock is set before data
+            HEART_RATE_MEASUREMENT: self._on_heart_rate,
+            ILLUMINANCE: self._on_illuminance,
+            BATTERY_LEVEL: self._on_battery,
+        }
+        if link.config.movement_characteristic:
+            handlers[link.config.movement_characteristic.lower()] = self._on_movement
+        return handlers
 
     def _stamp(self, link: DeviceLink) -> float:
         if link.device_time is None:
@@ -84,6 +103,24 @@ class BleNotifications:
         if lux is None:
             return [SourceEvent("ble_illuminance_unknown", f"device={link.config.name}")]
         return [checked_reading(self._stamp(link), Kind.LUX, lux)]
+
+    def _on_battery(self, link: DeviceLink, data: bytes) -> list[Item]:
+        try:
+            return [checked_reading(self._stamp(link), Kind.BAT, parse_battery_level(data))]
+        except LineRejected as rejected:
+            return [_rejection(link, rejected)]
+
+    async def _read_battery(self, link: DeviceLink, client: Any) -> list[Item]:
+        """The Battery Level (0x2A19) once a link is up: a device notifies only when it
+        changes. A failed read is counted; the link stays."""
+        characteristic = client.services.get_characteristic(BATTERY_LEVEL)
+        if characteristic is None or "read" not in characteristic.properties:
+            return []
+        try:
+            data = bytes(await client.read_gatt_char(characteristic))
+        except Exception as error:
+            return [SourceEvent("ble_battery_unread", f"device={link.config.name} {error}")]
+        return self._on_battery(link, data)
 
     def _on_pmd_frame(self, link: DeviceLink, data: bytes) -> list[Item]:
         if link.pmd is None:

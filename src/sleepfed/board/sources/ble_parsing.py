@@ -31,6 +31,7 @@ ILLUMINANCE = "00002afb-0000-1000-8000-00805f9b34fb"
 MOVEMENT_SERVICE = "7e1a0001-5c1e-4f2a-9b9e-5f1eedc0ffee"
 MOVEMENT = "7e1a0002-5c1e-4f2a-9b9e-5f1eedc0ffee"
 
+BATTERY_LEVEL = "00002a19-0000-1000-8000-00805f9b34fb"  # Battery service 0x180F
 CURRENT_TIME_SERVICE = "00001805-0000-1000-8000-00805f9b34fb"
 CURRENT_TIME = "00002a2b-0000-1000-8000-00805f9b34fb"
 
@@ -95,6 +96,13 @@ def parse_illuminance(data: bytes) -> float | None:
         raise LineRejected(BleReason.WRONG_LENGTH, f"0x2AFB of {len(data)} bytes: {data.hex()}")
     raw = int.from_bytes(data, "little")
     return None if raw == ILLUMINANCE_UNKNOWN else raw / 100.0
+
+
+def parse_battery_level(data: bytes) -> float:
+    """Percent (uint8; the range 0-100 is checked as for any reading)."""
+    if len(data) != 1:
+        raise LineRejected(BleReason.WRONG_LENGTH, f"0x2A19 of {len(data)} bytes: {data.hex()}")
+    return float(data[0])
 
 
 def parse_movement(data: bytes) -> float:

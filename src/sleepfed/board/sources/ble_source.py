@@ -24,7 +24,7 @@ from typing import Any
 from sleepfed.board.sources import Emit, Source, SourceEvent, ble_pmd
 from sleepfed.board.sources.ble_link import BleDeviceConfig, DeviceLink, DeviceNotFound, classify
 from sleepfed.board.sources.ble_notifications import BleNotifications
-from sleepfed.board.sources.ble_parsing import CURRENT_TIME, HEART_RATE_MEASUREMENT, ILLUMINANCE
+from sleepfed.board.sources.ble_parsing import HEART_RATE_MEASUREMENT
 
 log = logging.getLogger("sleepfed.ble")
 
@@ -193,19 +193,12 @@ class BleSource(BleNotifications, Source):
     async def _subscribe(self, link: DeviceLink, client: Any, emit: Emit) -> None:
         services = client.services
         link.device_time = None
-        wanted = {
-            CURRENT_TIME: self._on_current_time,  # first, so the clock is set before data
-            HEART_RATE_MEASUREMENT: self._on_heart_rate,
-            ILLUMINANCE: self._on_illuminance,
-        }
-        if link.config.movement_characteristic:
-            wanted[link.config.movement_characteristic.lower()] = self._on_movement
         subscribed = 0
-        for uuid, handler in wanted.items():
+        for uuid, handler in self._handlers(link).items():
             characteristic = services.get_characteristic(uuid)
-            if characteristic is None:
+            if characteristic is None or "notify" not in characteristic.properties:
                 if uuid == HEART_RATE_MEASUREMENT:
-                    raise RuntimeError("device has no Heart Rate Measurement (0x2A37)")
+                    raise RuntimeError("device has no Heart Rate Measurement (0x2A37) to notify")
                 continue
 
             def callback(_char: Any, data: bytearray, handler: Any = handler) -> None:
@@ -215,6 +208,8 @@ class BleSource(BleNotifications, Source):
 
             await client.start_notify(characteristic, callback)
             subscribed += 1
+        if battery := await self._read_battery(link, client):
+            emit(self.name, battery)
         log.info(
             "device=%s subscribed to %d characteristics",
             link.config.name,

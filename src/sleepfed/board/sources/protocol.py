@@ -8,7 +8,7 @@ One reading per line, ASCII, fields separated by commas, terminated by ``\\n``
 * ``kind``: ``HR`` heart rate (bpm), ``RR`` one RR interval (ms), ``MOV`` movement
   (activity counts summed since the previous MOV line, or acceleration magnitude counts),
   ``LUX`` illuminance (lux), ``LBL`` reference sleep stage from a reference device
-  (0 wake, 1 N1, 2 N2, 3 N3, 4 N4, 5 REM).
+  (0 wake, 1 N1, 2 N2, 3 N3, 4 N4, 5 REM), ``BAT`` the device's battery level (percent).
 * ``timestamp``: the sensor's clock, Unix epoch seconds, decimals allowed.
 * ``checksum`` (optional): ``*`` and two hex digits, the XOR of every byte before the ``*``
   (as in NMEA 0183). When present it is verified.
@@ -42,6 +42,7 @@ class Kind(IntEnum):
     MOV = 3
     LUX = 4
     LBL = 5
+    BAT = 6
 
 
 # Accepted value ranges per kind, inclusive.
@@ -51,6 +52,7 @@ VALUE_RANGES: dict[Kind, tuple[float, float]] = {
     Kind.MOV: (0.0, 1_000_000.0),
     Kind.LUX: (0.0, 200_000.0),
     Kind.LBL: (0.0, 5.0),
+    Kind.BAT: (0.0, 100.0),
 }
 
 

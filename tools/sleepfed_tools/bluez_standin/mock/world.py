@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from sleepfed_tools.bluez_standin.mock.bus_objects import error
 from sleepfed_tools.bluez_standin.mock.ids import (
+    BATTERY_LEVEL,
+    BATTERY_SERVICE,
     CURRENT_TIME,
     CURRENT_TIME_SERVICE,
     ENVIRONMENTAL_SENSING_SERVICE,
@@ -54,6 +56,7 @@ class Sensor:
         self.pmd_refusals: list[int] = []
         self.pmd_starts = 0
         self.pmd_data_flags = ["notify"]  # BreakPmdNotifications: ["read"]
+        self.battery: bytes | None = None  # AddBattery: the Battery Level's value
 
     @property
     def path(self) -> str:
@@ -85,6 +88,14 @@ class Sensor:
                         (0x0051, PMD_CONTROL_POINT, ["read", "write", "indicate"], b""),
                         (0x0054, PMD_DATA, list(self.pmd_data_flags), b""),
                     ],
+                )
+            )
+        if self.battery is not None:
+            services.append(
+                (
+                    0x0060,
+                    BATTERY_SERVICE,
+                    [(0x0061, BATTERY_LEVEL, ["read", "notify"], self.battery)],
                 )
             )
         if self.with_current_time:
