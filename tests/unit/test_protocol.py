@@ -139,7 +139,7 @@ def test_format_parse_round_trip(reading: Reading, summed: bool) -> None:
 @settings(max_examples=300, deadline=None)
 def test_round_trip_property(ts: float, kind: Kind, fraction: float, summed: bool) -> None:
     low, high = {Kind.HR: (25, 250), Kind.RR: (200, 3000), Kind.MOV: (0, 1e6),
-                 Kind.LUX: (0, 2e5), Kind.LBL: (0, 5)}[kind]  # fmt: skip
+                 Kind.LUX: (0, 2e5), Kind.LBL: (0, 5), Kind.BAT: (0, 100)}[kind]  # fmt: skip
     value = low + fraction * (high - low)
     value = float(round(value)) if kind is Kind.LBL else float(f"{value:.6g}")
     value = min(max(value, low), high)
