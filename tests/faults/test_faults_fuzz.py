@@ -27,14 +27,14 @@ def test_fuzzed_serial_lines_never_crash_and_are_all_counted() -> None:
     assert tally.outcomes == N, f"seed={SEED}"  # one outcome per line, none lost
     assert set(tally.rejected) == SERIAL_REASONS, f"seed={SEED}: {tally.rejected}"
     assert sum(tally.accepted.values()) > N // 10
-    assert set(tally.accepted) == {"hr", "rr", "mov", "lux", "lbl"}
+    assert set(tally.accepted) == {"hr", "rr", "mov", "lux", "lbl", "bat"}
 
 
 def test_fuzzed_ble_payloads_never_crash_and_are_all_counted() -> None:
     tally = fuzz_ble(N, SEED)
     assert tally.inputs == N
     assert set(tally.rejected) == BLE_REASONS, f"seed={SEED}: {tally.rejected}"
-    assert set(tally.accepted) == {"hr", "rr", "mov", "lux"}
+    assert set(tally.accepted) == {"hr", "rr", "mov", "lux", "bat"}
     assert tally.events["ble_no_contact"] > 0
 
 

@@ -63,6 +63,7 @@ KIND_VALUES = {
     Kind.MOV: (0.0, 5000.0),
     Kind.LUX: (0.0, 2000.0),
     Kind.LBL: (0.0, 5.0),
+    Kind.BAT: (0.0, 100.0),
 }
 
 
@@ -223,9 +224,11 @@ def _valid_hrm(rng: random.Random) -> bytes:
 
 
 def _valid_payload(rng: random.Random) -> tuple[str, bytes]:
-    which = rng.randrange(4)
+    which = rng.randrange(5)
     if which == 0:
         return "hr", _valid_hrm(rng)
+    if which == 4:
+        return "bat", bytes([rng.randint(0, 100)])
     if which == 1:
         return "lux", rng.randrange(0, 1 << 24).to_bytes(3, "little")
     if which == 2:
@@ -266,6 +269,7 @@ def fuzz_ble(count: int, seed: int, tally: FuzzTally | None = None) -> FuzzTally
         "hr": source._on_heart_rate,
         "lux": source._on_illuminance,
         "mov": source._on_movement,
+        "bat": source._on_battery,
         "time": source._on_current_time,
     }
     names = list(handlers)
