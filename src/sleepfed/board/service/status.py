@@ -83,13 +83,7 @@ def collect(config: AgentConfig) -> dict[str, Any]:
     snapshot = _read_buffer(config)
     state = snapshot.state
     running = _pid_alive(state.daemon_pid) and clock.now() - state.heartbeat_at < 30
-    health, problems = _health(running, state)
-    low = {s: v for s, (v, _) in snapshot.battery.items() if v <= LOW_BATTERY_PERCENT}
-    if low and running:
-        health = "degraded"
-        problems += [
-            f"battery of {s} at {v:.0f}%: charge it or change its cell" for s, v in low.items()
-        ]
+    health, problems = _health(running, state, snapshot.battery)
     return {
         "board": config.board_id,
         "health": health,
@@ -237,7 +231,9 @@ def _last_night_section(snapshot: _BufferSnapshot) -> dict[str, Any]:
     }
 
 
-def _health(running: bool, state: BoardState) -> tuple[str, list[str]]:
+def _health(
+    running: bool, state: BoardState, battery: dict[str, tuple[float, float]]
+) -> tuple[str, list[str]]:
     """``ok``, ``degraded`` or ``not running``, and what is wrong in words."""
     if not running:
         return "not running", ["the daemon is not running (no heartbeat in 30 s)"]
@@ -247,6 +243,11 @@ def _health(running: bool, state: BoardState) -> tuple[str, list[str]]:
     outcome = state.last_session_outcome
     if outcome is not None and outcome in SESSION_PROBLEMS:
         problems.append(f"last participation session {outcome}: {SESSION_PROBLEMS[outcome]}")
+    problems += [
+        f"battery of {source} at {percent:.0f}%: charge it or change its cell"
+        for source, (percent, _) in sorted(battery.items())
+        if percent <= LOW_BATTERY_PERCENT
+    ]
     return ("degraded" if problems else "ok"), problems
 
 
