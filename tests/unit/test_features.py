@@ -13,7 +13,7 @@ from sleepfed_tools.replay import reference_efficiency_walch, walch_readings
 from sleepfed.board.buffer.store import Buffer
 from sleepfed.board.nights.schedule import night_of
 from sleepfed.board.nights.tracker import extract_night
-from sleepfed.board.sources.protocol import format_reading, parse_line
+from sleepfed.board.sources.protocol import Kind, Reading, format_reading, parse_line
 from sleepfed.model import logistic as model
 from sleepfed.model.features import (
     N_FEATURES,
@@ -44,6 +44,9 @@ def test_device_path_features_equal_dataset_features(
         parsed = parse_line(format_reading(reading, with_checksum=True).rstrip(b"\n"))
         assert parsed is not None
         readings.append(("walch", parsed))
+    # battery levels before the night and during it change nothing of its windows
+    for offset in (-7200.0, 3600.0):
+        readings.append(("strap", Reading(NIGHT_START + offset, Kind.BAT, 84.0)))
     buffer = Buffer(tmp_path / "buffer.db", synchronous="normal")
     try:
         assert buffer.add_readings(readings) == len(readings)

@@ -15,6 +15,7 @@ from sleepfed.board.buffer.store import Buffer
 from sleepfed.board.nights.personal_model import model_for_predictions
 from sleepfed.board.nights.schedule import night_bounds, night_of
 from sleepfed.board.service import clock
+from sleepfed.board.sources.protocol import Kind
 from sleepfed.model import logistic as model
 from sleepfed.model.features import (
     EPOCH_SECONDS,
@@ -93,7 +94,8 @@ class NightTracker:
 def extract_night(buffer: Buffer, night: str, tz: ZoneInfo) -> int:
     """Compute and store the windows of one night; returns the number of windows."""
     start, end = night_bounds(night, tz)
-    readings = buffer.readings_between(start, end)
+    # A device's battery level says nothing of the night: it must not move its first epoch.
+    readings = [r for r in buffer.readings_between(start, end) if r[1] != Kind.BAT]
     labels = buffer.labels_between(start, end)
     stamps = [r[0] for r in readings] + [lab[0] for lab in labels]
     if not stamps:
