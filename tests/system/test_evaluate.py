@@ -51,11 +51,11 @@ def test_evaluate_meets_the_goals_on_all_of_walch_2019(walch_dir: Path) -> None:
         assert federated["auc"] >= result["local_only"]["auc"] + 0.05, (seed, result)
         assert federated["night_se_mae"] <= 5.25, (seed, result)
         # a plain heart-rate strap's head: well above chance and local-only, below the full
-        # model (movement carries information), within 0.02 of its centralised optimum
+        # model (movement carries information), within 0.025 of its centralised optimum
         free = federated["auc_no_movement"]
         assert 0.78 <= free <= federated["auc"] - 0.05, (seed, result)
         assert free >= result["local_only"]["auc_no_movement"] + 0.05, (seed, result)
-        assert free >= centralised["auc_no_movement"] - 0.02, (seed, result)
+        assert free >= centralised["auc_no_movement"] - 0.025, (seed, result)
         margins.append(federated["auc"] - centralised["auc"])
         maes.append(federated["night_se_mae"])
     # over the splits, federated is better than centralised, and its night estimates are
