@@ -34,6 +34,16 @@ def run_agent(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[
     )
 
 
+def run_server(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    """Run one ``sleepfed-server`` command to completion (text output captured)."""
+    return subprocess.run(
+        [sys.executable, "-m", "sleepfed.server.ops.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def write_agent_config(
     path: Path,
     *,

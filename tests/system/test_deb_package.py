@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,7 @@ from tests.support.deb_machine import (
     props,
 )
 from tests.support.federation_helpers import free_port, pki, start_server, stop, write_server_config
-from tests.support.helpers import REPO
+from tests.support.helpers import REPO, run_server
 
 SUBJECT = "4426783"  # the board's night
 HELD_OUT = ["1066528", "2638030"]  # the server's evaluation
@@ -218,15 +217,6 @@ def night_lines(walch_dir: Path) -> tuple[bytes, int, int]:
     return b"".join(format_reading(r) for r in readings), len(readings) - labels, labels
 
 
-def server_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sleepfed.server.ops.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 # Parts 1-2 of RUNNER, timed by its stamps (first, last).
 BOARD_PHASES = {
     "apt-get install": ("install", "installed"),
@@ -245,7 +235,7 @@ def operate(machine: subprocess.Popen[str], results: Path, server_config: Path) 
     try:
         while machine.poll() is None:
             if server is None and (results / "request.txt").exists():
-                registered = server_cli(
+                registered = run_server(
                     "boards", "register", "--config", str(server_config),
                     str(results / "request.txt"),
                 )  # fmt: skip

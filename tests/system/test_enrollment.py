@@ -24,6 +24,7 @@ from tests.support.federation_helpers import (
     write_board,
     write_server_config,
 )
+from tests.support.helpers import run_server
 
 PYTHON = sys.executable
 SUBJECTS = ["4426783", "8258170", "9106476"]
@@ -63,15 +64,6 @@ def enroll(
         capture_output=True,
         text=True,
         timeout=60,
-    )
-
-
-def server_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PYTHON, "-m", "sleepfed.server.ops.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
     )
 
 
@@ -163,7 +155,7 @@ def test_the_registry_takes_requests_and_a_fleet_csv(tmp_path: Path) -> None:
         )
         assert result.returncode == 0, result.stderr
         requests.append(root / "etc" / "sleepfed" / "enrollment-request.txt")
-    registered = server_cli("boards", "register", "--config", str(config), str(requests[0]))
+    registered = run_server("boards", "register", "--config", str(config), str(requests[0]))
     assert registered.returncode == 0, registered.stderr
     assert "pi-01: added" in registered.stdout and "applies when it starts" in registered.stdout
     key = requests[1].read_text().split(maxsplit=2)[2].strip()
@@ -171,16 +163,16 @@ def test_the_registry_takes_requests_and_a_fleet_csv(tmp_path: Path) -> None:
     fleet.write_text(f"board_id,public_key\npi-02,{key}\n")
     assert (
         "pi-02: added"
-        in server_cli("boards", "register", "--config", str(config), "--csv", str(fleet)).stdout
+        in run_server("boards", "register", "--config", str(config), "--csv", str(fleet)).stdout
     )
-    again = server_cli("boards", "register", "--config", str(config), str(requests[0]))
+    again = run_server("boards", "register", "--config", str(config), str(requests[0]))
     assert "pi-01: unchanged" in again.stdout
     # another board claiming pi-01's name with a different key is refused
     clash = tmp_path / "clash.txt"
     clash.write_text(f"sleepfed-enroll-request/1 pi-01 {key}\n")
-    refused = server_cli("boards", "register", "--config", str(config), str(clash))
+    refused = run_server("boards", "register", "--config", str(config), str(clash))
     assert refused.returncode == 1 and "another key" in refused.stderr
-    listing = server_cli("boards", "list", "--config", str(config))
+    listing = run_server("boards", "list", "--config", str(config))
     assert [line.split()[:2] for line in listing.stdout.splitlines()] == [
         ["pi-01", "pending"],
         ["pi-02", "pending"],
@@ -229,7 +221,7 @@ def test_only_enrolled_boards_join_and_a_revoked_board_is_refused_next_round(
         )
     )
     assert (
-        server_cli(
+        run_server(
             "boards", "register", "--config", str(server_config), str(request_a), str(request_b)
         ).returncode
         == 0
@@ -251,7 +243,7 @@ def test_only_enrolled_boards_join_and_a_revoked_board_is_refused_next_round(
             assert board_state(config)["counters"]["rounds_trained"] == 1  # type: ignore[index]
 
         # The operator revokes board-b while the server is down: it applies at the next start.
-        revoked = server_cli("boards", "revoke", "--config", str(server_config), "board-b")
+        revoked = run_server("boards", "revoke", "--config", str(server_config), "board-b")
         assert revoked.returncode == 0 and "applies when it starts" in revoked.stdout
         # board-a alone is enough for the next round. It is held back until the running server
         # has refused the revoked board: otherwise the round can end the server before
@@ -275,7 +267,7 @@ def test_only_enrolled_boards_join_and_a_revoked_board_is_refused_next_round(
         assert rounds == [(1, 2), (2, 1)], rounds
         assert board_state(b)["counters"]["rounds_trained"] == 1  # type: ignore[index]
         assert board_state(a)["counters"]["rounds_trained"] == 2  # type: ignore[index]
-        listing = server_cli("boards", "list", "--config", str(server_config))
+        listing = run_server("boards", "list", "--config", str(server_config))
         assert "board-b" in listing.stdout and "revoked" in listing.stdout
         # No secret in any log: the private keys' bodies appear in no file but the keys.
         secrets = [

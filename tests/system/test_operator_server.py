@@ -36,20 +36,12 @@ from tests.support.federation_helpers import (
     write_board,
     write_server_config,
 )
+from tests.support.helpers import run_server
 from tests.support.prometheus_scrape import scrape, try_scrape
 
 BOARD_SUBJECTS = ["4426783", "8258170", "9106476"]
 HELD_OUT = ["1066528", "2638030", "8000685", "8692923"]
 SCREEN = (1000, 2400)
-
-
-def server_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sleepfed.server.ops.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def write_history(path: Path, walch_dir: Path, rounds: int) -> list[dict[str, float]]:
@@ -145,14 +137,14 @@ def embedded_pngs(page: str) -> list[np.ndarray]:
 
 def test_status_and_report_from_a_real_history(tmp_path: Path, walch_dir: Path) -> None:
     config = write_config(tmp_path, free_port())
-    result = server_cli("status", "--json", "--config", str(config))
+    result = run_server("status", "--json", "--config", str(config))
     assert result.returncode == 1, result.stderr  # no SuperLink
     empty = json.loads(result.stdout)
     assert empty["rounds"]["in_history"] == 0 and empty["last_run"] is None
     assert not (tmp_path / "state" / "history.db").exists()  # status wrote nothing
 
     scores = write_history(tmp_path / "state" / "history.db", walch_dir, rounds=3)
-    result = server_cli("status", "--json", "--config", str(config))
+    result = run_server("status", "--json", "--config", str(config))
     assert result.returncode == 1
     status = json.loads(result.stdout)
     assert status["health"] == "down" and status["superlink"]["up"] is False
@@ -161,11 +153,11 @@ def test_status_and_report_from_a_real_history(tmp_path: Path, walch_dir: Path) 
     assert 0.65 <= status["model"]["auc"] <= 1.0
     assert status["last_run"]["status"] == "finished"
     assert status["rounds"]["last_train_boards"] == 3
-    table = server_cli("status", "--config", str(config)).stdout
+    table = run_server("status", "--config", str(config)).stdout
     assert "health          DOWN" in table and "global round 3" in table
 
     out = tmp_path / "report" / "report.html"
-    result = server_cli("report", "--config", str(config), "--out", str(out))
+    result = run_server("report", "--config", str(config), "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert "3 rounds" in result.stdout
     page = out.read_text()
@@ -224,7 +216,7 @@ def test_metrics_and_status_during_a_real_federation(tmp_path: Path, walch_dir: 
         assert before[("sleepfed_server_superlink_up", ())] == 1
         assert before[("sleepfed_server_rounds", ())] == 0
         assert before[("sleepfed_server_model_global_round", ())] == 0
-        result = server_cli("status", "--json", "--config", str(server_config))
+        result = run_server("status", "--json", "--config", str(server_config))
         assert result.returncode == 0, result.stdout + result.stderr
         assert json.loads(result.stdout)["superlink"]["up"] is True
 
@@ -273,11 +265,11 @@ def test_metrics_and_status_during_a_real_federation(tmp_path: Path, walch_dir: 
             assert values[("sleepfed_agent_rounds_failed_total", ())] == 0
 
         stop([server])
-        result = server_cli("status", "--config", str(server_config))
+        result = run_server("status", "--config", str(server_config))
         assert result.returncode == 1 and "superlink       127.0.0.1" in result.stdout
         assert "DOWN" in result.stdout and "2 in history" in result.stdout
         out = tmp_path / "report.html"
-        result = server_cli("report", "--config", str(server_config), "--out", str(out))
+        result = run_server("report", "--config", str(server_config), "--out", str(out))
         assert result.returncode == 0 and "2 rounds" in result.stdout, result.stderr
         assert len(embedded_pngs(out.read_text())) == 5
     finally:

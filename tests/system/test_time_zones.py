@@ -12,7 +12,6 @@ have trained. The server's clock is not moved: it has no windows.
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,7 +34,7 @@ from tests.support.federation_helpers import (
     write_board,
     write_server_config,
 )
-from tests.support.helpers import run_agent
+from tests.support.helpers import run_agent, run_server
 from tests.system.test_federation import HELD_OUT
 
 WINDOW = "01:00-05:00"
@@ -70,15 +69,6 @@ class Fleet:
             return history.rounds(), history.runs()
         finally:
             history.close()
-
-
-def _server(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sleepfed.server.ops.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def _trained(config: Path) -> int:
@@ -166,12 +156,12 @@ def test_fedbuff_trains_across_time_zones_where_fedavg_waits(
         stop(processes)
     # the operator's commands read the versions as rounds
     server_config = str(fedbuff.root / "server" / "server.toml")
-    listed = _server("history", "--config", server_config)
+    listed = run_server("history", "--config", server_config)
     lines = listed.stdout.splitlines()
     assert listed.returncode == 0 and len(lines) == VERSIONS, listed
     assert all("  staleness " in line and "held-out AUC" in line for line in lines), lines
     report = fedbuff.root / "report.html"
-    written = _server("report", "--config", server_config, "--out", str(report))
+    written = run_server("report", "--config", server_config, "--out", str(report))
     assert written.returncode == 0, written.stderr
     assert written.stdout.strip() == f"wrote {report}: {VERSIONS} rounds"
 
