@@ -44,6 +44,8 @@ class FakePeripheral:
     name: str = "strap"
     advertised: list[str] = field(default_factory=list)
     gatt: dict[str, list[str]] = field(default_factory=dict)
+    # characteristics that also offer reads (every read fails: reads are not faked)
+    readable: list[str] = field(default_factory=list)
     advertising: bool = True
     connect_errors: collections.deque[BaseException | None] = field(
         default_factory=collections.deque
@@ -120,7 +122,10 @@ class FakeRadio:
         return connected[-1] if connected else None
 
 
-def build_services(gatt: dict[str, list[str]]) -> BleakGATTServiceCollection:
+def build_services(
+    gatt: dict[str, list[str]], readable: Iterable[str] = ()
+) -> BleakGATTServiceCollection:
+    reads = {normalize_uuid_str(uuid) for uuid in readable}
     services = BleakGATTServiceCollection()
     handle = 1
     for service_uuid, characteristics in gatt.items():
@@ -128,10 +133,10 @@ def build_services(gatt: dict[str, list[str]]) -> BleakGATTServiceCollection:
         services.add_service(service)
         handle += 1
         for char_uuid in characteristics:
+            uuid = normalize_uuid_str(char_uuid)
+            properties = ["read", "notify"] if uuid in reads else ["notify"]
             services.add_characteristic(
-                BleakGATTCharacteristic(
-                    None, handle, normalize_uuid_str(char_uuid), ["notify"], lambda: 20, service
-                )
+                BleakGATTCharacteristic(None, handle, uuid, properties, lambda: 20, service)
             )
             handle += 2
     return services
@@ -247,7 +252,7 @@ class FakeClient(BaseBleakClient):
             error = errors.popleft() if errors else self.peripheral.always_fail
             if error is not None:
                 raise error
-            self.services = build_services(self.peripheral.gatt)
+            self.services = build_services(self.peripheral.gatt, self.peripheral.readable)
             self._connected = True
         finally:
             self.radio.end(interval)

@@ -233,6 +233,27 @@ def test_scan_connect_subscribe_and_notifications_become_readings() -> None:
     assert client.disconnects == 1
 
 
+def test_a_battery_level_that_cannot_be_read_is_counted_and_the_link_stays() -> None:
+    peripheral = strap(illuminance=False, movement=False, current_time=False)
+    peripheral.gatt["180f"] = ["2a19"]
+    peripheral.readable = ["2a19"]  # the fake's reads fail
+    radio = FakeRadio([peripheral])
+    source = make_source(radio)
+    with running(source) as run:
+        run.wait_for(source.connected.is_set, "connected")
+        client = radio.connected_client(ADDRESS)
+        assert client is not None
+        assert [e.counter for e in run.events()] == ["ble_battery_unread", "ble_connects"]
+        client.push("2a19", bytes([42]))  # its notifications still arrive
+        client.push("2a37", hrm(70))
+        run.wait_for(lambda: len(run.readings()) == 2, "2 readings")
+        assert client.is_connected and client.disconnects == 0
+    assert run.readings() == [
+        Reading(BOARD_TIME, Kind.BAT, 42.0),
+        Reading(BOARD_TIME, Kind.HR, 70.0),
+    ]
+
+
 def test_device_found_by_advertised_service_and_optional_characteristics_skipped() -> None:
     peripheral = strap(illuminance=False, movement=False, current_time=False)
     peripheral.advertised = [HEART_RATE_SERVICE]

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from sleepfed.model import logistic as model
 from sleepfed.model.features import MOVEMENT_COLUMNS, epochs_from_readings
@@ -76,3 +77,6 @@ def test_a_model_from_before_the_movement_free_head_loads_with_both_heads() -> N
     free = row[0].copy()
     free[MOVEMENT] = 0.0
     assert np.array_equal(loaded[0][model.NO_MOVEMENT], free)
+    # but a board refuses the old shape on the wire: boards and server upgrade together
+    with pytest.raises(ValueError, match="shape"):
+        model.check_arrays([row])

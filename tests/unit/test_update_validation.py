@@ -93,6 +93,7 @@ def test_each_rule_rejects_with_its_reason() -> None:
         _reply(8, [g + 0.1 for g in GLOBAL], weight=None),
         _reply(9, [g + 0.1 for g in GLOBAL], weight=-3),
         _honest(10, 1000.0),
+        _reply(11, [np.zeros(model.ONE_HEAD_SHAPE)]),  # a board from before the second head
     ]
     accepted, rejections, norms = validate_replies(replies, GLOBAL, ValidationRules())
     assert [m.metadata.src_node_id for m in accepted] == [1, 2, 3]
@@ -104,6 +105,7 @@ def test_each_rule_rejects_with_its_reason() -> None:
         8: "weight",
         9: "weight",
         10: "norm-outlier",
+        11: "shape",
     }
     assert sorted(norms) == [1, 2, 3, 10]
     # both heads: all 12 coefficients and the intercept, then the 6 not of movement and it
