@@ -30,7 +30,7 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 
 test: lint
-	SLEEPFED_DATA=$(abspath $(DATA)) $(PY) -m pytest -q --durations=30
+	SLEEPFED_DATA=$(abspath $(DATA)) $(PY) -m pytest -q --durations=30 -n 2 --dist loadgroup
 
 test-fast: install
 	SLEEPFED_DATA=$(abspath $(DATA)) $(PY) -m pytest -q -m "not slow"

@@ -69,4 +69,29 @@ def pytest_runtest_teardown(item: pytest.Item) -> None:
             shutil.rmtree(tmp_path / name, ignore_errors=True)
 
 
+# `make test` runs the suite on two pytest-xdist workers (--dist loadgroup). The modules that
+# boot Debian machines share debootstrap and package caches, and the Docker modules one
+# dockerd: each kind runs on one worker, in order, and first, since each takes a third of the
+# run; every other test goes to whichever worker is free.
+SERIAL_GROUPS = {
+    "debian_machines": (
+        "test_deb_arm64.py", "test_deb_server_package.py", "test_deb_package.py",
+        "test_fresh_machine.py",
+    ),
+    "docker": ("test_docker_images.py", "test_compose_isolation.py"),
+}  # fmt: skip
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    order = list(SERIAL_GROUPS)
+    rank: dict[str, int] = {}
+    for item in items:
+        for group, modules in SERIAL_GROUPS.items():
+            if item.path.name in modules:
+                item.add_marker(pytest.mark.xdist_group(group))
+                rank[item.nodeid] = order.index(group)
+    items.sort(key=lambda item: rank.get(item.nodeid, len(order)))
+
+
 from tests.bluez.fixtures import bluez_fixture  # noqa: E402, F401  (the `bluez` fixture)
