@@ -52,6 +52,8 @@ class BoardState:
     population_good_share: float | None = None
     # predictions
     unusable_model_version: int | None = None
+    # the last corrupt buffer moved aside (sleepfed.board.buffer.buffer_recovery)
+    buffer_recovered: dict[str, Any] | None = None
 
     @classmethod
     def decode(cls, stored: Mapping[str, Any]) -> BoardState:
@@ -91,6 +93,7 @@ class BoardState:
             # a number or nothing (the predictions then count nights at p >= 0.5)
             population_good_share=float(share) if isinstance(share, int | float) else None,
             unusable_model_version=opt("unusable_model_version", int),
+            buffer_recovered=opt("buffer_recovered", dict),
         )
 
 

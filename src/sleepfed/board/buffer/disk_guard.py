@@ -1,8 +1,11 @@
 """Room on the buffer's disk: the size cap, ``buffer.min_free_mb`` and the reserve file.
 
-Both limits evict the same way (one loop, ``evict_oldest``): the oldest raw readings, a
-chunk per transaction, counted as ``evicted_readings``; stage labels, night reports,
-windows, models and predictions stay. The SQL is the buffer's (sleepfed.board.buffer.store).
+Both limits first remove the quarantined copies of a corrupt buffer
+(``<buffer>.corrupt-<time>``, sleepfed.board.buffer.buffer_recovery: they count against the
+cap), oldest first, then evict the same way (one loop, ``evict_oldest``): the oldest raw
+readings, a chunk per transaction, counted as ``evicted_readings``; stage labels, night
+reports, windows, models and predictions stay. The SQL is the buffer's
+(sleepfed.board.buffer.store).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 
 from sleepfed.board.buffer.connection import WAL_SIZE_LIMIT_BYTES
 from sleepfed.board.buffer.store import Buffer
+from sleepfed.common.sqlite_recovery import quarantined_files
 
 log = logging.getLogger("sleepfed.agent")
 
@@ -105,8 +109,38 @@ class DiskGuard:
         with contextlib.suppress(FileNotFoundError):
             self.reserve_path.unlink()
 
+    def quarantined_bytes(self) -> int:
+        return sum(_size(file) for file in quarantined_files(self.buffer.path))
+
+    def drop_quarantined(self, enough: Callable[[], bool]) -> int:
+        """Remove quarantined copies of a corrupt buffer, oldest first (each with its side
+        files), until ``enough()``; returns the copies removed."""
+        removed = 0
+        for file in quarantined_files(self.buffer.path):
+            if enough():
+                break
+            if file.name.endswith(("-wal", "-shm", "-journal")):
+                continue  # removed with their file
+            sides = [file.with_name(file.name + s) for s in ("", "-wal", "-shm", "-journal")]
+            size = sum(_size(side) for side in sides)
+            for side in sides:
+                side.unlink(missing_ok=True)
+            removed += 1
+            log.warning(
+                "removed the quarantined buffer %s (%.1f MB) to make room",
+                file.name,
+                size / 1e6,
+                extra=_DISK_FULL,
+            )
+        return removed
+
     def check_cap(self) -> int:
-        """Evict down to the buffer's cap; returns the rows evicted."""
+        """Keep the buffer and its quarantined copies under the cap: the copies go first,
+        then the oldest raw readings; returns the rows evicted."""
+        cap = self.buffer.max_bytes
+        if cap and quarantined_files(self.buffer.path):
+            used = self.buffer.used_bytes
+            self.drop_quarantined(lambda: used() + self.quarantined_bytes() <= cap)
         evicted = enforce_cap(self.buffer)
         if evicted:
             log.warning("buffer over cap: evicted %d oldest raw readings", evicted)
@@ -127,6 +161,10 @@ class DiskGuard:
         target = self.min_free_bytes
         if not self.reserve_path.exists():
             target += self.reserve_bytes
+        enough = lambda: self.free_bytes() >= target  # noqa: E731
+        if self.drop_quarantined(enough) and enough():
+            self.keep_reserve()
+            return True
         try:
             evicted = self._evict_for_free_space(target)
         except sqlite3.Error as error:
@@ -162,3 +200,10 @@ class DiskGuard:
             FREE_CHUNK_ROWS,
             after_chunk=self.buffer.shrink,
         )
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0

@@ -26,16 +26,28 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    import sqlite3
+
     from sleepfed.board.buffer.connection import BufferError
-    from sleepfed.board.service.status import EXIT_NOT_RUNNING, as_json, collect, exit_code
+    from sleepfed.board.service import status as board_status
+    from sleepfed.board.service.status import as_json, collect, exit_code
+    from sleepfed.board.service.status_problems import unreadable_buffer
     from sleepfed.board.service.status_text import render
 
     config = load_config(args.config)
+    if not config.buffer_path.exists() and config.buffer_path.parent.is_dir():
+        print(
+            f"sleepfed-agent status: no buffer at {config.buffer_path} yet: the agent has not "
+            "run on this board",
+            file=sys.stderr,
+        )
+        return board_status.EXIT_NOT_RUNNING
     try:
         status = collect(config)
-    except BufferError as error:
-        print(f"sleepfed-agent status: {error}", file=sys.stderr)
-        return EXIT_NOT_RUNNING
+    except (BufferError, sqlite3.Error, OSError) as error:
+        problem = unreadable_buffer(config, error)
+        print(f"sleepfed-agent status: {problem}", file=sys.stderr)
+        return board_status.EXIT_BUFFER_UNREADABLE
     print(as_json(status) if args.json else render(status))
     return exit_code(status)
 
@@ -68,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", required=True)
     status = sub.add_parser(
         "status",
-        help="show the board's state; exit 0 healthy, 1 not running, 2 config error, 3 degraded",
+        help="show the board's state; exit 0 healthy, 1 not running, 2 config error, 3 degraded, "
+        "4 buffer unreadable (corrupt, not ours, newer, no permission, its folder gone)",
     )
     status.add_argument("--config", required=True)
     status.add_argument("--json", action="store_true")

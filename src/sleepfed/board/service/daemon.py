@@ -7,7 +7,8 @@ here: they live in the SuperNode child and its ClientApp processes.
 
 The parts: sleepfed.board.service.ingest (batches, commits, ACKs, giving up on an
 unwritable buffer), sleepfed.board.buffer.disk_guard (cap, free space, reserve file),
-sleepfed.board.federation.participation (when to join, the session's thread). This module
+sleepfed.board.federation.participation (when to join, the session's thread),
+sleepfed.board.service.buffer_keeper (a corrupt, read-only or vanished buffer). This module
 starts and stops them, and runs the main loop.
 """
 
@@ -29,6 +30,7 @@ from sleepfed.board.buffer.store import Buffer
 from sleepfed.board.federation.participation import Participation
 from sleepfed.board.nights.tracker import NightTracker, extract_night, predict_nights
 from sleepfed.board.service import clock
+from sleepfed.board.service.buffer_keeper import BufferKeeper
 from sleepfed.board.service.config import AgentConfig, SerialSourceConfig, SourceConfig
 from sleepfed.board.service.ingest import EXIT_BUFFER_UNWRITABLE, Ingest
 from sleepfed.board.service.notify import Notifier
@@ -68,6 +70,9 @@ class Daemon:
         self.sources: list[Source] = [make_source(s, config.timezone) for s in config.sources]
         self.tracker = NightTracker(config.timezone, config.night_settle_seconds)
         self.notifier = Notifier()
+        self.keeper = BufferKeeper(config, self.stop.is_set)
+        self.keeper.on_new = self._swap
+        self._ready_sent = False
 
     def _wire(self, buffer: Buffer) -> None:
         config = self.config
@@ -81,8 +86,22 @@ class Daemon:
             self.stop,
             config.batch_max_readings,
             config.unwritable_exit_seconds,
+            self.keeper,
         )
         self.participation = Participation(config, buffer, self.stop)
+
+    def _swap(self, buffer: Buffer) -> None:
+        """A new connection from the keeper (a recovered or reopened buffer) for every part."""
+        self.buffer = self.ingest.buffer = self.disk.buffer = self.participation.buffer = buffer
+        self.tracker.discover(buffer)
+
+    def _waiting(self, reason: str) -> None:
+        """At start, while the buffer cannot be opened: alive and saying why."""
+        line = f"degraded: buffer unwritable: {reason}; readings held, not acknowledged"
+        if not self._ready_sent:
+            self._ready_sent = self.notifier.ready(line) or True
+        self.notifier.status(line)
+        self.notifier.watchdog()  # restarting cannot make the card writable
 
     # -- lifecycle ------------------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
@@ -94,13 +113,10 @@ class Daemon:
         os.umask(0o077)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        self._wire(
-            Buffer(
-                self.config.buffer_path,
-                synchronous=self.config.synchronous,
-                max_bytes=self.config.max_bytes,
-            )
-        )
+        buffer = self.keeper.open_waiting(self._waiting)
+        if buffer is None:
+            return 0
+        self._wire(buffer)
         if not self._start_buffer():
             return EXIT_BUFFER_UNWRITABLE
         threads = [
@@ -186,6 +202,8 @@ class Daemon:
             len(self.sources),
             lambda: {
                 "buffer_write_failing": float(self.ingest.write_failing),
+                # held without end: read-only card, folder gone (sd_notify STATUS= says why)
+                "buffer_unwritable": float(self.keeper.unwritable is not None),
                 "queued_chunks": float(self.ingest.events.qsize()),
             },
         )
@@ -206,6 +224,13 @@ class Daemon:
             if stopping:
                 return 0
             now = time.monotonic()
+            if self.keeper.unwritable is not None or self.keeper.gone_since_check():
+                if now - last_housekeeping >= HOUSEKEEPING_SECONDS:
+                    last_housekeeping = now
+                    self.keeper.check(self.buffer)
+                    if self.keeper.unwritable is not None:
+                        self._waiting(self.keeper.unwritable)
+                continue
             try:
                 if now - last_housekeeping >= HOUSEKEEPING_SECONDS:
                     last_housekeeping = now
@@ -215,7 +240,10 @@ class Daemon:
                     last_cap_check = now
                     self.disk.check_cap()
             except sqlite3.Error as error:  # readings keep their own retry; this waits a turn
-                log.error("housekeeping could not write the buffer: %s", error, extra=_DISK_FULL)
+                if not self.keeper.write_failed(self.buffer, error):
+                    log.error(
+                        "housekeeping could not write the buffer: %s", error, extra=_DISK_FULL
+                    )
             # Healthy = this loop iterates and the last buffer write worked: only then ping.
             healthy = not self.ingest.write_failing
             if ping_every is not None and healthy and now - last_ping >= ping_every:

@@ -4,7 +4,10 @@ Sources hand their chunks to ``Ingest.emit`` (their own threads; a full queue ma
 wait); the daemon's main thread collects them into a batch, commits it with its counters in
 one transaction, and only then acknowledges its readings to their sources. A batch that
 cannot be written is held (nothing more is acknowledged) and retried; past
-``buffer.unwritable_exit_seconds`` the agent exits (``EXIT_BUFFER_UNWRITABLE``).
+``buffer.unwritable_exit_seconds`` the agent exits (``EXIT_BUFFER_UNWRITABLE``). Not so for
+a corrupt buffer (recovered, and the batch committed into the fresh one) or an unwritable
+file system (the batch held, without end, until it is writable again): the daemon's
+``BufferKeeper`` (sleepfed.board.service.buffer_keeper) handles those.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections import Counter
 from sleepfed.board.buffer.disk_guard import DiskGuard
 from sleepfed.board.buffer.store import Buffer
 from sleepfed.board.nights.tracker import NightTracker
+from sleepfed.board.service.buffer_keeper import BufferKeeper
 from sleepfed.board.sources import Item, Rejection, Source, SourceEvent
 from sleepfed.board.sources.protocol import Kind, Reading
 
@@ -117,8 +121,10 @@ class Ingest:
         stop: threading.Event,
         batch_max_readings: int,
         unwritable_exit_seconds: float,
+        keeper: BufferKeeper,
     ) -> None:
         self.buffer = buffer
+        self.keeper = keeper
         self.sources = sources
         self.tracker = tracker
         self.disk = disk
@@ -171,6 +177,9 @@ class Ingest:
         ``EXIT_BUFFER_UNWRITABLE`` once writes have failed for too long, else None."""
         if not self.batch:
             return None
+        if self.keeper.unwritable is not None or self.keeper.gone_since_check():
+            self.stop.wait(0.5)  # held: the sources wait (a full queue), not a busy loop
+            return None
         try:
             self._commit()
         except sqlite3.Error as error:
@@ -179,6 +188,9 @@ class Ingest:
         return None
 
     def _write_failed(self, error: sqlite3.Error) -> int | None:
+        if self.keeper.write_failed(self.buffer, error):
+            self.batch.counters["buffer_write_held"] += 1  # counted with the batch
+            return None
         self.failing_since = self.failing_since or time.monotonic()
         full = is_disk_full(error)
         # counted with the batch, once it commits

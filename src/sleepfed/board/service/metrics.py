@@ -93,6 +93,7 @@ class AgentCollector(Collector):
             readable.add_metric([], 0.0)
             yield readable
             yield self._read_errors()
+            yield from self._live()  # why the daemon holds its writes, if it does
             return
         readable.add_metric([], 1.0)
         yield readable
@@ -101,6 +102,26 @@ class AgentCollector(Collector):
         yield from self._buffer(counts.used_bytes, counts.file_bytes, counts.readings)
         yield from self._federation(counters, receipts)
         yield from self._daemon(state)
+        yield from self._recovery(counters, state)
+        yield from self._live()
+
+    def _recovery(self, counters: dict[str, int], state: BoardState) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "sleepfed_agent_buffer_recovered",
+            "corrupt buffers moved aside and salvaged (sleepfed.board.buffer.buffer_recovery)",
+            value=counters.get("buffer_recovered", 0),
+        )
+        record = state.buffer_recovered or {}
+        yield GaugeMetricFamily(
+            "sleepfed_agent_buffer_recovered_timestamp_seconds",
+            "when the last corrupt buffer was moved aside (0 = never)",
+            value=float(record.get("at") or 0),
+        )
+
+    def _live(self) -> Iterator[Metric]:
+        if self.live is not None:
+            for name, value in self.live().items():
+                yield GaugeMetricFamily(f"sleepfed_agent_{name}", name.replace("_", " "), value)
 
     def _read_errors(self) -> CounterMetricFamily:
         return CounterMetricFamily(
@@ -232,6 +253,3 @@ class AgentCollector(Collector):
             "1 while a participation session runs",
             value=1.0 if state.session_running else 0.0,
         )
-        if self.live is not None:
-            for name, value in self.live().items():
-                yield GaugeMetricFamily(f"sleepfed_agent_{name}", name.replace("_", " "), value)

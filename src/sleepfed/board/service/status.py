@@ -13,12 +13,17 @@ from sleepfed.board.buffer.model_tables import PersonalModelRecord
 from sleepfed.board.buffer.store import Buffer, BufferCounts
 from sleepfed.board.federation.outcome import SessionOutcome
 from sleepfed.board.service import clock
+from sleepfed.board.service.buffer_keeper import unwritable_reason
 from sleepfed.board.service.config import AgentConfig, BleSourceConfig
+from sleepfed.board.service.status_problems import recovered_problem
 
 # Exit codes of ``sleepfed-agent status`` (2 is a configuration error, as everywhere).
 EXIT_HEALTHY = 0
 EXIT_NOT_RUNNING = 1  # no daemon (or no buffer yet): nothing is being collected
 EXIT_DEGRADED = 3  # the daemon runs but a source is down or the last session failed
+EXIT_BUFFER_UNREADABLE = 4  # the buffer is corrupt, not ours, of a newer agent, or unreadable
+# A recovered buffer (sleepfed.board.buffer.buffer_recovery) is a problem this long after.
+RECOVERED_SHOWN_SECONDS = 86400.0
 SESSION_PROBLEMS = {
     SessionOutcome.REFUSED: (
         "the server refused this board (key not registered or revoked, or wrong CA)"
@@ -82,8 +87,22 @@ def _read_buffer(config: AgentConfig) -> _BufferSnapshot:
 def collect(config: AgentConfig) -> dict[str, Any]:
     snapshot = _read_buffer(config)
     state = snapshot.state
-    running = _pid_alive(state.daemon_pid) and clock.now() - state.heartbeat_at < 30
+    alive = _pid_alive(state.daemon_pid)
+    running = alive and clock.now() - state.heartbeat_at < 30
     health, problems = _health(running, state, snapshot.battery)
+    card = unwritable_reason(config.buffer_path, None) if alive else None
+    if alive and (card is not None or not running):
+        # alive but not writing: the card went read-only, its folder went away, or it hangs
+        reason = card or "see its log"
+        running, health = True, "degraded"
+        problems = [
+            f"the daemon (pid {state.daemon_pid}) has not written its buffer for "
+            f"{clock.now() - state.heartbeat_at:.0f} s: {reason}"
+        ]
+    recovered = state.buffer_recovered
+    if recovered and clock.now() - float(recovered.get("at", 0)) < RECOVERED_SHOWN_SECONDS:
+        problems.append(recovered_problem(recovered))
+        health = "degraded" if health == "ok" else health
     return {
         "board": config.board_id,
         "health": health,
@@ -94,7 +113,7 @@ def collect(config: AgentConfig) -> dict[str, Any]:
             "health": state.health if running else "not running",
             "sources_connected": state.sources_connected,
         },
-        "buffer": _buffer_section(config, snapshot.counts),
+        "buffer": _buffer_section(config, snapshot.counts) | {"recovered": recovered},
         "movement": movement_sources(config),
         # each source's newest battery level of the last two days (BLE 0x2A19, serial BAT)
         "battery": {s: {"percent": v, "at": ts} for s, (v, ts) in snapshot.battery.items()},
