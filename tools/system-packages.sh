@@ -20,9 +20,12 @@ DEMO="$BUILD make ca-certificates procps dbus bluez nginx-light"
 # systemd), chromium + a font (the report rendered headless), iproute2 (network namespaces
 # of the network-cut test), curl (the attacker's tool of tests/security/), debootstrap (the
 # fresh root file systems of tests/system/test_fresh_machine.py and the package tests),
-# qemu-user-static + binfmt-support (the arm64 package and image run emulated).
+# qemu-user-static + binfmt-support (the arm64 package and image run emulated), e2fsprogs (the
+# SD card of tests/faults/test_faults_card.py: an ext4 image with errors=remount-ro), sqlite3
+# (tests/unit/test_sqlite_recovery.py shows its .recover cannot run on Debian 12), fuse3 +
+# libfuse3-3 (the file system of tests/faults/test_power_cut.py that loses unsynced writes).
 TEST="$DEMO socat systemd-container chromium fonts-dejavu-core iproute2 curl debootstrap \
-    qemu-user-static binfmt-support"
+    qemu-user-static binfmt-support e2fsprogs sqlite3 fuse3 libfuse3-3"
 
 case "${1:-}" in
 demo) wanted=$DEMO ;;

@@ -27,7 +27,6 @@ from pathlib import Path
 from sleepfed.board.buffer.buffer_recovery import open_checked, recover
 from sleepfed.board.buffer.store import Buffer
 from sleepfed.board.service import clock
-from sleepfed.board.service.config import AgentConfig
 from sleepfed.common.sqlite_recovery import is_corrupt
 
 log = logging.getLogger("sleepfed.agent")
@@ -84,9 +83,11 @@ class BufferKeeper:
     """Opens the buffer, notices when it is unwritable, gone or corrupt, and hands a new
     connection to ``on_new`` when it had to make one."""
 
-    def __init__(self, config: AgentConfig, stop: Callable[[], bool]) -> None:
-        self.path = config.buffer_path
-        self.options = {"synchronous": config.synchronous, "max_bytes": config.max_bytes}
+    def __init__(
+        self, path: Path, synchronous: str, max_bytes: int | None, stop: Callable[[], bool]
+    ) -> None:
+        self.path = path
+        self.options = {"synchronous": synchronous, "max_bytes": max_bytes}
         self.stopping = stop
         self.on_new: Callable[[Buffer], None] = lambda _buffer: None
         self.unwritable: str | None = None  # why writes are held

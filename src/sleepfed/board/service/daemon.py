@@ -70,7 +70,9 @@ class Daemon:
         self.sources: list[Source] = [make_source(s, config.timezone) for s in config.sources]
         self.tracker = NightTracker(config.timezone, config.night_settle_seconds)
         self.notifier = Notifier()
-        self.keeper = BufferKeeper(config, self.stop.is_set)
+        self.keeper = BufferKeeper(
+            config.buffer_path, config.synchronous, config.max_bytes, self.stop.is_set
+        )
         self.keeper.on_new = self._swap
         self._ready_sent = False
 

@@ -4,9 +4,11 @@ read at all (exit 4), and a buffer the agent recovered (sleepfed.board.buffer.bu
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
+from sleepfed.board.buffer.schema import SCHEMA_VERSION
 from sleepfed.board.service.config import AgentConfig
 from sleepfed.common.sqlite_recovery import is_corrupt
 
@@ -39,7 +41,13 @@ def unreadable_buffer(config: AgentConfig, error: Exception) -> str:
         )
     if "schema version 0," in text:
         return f"{path} is not a sleepfed buffer (another program's SQLite file)"
-    if "schema version" in text:
+    found = re.search(r"schema version (\d+)", text)
+    if found and int(found.group(1)) > SCHEMA_VERSION:
+        return (
+            f"the buffer {path} was written by a newer agent (schema version "
+            f"{found.group(1)}; this one knows {SCHEMA_VERSION}): upgrade this agent"
+        )
+    if found:
         return f"the buffer {path} has another schema: {text.split(': ', 1)[-1]}"
     if isinstance(error, PermissionError) or "unable to open" in text:
         return f"the buffer {path} cannot be read by this user ({text})"
