@@ -66,7 +66,7 @@ BUFFER_FIELDS = (
     Field("synchronous", str, "full", "SQLite durability", choices=SYNCHRONOUS_MODES),
     Field("max_mb", (int, float), 0, "size cap; 0: none", low=0, high=10_000_000),
     Field("min_free_mb", float, 16.0, "evict oldest raw readings to keep this free", 1, 100_000),
-    Field("unwritable_exit_seconds", float, 60.0, "exit 3 after this long unwritable", 1, 86_400),
+    Field("unwritable_exit_seconds", float, 60.0, "exit 3 after a full disk this long", 1, 86_400),
     Field("batch_max_readings", int, 2000, "commit after this many readings", 1, 1_000_000),
     Field("batch_max_seconds", float, 0.2, "or after this long", low=0, high=60, above=0),
 )
