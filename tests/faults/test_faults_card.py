@@ -146,6 +146,7 @@ def test_a_corrupt_buffer_is_moved_aside_salvaged_and_ingest_goes_on(
     log = config.with_name("agent.log").read_text()
     assert "buffer corrupt" in log and quarantined[0].name in log
     salvaged = recovered["salvaged_readings"]
+    print(f"salvaged {salvaged} of {readings} readings, {recovered['readings_lost']} lost")
     stored = _rows(buffer, "SELECT COUNT(*) FROM readings")
     assert stored == salvaged + 500  # the salvage, then the new readings
     if damage is _garbage_in_the_middle:
