@@ -40,6 +40,7 @@ from tests.support.helpers import (
     write_agent_config,
 )
 from tests.support.prometheus_scrape import scrape
+from tests.system.test_systemd import NotifyListener
 
 STEP_MS = 10
 
@@ -205,11 +206,15 @@ def _hold_and_resume(
             ports={"wrist": link.device_path},
             extra=f"[metrics]\nhost = '127.0.0.1'\nport = {port}\n",
         )
-        proc = start_agent(config)
+        listener = NotifyListener(tmp_path / "notify.sock")  # the service manager's socket
+        proc = start_agent(
+            config, env={"NOTIFY_SOCKET": str(listener.path), "WATCHDOG_USEC": "2000000"}
+        )
         try:
             assert link.wait_opened(30)
             link.write(_lines(1_764_000_000_000, 1000), timeout=10)
             wait_for(lambda: (link.last_ack or (0, 0))[1] == 1000, 20, 0.05, "ACKs", link.wait)
+            cut_at = time.monotonic()
             cut()  # type: ignore[operator]
             link.write(_lines(1_764_000_010_000, 1000), timeout=10)
             link.wait(3.0)
@@ -224,8 +229,14 @@ def _hold_and_resume(
             restore()  # type: ignore[operator]
             wait_for(lambda: (link.last_ack or (0, 0))[1] == 2000, 60, 0.1, "2000 ACKed", link.wait)
             assert proc.poll() is None  # never exited
+            resumed_at = time.monotonic()
         finally:
             assert stop_agent(proc) == 0
+            listener.close()
+    held = [m for t, m in listener.lines("STATUS=") if cut_at < t < resumed_at]
+    assert any("degraded: buffer unwritable" in m and reason in m for m in held), held[-3:]
+    pings = [t for t, _ in listener.lines("WATCHDOG=1") if cut_at + 3 < t < resumed_at]
+    assert len(pings) >= 5  # still fed while held: a restart cannot make the card writable
     print(f"\nheld: ACK stayed at {held_ack}, {spent:.2f} s of CPU in 10 s")
     assert spent < 1.0  # waiting, not spinning
     assert samples.get(("sleepfed_agent_buffer_unwritable", ())) == 1.0, samples

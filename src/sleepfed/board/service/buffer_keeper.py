@@ -43,7 +43,7 @@ def unwritable_reason(path: Path, error: BaseException | None) -> str | None:
     about the file system (disk full and corruption have their own handling)."""
     folder = path.parent
     if not folder.is_dir():
-        return f"the buffer's folder {folder} is gone"
+        return f"the buffer's folder {folder} does not exist"
     try:
         if read_only(folder):
             return f"the file system of {folder} is read-only"
@@ -169,7 +169,7 @@ class BufferKeeper:
         if time.monotonic() < self._retry_at:
             return
         if not self.path.parent.is_dir():  # not made anew on the root file system
-            self._held(f"the buffer's folder {self.path.parent} is gone")
+            self._held(f"the buffer's folder {self.path.parent} does not exist")
             return
         try:
             fresh = self.open()
