@@ -1,49 +1,23 @@
 """The server's history: every round's global model and metrics, versioned, in one SQLite file.
 
 A round is never overwritten: a rollback marks the rounds after the chosen one as rolled
-back, and the next run starts from the chosen round's model.
+back, and the next run starts from the chosen round's model. The file is checked whenever it
+is opened, and a damaged one salvaged: sleepfed.server.app.history_file.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from sleepfed.common.private_files import ensure_private_dir
-from sleepfed.common.sqlite_files import create_private, setting_up
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS rounds (
-    id INTEGER PRIMARY KEY,
-    global_round INTEGER NOT NULL,
-    run_id TEXT NOT NULL,
-    server_round INTEGER NOT NULL,
-    arrays BLOB NOT NULL,
-    train_metrics TEXT NOT NULL,
-    eval_metrics TEXT NOT NULL,
-    server_metrics TEXT NOT NULL,
-    train_nodes INTEGER NOT NULL,
-    eval_nodes INTEGER NOT NULL,
-    created_at REAL NOT NULL,
-    rolled_back INTEGER NOT NULL DEFAULT 0
-);
-CREATE UNIQUE INDEX IF NOT EXISTS active_round ON rounds(global_round) WHERE rolled_back = 0;
-CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT PRIMARY KEY,
-    started_at REAL NOT NULL,
-    finished_at REAL,
-    status TEXT NOT NULL,
-    start_round INTEGER NOT NULL,
-    planned_rounds INTEGER NOT NULL
-);
-"""
-# (name, type) of columns added since; History._migrate adds them to older files.
-ADDED_ROUND_COLUMNS = (
-    ("rejected", "TEXT NOT NULL DEFAULT '[]'"),
-    ("privacy", "TEXT NOT NULL DEFAULT '{}'"),
+from sleepfed.server.app.history_file import (
+    ADDED_ROUND_COLUMNS,
+    open_for_reading,
+    open_for_writing,
+    recoveries,
 )
 
 
@@ -68,32 +42,21 @@ class RoundRecord:
 
 
 class History:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
+        """``read_only``: nothing is written, migrated or recovered (``status``, metrics,
+        ``report``); a missing file raises FileNotFoundError. Either way a file that cannot
+        be used raises StateFileError (sleepfed.server.app.history_file)."""
         self.path = Path(path)
-        ensure_private_dir(self.path.parent)  # the state dir: 0700 whatever the umask
-        with setting_up(self.path):  # the ServerApp, `status` and scripts may open it at once
-            create_private(self.path)
-            self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            self.conn.execute("PRAGMA journal_mode = WAL")
-            self.conn.execute("PRAGMA synchronous = FULL")
-            self._create_and_migrate()
-
-    def _create_and_migrate(self) -> None:
-        """Make the tables, then add the columns added after the first release (older history
-        files get them, empty), in one transaction: a crash leaves the file as it was.
-        (Processes opening the file at once take turns: see ``setting_up``.)"""
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in filter(str.strip, SCHEMA.split(";")):
-                self.conn.execute(statement)
-            have = {row[1] for row in self.conn.execute("PRAGMA table_info(rounds)")}
-            for name, sql_type in ADDED_ROUND_COLUMNS:
-                if name not in have:
-                    self.conn.execute(f"ALTER TABLE rounds ADD COLUMN {name} {sql_type}")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+        self.conn = open_for_reading(self.path) if read_only else open_for_writing(self.path)
+        self._tables = {
+            name for (name,) in self.conn.execute("SELECT name FROM sqlite_master")
+        }  # both tables, or (a new file read before it was set up) none
+        have = {row[1] for row in self.conn.execute("PRAGMA table_info(rounds)")}
+        # an older file read without migrating it: the added columns' defaults stand in
+        self._added = ", ".join(
+            name if name in have else f"{sql_type.rsplit(' ', 1)[-1]} AS {name}"
+            for name, sql_type in ADDED_ROUND_COLUMNS
+        )
 
     def close(self) -> None:
         self.conn.close()
@@ -154,12 +117,14 @@ class History:
     def rounds(self, include_rolled_back: bool = True) -> list[RoundRecord]:
         sql = (
             "SELECT global_round, run_id, server_round, arrays, train_metrics, eval_metrics, "
-            "server_metrics, train_nodes, eval_nodes, created_at, rolled_back, rejected, "
-            "privacy FROM rounds"
+            f"server_metrics, train_nodes, eval_nodes, created_at, rolled_back, {self._added} "
+            "FROM rounds"
         )
         if not include_rolled_back:
             sql += " WHERE rolled_back = 0"
         sql += " ORDER BY id"
+        if "rounds" not in self._tables:
+            return []
         return [
             RoundRecord(
                 r[0],
@@ -229,7 +194,13 @@ class History:
             (time.time(), status, run_id),
         )
 
+    def recoveries(self) -> list[dict[str, Any]]:
+        """Each time this history was found damaged and salvaged, oldest first."""
+        return recoveries(self.conn)
+
     def runs(self) -> list[dict[str, object]]:
+        if "runs" not in self._tables:
+            return []
         cursor = self.conn.execute("SELECT * FROM runs ORDER BY started_at")
         names = [c[0] for c in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor]

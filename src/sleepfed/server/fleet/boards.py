@@ -6,40 +6,37 @@ supernode register`` / ``unregister``: sleepfed.server.fleet.control_api); other
 change is pending and ``sleepfed-server run`` applies it when its SuperLink is up. A
 SuperLink whose state is in memory starts knowing no board: every enrolled board is
 registered with it again (``forget_superlink``, then ``sync``). A revoked
-key is never registered again (the registry refuses it; Flower too, within one SuperLink's
-life): a revoked board needs a new key pair (run ``sleepfed-enroll --new-key`` on it).
+key is never registered again (the registry refuses it, and so does ``revoked-keys``, its
+second record of revocations, should ``boards.db`` lose or regress the row; Flower too, within
+one SuperLink's life): a revoked board needs a new key pair (``sleepfed-enroll --new-key``).
+A damaged registry is never used: sleepfed.server.fleet.registry_file.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
-import os
-import sqlite3
 import time
 from pathlib import Path
 
-from sleepfed.common.private_files import ensure_private_dir
 from sleepfed.provisioning.request import (
     EnrollmentRequest,
     RequestError,
     checked_request,
 )
 from sleepfed.server.fleet.control_api import ControlApi, ControlApiError
+from sleepfed.server.fleet.registry_file import (
+    is_revoked,
+    key_id,
+    open_registry,
+    record_revoked,
+    registry_path,
+    remember_revocations,
+    revoked_keys,
+)
 from sleepfed.server.ops.config import ServerConfig
 
 log = logging.getLogger("sleepfed.server")
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS boards (
-    board_id TEXT PRIMARY KEY,
-    public_key TEXT NOT NULL UNIQUE,
-    status TEXT NOT NULL CHECK (status IN ('pending', 'registered', 'revoke-pending', 'revoked')),
-    node_id TEXT,
-    enrolled_at REAL NOT NULL,
-    changed_at REAL NOT NULL
-);
-"""
 
 
 class RegistryError(RequestError):
@@ -59,14 +56,14 @@ class Registry:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.sync_failures = 0
+        # a damaged registry raises StateFileError here: see registry_file
+        self.conn = open_registry(registry_path(config.state_dir))
+        try:
+            remember_revocations(self.conn, config.state_dir)
+        except BaseException:
+            self.conn.close()
+            raise
         self.control = ControlApi(config)  # our SuperLink's, opened at the first sync
-        path = config.state_dir / "boards.db"
-        ensure_private_dir(path.parent)  # 0700: the registry holds every board's key
-        if not path.exists():
-            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-        self.conn = sqlite3.connect(path, timeout=30, isolation_level=None)
-        self.conn.execute("PRAGMA journal_mode = WAL")
-        self.conn.executescript(SCHEMA)
 
     def close(self) -> None:
         self.control.close()
@@ -91,10 +88,7 @@ class Registry:
                 raise RegistryError(
                     f"board {request.board_id} is enrolled with another key: revoke it first"
                 )
-            if key == request.public_key:
-                raise RegistryError(
-                    f"board {request.board_id}: this key was revoked; the board needs a new key"
-                )
+            self._refuse_revoked(request, revoked=key == request.public_key)
             self.conn.execute(
                 "UPDATE boards SET public_key = ?, status = 'pending', node_id = NULL, "
                 "changed_at = ? WHERE board_id = ?",
@@ -106,20 +100,31 @@ class Registry:
         ).fetchone()
         if other is not None:
             raise RegistryError(f"this key already belongs to board {other[0]}")
+        self._refuse_revoked(request)
         self.conn.execute(
             "INSERT INTO boards VALUES (?, ?, 'pending', NULL, ?, ?)",
             (request.board_id, request.public_key, now, now),
         )
         return "added"
 
+    def _refuse_revoked(self, request: EnrollmentRequest, revoked: bool = False) -> None:
+        """``revoked``: the registry's row says so; revoked-keys is asked too (a row lost or
+        regressed with a damaged registry)."""
+        if revoked or is_revoked(self.config.state_dir, request.public_key):
+            raise RegistryError(
+                f"board {request.board_id}: this key was revoked; the board needs a new key"
+            )
+
     def revoke(self, board_id: str) -> None:
         row = self.conn.execute(
-            "SELECT status FROM boards WHERE board_id = ?", (board_id,)
+            "SELECT status, public_key FROM boards WHERE board_id = ?", (board_id,)
         ).fetchone()
         if row is None:
             raise RegistryError(f"no board {board_id}")
         if row[0] in ("revoked", "revoke-pending"):
             return
+        # on the disk in revoked-keys first: a registry damaged from here on still knows
+        record_revoked(self.config.state_dir, [(board_id, str(row[1]))])
         status = "revoked" if row[0] == "pending" else "revoke-pending"
         self.conn.execute(
             "UPDATE boards SET status = ?, changed_at = ? WHERE board_id = ?",
@@ -157,10 +162,15 @@ class Registry:
         the next sync, and does not hold up the boards after it."""
         done = []
         self.sync_failures = 0
+        revoked = revoked_keys(self.config.state_dir)
         for board in self.boards():
             board_id, status = str(board["board_id"]), board["status"]
             try:
-                if status == "pending":
+                if status in ("pending", "registered") and key_id(str(board["public_key"])) in (
+                    revoked
+                ):
+                    done.append(self._enforce_revocation(board_id, board["node_id"]))
+                elif status == "pending":
                     done.append(self._register(board_id, str(board["public_key"])))
                 elif status == "revoke-pending":
                     done.append(self._unregister(board_id, str(board["node_id"])))
@@ -180,6 +190,26 @@ class Registry:
             self.control.unregister(node_id)
             return f"revoked {board_id} during its registration (node {node_id} unregistered)"
         return f"registered {board_id} (node {node_id})"
+
+    def _enforce_revocation(self, board_id: str, node_id: object) -> str:
+        """A board whose key revoked-keys lists, yet whose row would let it in: the row is
+        older than the revocation (restored, or a page the disk served stale)."""
+        log.error(
+            "board %s: its key was revoked, yet the registry lists it as enrolled: kept out",
+            board_id,
+        )
+        if (
+            node_id is not None
+            and self.conn.execute(
+                "SELECT 1 FROM boards WHERE board_id = ? AND status = 'registered'", (board_id,)
+            ).fetchone()
+        ):
+            return self._unregister(board_id, str(node_id))
+        self.conn.execute(
+            "UPDATE boards SET status = 'revoked', changed_at = ? WHERE board_id = ?",
+            (time.time(), board_id),
+        )
+        return f"revoked {board_id} again (its key is in revoked-keys)"
 
     def _unregister(self, board_id: str, node_id: str) -> str:
         self.control.unregister(int(node_id))

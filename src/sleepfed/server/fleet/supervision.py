@@ -3,7 +3,11 @@ boards' address), and the registry applied to the SuperLink.
 
 A supervising thread checks both processes every second and restarts one that exited, and
 applies the board registry to the SuperLink every ``reconcile_seconds`` (a revocation made
-while the SuperLink could not be reached still takes effect within that time). Stopping the
+while the SuperLink could not be reached still takes effect within that time). A registry
+found damaged (or not a registry) fails closed: the boards' address closes at once and the
+server stops, its SuperLink with it (``fatal`` says why; sleepfed.server.fleet.registry_file).
+One that cannot be read for another reason (busy, a permission) is logged and tried again,
+the SuperLink's nodes left as they were (``run`` refuses to start on it). Stopping the
 server stops both processes; if the server itself is killed, they get SIGTERM from the
 kernel (``die_with_parent``).
 """
@@ -14,6 +18,7 @@ import logging
 import threading
 import time
 
+from sleepfed.common.sqlite_checks import StateFileError
 from sleepfed.server.fleet.fleet_proxy import FleetProxy
 from sleepfed.server.fleet.superlink import SuperLink
 from sleepfed.server.ops.config import ServerConfig
@@ -33,6 +38,7 @@ class ServerProcesses:
         self.proxy = FleetProxy(config)
         self.restarts = {"superlink": 0, "fleet_proxy": 0}
         self.reconcile_failures = 0
+        self.fatal: str | None = None  # why the server stopped on its own
         # SuperLinks started so far: a run submitted to an earlier one is gone with it
         self.superlink_starts = 0
         self._stop = threading.Event()
@@ -74,7 +80,16 @@ class ServerProcesses:
 
         try:
             registry = Registry(self.config)
-        except Exception as error:  # a broken registry must not stop the federation loop
+        except StateFileError as error:
+            self.reconcile_failures += 1
+            if error.kind == "unreadable":  # busy, or a permission: its content is not in doubt
+                log.error("board registry unreadable: %s", error)
+                return []
+            # nobody's entry is decided by a registry whose content cannot be trusted
+            self.fatal = f"the board registry cannot be used: {error}"
+            log.error(self.fatal, extra={"ERROR_CLASS": "registry_unusable"})
+            raise
+        except Exception as error:  # a transient failure must not stop the federation loop
             self.reconcile_failures += 1
             log.error("board registry unreadable: %s", error)
             return []
@@ -90,7 +105,7 @@ class ServerProcesses:
 
     def _supervise(self) -> None:
         next_reconcile = time.monotonic() + self.config.reconcile_seconds
-        while not self._stop.wait(CHECK_SECONDS):
+        while not self._stop.wait(CHECK_SECONDS) and self.fatal is None:
             self.superlink.remember_children()
             for name, process in (("superlink", self.superlink), ("fleet_proxy", self.proxy)):
                 if process.alive() or self._stop.is_set() or self.stopping.is_set():
@@ -107,8 +122,8 @@ class ServerProcesses:
                 except Exception as error:  # try again on the next check
                     log.error("%s could not be restarted: %s", name, error)
             if time.monotonic() >= next_reconcile and self.superlink.alive():
-                for line in self.reconcile():
-                    log.info("registry: %s", line)
+                if not self._reconcile_or_stop():
+                    return
                 next_reconcile = time.monotonic() + self.config.reconcile_seconds
 
     def _restart_superlink(self) -> None:
@@ -122,10 +137,21 @@ class ServerProcesses:
         self.superlink.stop()  # and what it left behind: its superexec, the run's ServerApp
         self.superlink.start()
         self.superlink_starts += 1
-        for line in self.reconcile(new_superlink=True):
-            log.info("registry: %s", line)
-        if closed:
+        if self._reconcile_or_stop(new_superlink=True) and closed:
             self.proxy.start()
+
+    def _reconcile_or_stop(self, new_superlink: bool = False) -> bool:
+        """``reconcile``; False if the registry cannot be used, after closing the boards'
+        address and asking ``run`` to stop (it stops the SuperLink and exits EXIT_STATE)."""
+        try:
+            lines = self.reconcile(new_superlink)
+        except StateFileError:
+            self.proxy.stop()
+            self.stopping.set()
+            return False
+        for line in lines:
+            log.info("registry: %s", line)
+        return True
 
     def stop(self) -> None:
         self._stop.set()

@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sqlite3
 import sys
 from collections.abc import Callable
 
+from sleepfed.common.sqlite_checks import StateFileError
 from sleepfed.model import objective
 from sleepfed.server.ops.config import ConfigError, load_config
 from sleepfed.server.ops.evaluate_command import cmd_evaluate
-from sleepfed.server.ops.exit_codes import EXIT_CONFIG
+from sleepfed.server.ops.exit_codes import EXIT_CONFIG, EXIT_STATE
 from sleepfed.server.ops.fleet_commands import cmd_boards, cmd_certs
 from sleepfed.server.ops.history_commands import cmd_history, cmd_report, cmd_rollback, cmd_status
 from sleepfed.server.ops.run_command import cmd_run
@@ -38,7 +40,8 @@ def _add_federation_commands(sub: argparse._SubParsersAction[argparse.ArgumentPa
     status = sub.add_parser(
         "status",
         help="SuperLink, last run, rounds, boards; exit 0 healthy, 1 SuperLink down, "
-        "2 config error, 3 last run failed or interrupted",
+        "2 config error, 3 last run failed or interrupted or history salvaged in the last day, "
+        "4 history or registry unusable",
     )
     status.add_argument("--config", required=True)
     status.add_argument("--json", action="store_true")
@@ -66,6 +69,13 @@ def _add_fleet_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     revoke = boards_sub.add_parser("revoke", help="refuse these boards from now on")
     revoke.add_argument("--config", required=True)
     revoke.add_argument("boards", nargs="+")
+    recover = boards_sub.add_parser(
+        "recover",
+        help="a damaged registry: show what can be salvaged; with --yes, move it aside and "
+        "keep that",
+    )
+    recover.add_argument("--config", required=True)
+    recover.add_argument("--yes", action="store_true", help="do it (after checking the list)")
     certs = sub.add_parser("certs", help="make a CA and a server certificate (demo, tests)")
     certs.add_argument("--out", required=True)
     certs.add_argument("--host", action="append", default=None, help="SAN host (repeatable)")
@@ -137,6 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"sleepfed-server: configuration error: {error}", file=sys.stderr)
         return EXIT_CONFIG
+    except StateFileError as error:
+        print(f"sleepfed-server {args.command}: {error}", file=sys.stderr)
+        return EXIT_STATE
+    except sqlite3.Error as error:  # a state file that broke past the checks made at its open
+        print(f"sleepfed-server {args.command}: a state file failed: {error}", file=sys.stderr)
+        return EXIT_STATE
     finally:
         if getattr(args, "config", None) and os.geteuid() == 0:
             _hand_back_state(args.config)

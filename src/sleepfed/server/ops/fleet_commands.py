@@ -1,5 +1,6 @@
 """The ``sleepfed-server`` commands about who may join: ``boards`` (register, list, revoke
-enrolled boards) and ``certs`` (a CA and a server certificate for demos and tests)."""
+enrolled boards, recover a damaged registry) and ``certs`` (a CA and a server certificate
+for demos and tests)."""
 
 from __future__ import annotations
 
@@ -60,7 +61,12 @@ def cmd_boards(args: argparse.Namespace) -> int:
     from sleepfed.server.fleet.boards import Registry
 
     config = load_config(args.config)
-    registry = Registry(config)
+    if args.action == "recover":
+        from sleepfed.server.fleet.registry_recovery import recover_registry
+
+        print("\n".join(recover_registry(config.state_dir, apply=args.yes)))
+        return 0
+    registry = Registry(config)  # a registry that cannot be used: StateFileError, EXIT_STATE
     try:
         if args.action == "register" and not _register(args, registry):
             print("sleepfed-server boards register: no request given", file=sys.stderr)

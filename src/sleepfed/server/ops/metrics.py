@@ -14,8 +14,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from sleepfed.common.prometheus import ROUND_BUCKETS, histogram
+from sleepfed.common.sqlite_checks import StateFileError
 from sleepfed.server.ops.config import ServerConfig
-from sleepfed.server.ops.round_figures import RoundFigures, board_counts, read_history
+from sleepfed.server.ops.round_figures import RoundFigures, board_counts, view_history
 
 log = logging.getLogger("sleepfed.metrics")
 
@@ -47,16 +48,27 @@ class ServerCollector(Collector):
         if self.supervision is not None:
             yield from _supervision_families(*self.supervision())
         try:
-            rounds, runs, rolled_back = read_history(self.config.history_path)
+            view = view_history(self.config.history_path)
             boards = board_counts(self.config.state_dir)
+        except StateFileError as error:  # says which file
+            self.read_errors += 1
+            log.error("metrics: %s", error)
+            yield from self._readable(False)
+            return
         except sqlite3.Error as error:
             self.read_errors += 1
             log.error("metrics: cannot read %s: %s", self.config.history_path, error)
             yield from self._readable(False)
             return
         yield from self._readable(True)
+        rounds = view.rounds
         last = rounds[-1] if rounds else None
-        yield from _round_families(rounds, runs, rolled_back, last)
+        yield from _round_families(rounds, view.runs, view.rolled_back, last)
+        yield CounterMetricFamily(
+            "sleepfed_server_history_recoveries",
+            "times the history was found damaged, moved aside and salvaged",
+            value=len(view.recoveries),
+        )
         yield from _rejection_families(rounds, last)
         yield from _model_families(last)
         if boards is not None:

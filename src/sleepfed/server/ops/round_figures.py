@@ -14,7 +14,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sleepfed.common.sqlite_checks import StateFileError
 from sleepfed.server.app.history import History, RoundRecord
+from sleepfed.server.fleet.registry_file import open_registry_read_only, registry_path
 
 
 @dataclass(frozen=True)
@@ -94,32 +96,55 @@ def figures(records: list[RoundRecord], runs: list[dict[str, object]]) -> list[R
     return out
 
 
-def read_history(path: Path) -> tuple[list[RoundFigures], list[dict[str, object]], int]:
-    """(active rounds' figures, runs, rolled-back round count) of a history file; empty if
-    the file does not exist (it is not created)."""
-    if not path.exists():
-        return [], [], 0
-    history = History(path)
+@dataclass(frozen=True)
+class HistoryView:
+    """What ``status``, the metrics and the report read from the history."""
+
+    rounds: list[RoundFigures]  # the active rounds' figures
+    runs: list[dict[str, object]]
+    rolled_back: int
+    recoveries: list[dict[str, object]]  # each time it was found damaged and salvaged
+    exists: bool
+
+
+def view_history(path: Path) -> HistoryView:
+    """The history file read-only (nothing is written, and a missing file stays missing);
+    StateFileError, one sentence naming the file, when it cannot be read."""
     try:
-        records = history.rounds()
-        runs = history.runs()
+        history = History(path, read_only=True)
+    except FileNotFoundError:
+        return HistoryView([], [], 0, [], exists=False)
+    try:
+        records, runs, recoveries = history.rounds(), history.runs(), history.recoveries()
+    except (sqlite3.Error, ValueError) as error:  # a sound file with rows we cannot read
+        raise StateFileError(path, f"holds rows that cannot be read ({error})") from None
     finally:
         history.close()
     rolled_back = sum(1 for r in records if r.rolled_back)
-    return figures(records, runs), runs, rolled_back
+    return HistoryView(figures(records, runs), runs, rolled_back, recoveries, exists=True)
+
+
+def read_history(path: Path) -> tuple[list[RoundFigures], list[dict[str, object]], int]:
+    """(active rounds' figures, runs, rolled-back round count) of ``view_history``."""
+    view = view_history(path)
+    return view.rounds, view.runs, view.rolled_back
 
 
 def board_counts(state_dir: Path) -> dict[str, int] | None:
     """Boards in the registry by status (registered, revoked, pending, revoke-pending), or
-    None when the server keeps no registry (node authentication off)."""
-    path = state_dir / "boards.db"
-    if not path.exists():
+    None when the server keeps no registry (node authentication off); StateFileError when
+    it cannot be read (it is not touched)."""
+    path = registry_path(state_dir)
+    try:
+        conn = open_registry_read_only(path)
+    except FileNotFoundError:
         return None
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
     try:
         rows = conn.execute("SELECT status, COUNT(*) FROM boards GROUP BY status").fetchall()
-    except sqlite3.OperationalError:  # the registry's table is not there yet
-        rows = []
+    except sqlite3.OperationalError as error:
+        if "no such table" not in str(error):
+            raise StateFileError(path, f"cannot be read ({error})") from None
+        rows = []  # a registry made a moment ago, its table not there yet
     finally:
         conn.close()
     counts = {"registered": 0, "revoked": 0, "pending": 0, "revoke-pending": 0}

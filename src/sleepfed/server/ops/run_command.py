@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from sleepfed.server.app.history import History
 from sleepfed.server.ops.config import ServerConfig, load_config
-from sleepfed.server.ops.exit_codes import EXIT_CONFIG
+from sleepfed.server.ops.exit_codes import EXIT_CONFIG, EXIT_STATE
 from sleepfed.server.ops.history_commands import format_round
 
 if TYPE_CHECKING:
@@ -145,6 +145,17 @@ def _submit_runs(
     return code
 
 
+def _check_state(config: ServerConfig) -> None:
+    """Before anything starts: a damaged history is salvaged now (logged once), and a
+    history or registry that cannot be used stops ``run`` here with StateFileError (exit
+    EXIT_STATE): no SuperLink ever ran on a registry that could not be trusted."""
+    History(config.history_path).close()
+    if config.node_auth:
+        from sleepfed.server.fleet.boards import Registry
+
+        Registry(config).close()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from sleepfed.server.fleet.fleet_proxy import ProxyError
     from sleepfed.server.fleet.supervision import ServerProcesses
@@ -152,6 +163,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.insecure and not config.insecure:
         config = _insecure(config)
+    _check_state(config)
     stop = _stop_on_signals()
     processes = ServerProcesses(config, stop)
     try:
@@ -160,11 +172,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"sleepfed-server run: {error}", file=sys.stderr)
         return EXIT_CONFIG
     metrics = _start_metrics(config, processes)
-    if config.node_auth:
-        _announce_node_auth(config, synced)
     try:
-        return _submit_runs(config, stop, args.once, processes)
+        if config.node_auth:
+            _announce_node_auth(config, synced)
+        code = _submit_runs(config, stop, args.once, processes)
     finally:
         if metrics is not None:
             metrics.stop()
         processes.stop()
+    if processes.fatal is not None:
+        print(f"sleepfed-server run: {processes.fatal}", file=sys.stderr)
+        return EXIT_STATE
+    return code

@@ -6,17 +6,22 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from datetime import datetime
 from typing import Any
 
 from sleepfed.server.ops.config import ServerConfig
-from sleepfed.server.ops.round_figures import RoundFigures, board_counts, read_history
+from sleepfed.server.ops.round_figures import HistoryView, RoundFigures, board_counts, view_history
 
-# Exit codes of ``sleepfed-server status`` (2 is a configuration error, as everywhere).
+# Exit codes of ``sleepfed-server status`` (2 is a configuration error, as everywhere; 4, a
+# history or registry that cannot be read: sleepfed.server.ops.exit_codes).
 EXIT_HEALTHY = 0
 EXIT_DOWN = 1  # the SuperLink does not accept connections: no board can join
-EXIT_DEGRADED = 3  # the SuperLink is up but the last run failed or was interrupted
+# the SuperLink is up but the last run failed or was interrupted, or the history was
+# salvaged in the last day
+EXIT_DEGRADED = 3
 BAD_RUN_STATUSES = ("failed", "interrupted")
+RECENT_RECOVERY = 86400.0  # seconds a salvaged history keeps the status degraded
 
 
 def accepts_connections(host: str, port: int, timeout: float) -> bool:
@@ -46,7 +51,9 @@ def _next_round(rounds: list[RoundFigures], last_run: dict[str, Any] | None, up:
     return "when the server runs"
 
 
-def _problems(config: ServerConfig, up: bool, last_run: dict[str, Any] | None) -> list[str]:
+def _problems(
+    config: ServerConfig, up: bool, last_run: dict[str, Any] | None, view: HistoryView
+) -> list[str]:
     problems = []
     if not up:
         problems.append(
@@ -55,6 +62,12 @@ def _problems(config: ServerConfig, up: bool, last_run: dict[str, Any] | None) -
         )
     if last_run is not None and last_run["status"] in BAD_RUN_STATUSES:
         problems.append(f"the last run {last_run['run_id']} {last_run['status']}")
+    recent = [r for r in view.recoveries if time.time() - float(r["at"]) < RECENT_RECOVERY]
+    if recent:  # as a board's status does: a card that damaged one file may damage more
+        problems.append(
+            f"the history was found damaged and salvaged at {_when(recent[-1]['at'])} "
+            "(the line history below)"
+        )
     return problems
 
 
@@ -90,12 +103,24 @@ def _rejected_summary(rounds: list[RoundFigures]) -> dict[str, Any]:
     }
 
 
+def _history_summary(config: ServerConfig, view: HistoryView) -> dict[str, Any]:
+    return {
+        "path": str(config.history_path),
+        "exists": view.exists,
+        "recoveries": view.recoveries,  # each time it was found damaged and salvaged
+    }
+
+
 def collect(config: ServerConfig) -> dict[str, Any]:
-    rounds, runs, rolled_back = read_history(config.history_path)
+    """The status; StateFileError (one sentence naming the file) when the history or the
+    registry cannot be read."""
+    view = view_history(config.history_path)
+    rounds, runs, rolled_back = view.rounds, view.runs, view.rolled_back
+    boards = board_counts(config.state_dir)
     up = superlink_up(config)
     last_run = runs[-1] if runs else None
     last = rounds[-1] if rounds else None
-    problems = _problems(config, up, last_run)
+    problems = _problems(config, up, last_run, view)
     return {
         "health": "ok" if not problems else ("down" if not up else "degraded"),
         "problems": problems,
@@ -119,8 +144,9 @@ def collect(config: ServerConfig) -> dict[str, Any]:
         },
         "rejected_updates": _rejected_summary(rounds),
         "privacy": {"epsilon_spent": last.epsilon if last else None},
-        "boards": board_counts(config.state_dir),
+        "boards": boards,
         "node_auth": config.node_auth,
+        "history": _history_summary(config, view),
     }
 
 
@@ -136,6 +162,23 @@ def _when(value: object) -> str:
 
 def _number(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _history_line(history: dict[str, Any]) -> list[str]:
+    """Nothing when the history is as it should be."""
+    if not history["exists"]:
+        return [f"history         none yet ({history['path']}; the first run makes it)"]
+    if not history["recoveries"]:
+        return []
+    last = history["recoveries"][-1]
+    salvaged = ", ".join(f"{table} {n}" for table, n in last["salvaged"].items())
+    times = len(history["recoveries"])
+    return [
+        f"history         RECOVERED {_when(last['at'])}"
+        + (f" (recovered {times} times)" if times > 1 else "")
+        + f": {last['problem']}; moved aside as {last['quarantined']}; "
+        f"salvaged {salvaged}"
+    ]
 
 
 def render(status: dict[str, Any]) -> str:
@@ -162,6 +205,7 @@ def render(status: dict[str, Any]) -> str:
             if r["last_duration_seconds"] is not None
             else ""
         ),
+        *_history_line(status["history"]),
         f"next round      {r['next_global_round']}: {r['next']}",
         (
             f"boards/round    train {r['last_train_boards']}, evaluate {r['last_eval_boards']}"
