@@ -1,8 +1,9 @@
 """A corrupt buffer never stops collection: it is moved aside, what is readable is salvaged
 into a fresh buffer (sleepfed.common.sqlite_recovery), and the daemon goes on with that.
 
-Checked when the daemon opens its buffer (``PRAGMA quick_check``: every page read once) and
-whenever a running buffer answers with a corruption error (the daemon calls ``recover``).
+Checked when the daemon opens its buffer (``PRAGMA quick_check``, every page read once,
+through a read-only connection) and whenever a running buffer answers with a corruption
+error (sleepfed.board.service.buffer_keeper calls ``recover``).
 The recovery is kept in the fresh buffer's state (``buffer_recovered``: when, the quarantined
 file's name, rows salvaged, readings lost) and counted (``buffer_recovered``), for
 ``status`` and the metrics; the quarantined files count against the disk cap and are the
@@ -18,6 +19,7 @@ from typing import Any
 
 from sleepfed.board.buffer.connection import BufferError
 from sleepfed.board.buffer.store import Buffer
+from sleepfed.common.sqlite_checks import quick_check
 from sleepfed.common.sqlite_files import setting_up
 from sleepfed.common.sqlite_recovery import (
     Salvage,
@@ -34,6 +36,9 @@ _CORRUPT = {"ERROR_CLASS": "buffer_corrupt"}
 
 def open_checked(path: Path, **options: Any) -> Buffer:
     """The buffer at ``path``; a corrupt one is recovered first (``recover``)."""
+    problem = _damage(path)
+    if problem is not None:
+        return recover(path, problem, **options)
     try:
         buffer = Buffer(path, **options)
     except sqlite3.DatabaseError as error:
@@ -48,21 +53,25 @@ def open_checked(path: Path, **options: Any) -> Buffer:
         buffer = None
         problem = str(error)
     else:
-        problem = _quick_check(buffer)
-        if problem is None:
-            return buffer
-        buffer.close()
+        return buffer
     return recover(path, problem, **options)
 
 
-def _quick_check(buffer: Buffer) -> str | None:
+def _damage(path: Path) -> str | None:
+    """What ``PRAGMA quick_check`` finds in the file, read through a read-only connection:
+    closing a writable one could copy the WAL into a damaged file before it is moved aside."""
+    if not path.exists():
+        return None
     try:
-        answer = str(buffer.conn.execute("PRAGMA quick_check").fetchone()[0])
-    except sqlite3.DatabaseError as error:
-        if is_corrupt(error):
-            return str(error)
-        raise
-    return None if answer == "ok" else answer.splitlines()[0]
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return None  # opening it for writing says why
+    try:
+        return quick_check(conn)
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
 
 
 def recover(path: Path, problem: str, **options: Any) -> Buffer:
