@@ -23,7 +23,8 @@ DEMO="$BUILD make ca-certificates procps dbus bluez nginx-light"
 # qemu-user-static + binfmt-support (the arm64 package and image run emulated), e2fsprogs (the
 # SD card of tests/faults/test_faults_card.py: an ext4 image with errors=remount-ro), sqlite3
 # (tests/unit/test_sqlite_recovery.py shows its .recover cannot run on Debian 12), fuse3 +
-# libfuse3-3 (the file system of tests/faults/test_power_cut.py that loses unsynced writes).
+# libfuse3-3 (fusermount3 and the libfuse3 mfusepy loads: the FUSE file system
+# tests/faults/test_power_cut.py records every write and fsync with).
 TEST="$DEMO socat systemd-container chromium fonts-dejavu-core iproute2 curl debootstrap \
     qemu-user-static binfmt-support e2fsprogs sqlite3 fuse3 libfuse3-3"
 

@@ -1,12 +1,13 @@
-"""Power loss, as far as a process can feel it: 100 SIGKILLs of the real agent at random
-moments while it ingests over a real PTY as fast as the link goes.
+"""A crash of the agent's process: 30 SIGKILLs of the real agent at random moments while it
+ingests over a real PTY as fast as the link goes (``SLEEPFED_POWER_KILLS`` for more).
 
 After every kill: every reading the agent acknowledged is in the file (exactly once), the
 counters committed with the readings agree with them, and the agent restarts on the same
 file and acknowledges again. ``PRAGMA integrity_check`` runs every tenth kill and at the end.
 Half the runs use ``synchronous = "normal"``, half the default ``"full"``: both survive a
-killed process (only ``full`` also survives the machine losing power, which a test on one
-kernel cannot show).
+killed process, whose writes the kernel still holds. A power cut also loses what the kernel
+had not written to the disk: tests/faults/test_power_cut.py shows that ``"full"`` loses no
+acknowledged reading then, and that ``"normal"`` does.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from tests.support.helpers import start_agent, stop_agent, write_agent_config
 
 T0_MS = 1_764_000_000_000
 STEP_MS = 10
-KILLS = int(os.environ.get("SLEEPFED_POWER_KILLS", "100"))
+KILLS = int(os.environ.get("SLEEPFED_POWER_KILLS", "30"))
 
 
 def _lines(first_ms: int, count: int) -> bytes:
@@ -55,7 +56,7 @@ def _count_between(conn: sqlite3.Connection, first_ms: int, last_ms: int) -> int
 
 
 @pytest.mark.slow
-def test_hundred_sigkills_lose_no_acknowledged_reading(tmp_path: Path) -> None:
+def test_sigkills_lose_no_acknowledged_reading(tmp_path: Path) -> None:
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
     buffer = tmp_path / "buffer.db"
