@@ -51,6 +51,26 @@ def _lines(first_ms: int, count: int) -> bytes:
     ).encode()
 
 
+def _acked(link: PtyLink) -> int:
+    return (link.last_ack or (0, 0))[1]
+
+
+def _until_acknowledged(link: PtyLink, timeout: float = 60.0) -> int:
+    """Probe readings (before the test's own, in 2025-11-13) until one is acknowledged:
+    pyserial flushes the port's input when it opens it, so lines written just before are
+    lost, and on a busy machine the port's opening is no sign it is done. Returns the
+    readings acknowledged once the probes settled."""
+    deadline = time.monotonic() + timeout
+    probe = 0
+    while link.last_ack is None:
+        assert time.monotonic() < deadline, "no reading acknowledged"
+        link.write(f"SF1,HR,{1_763_000_000 + probe}.000,60\n".encode(), timeout=5)
+        probe += 1
+        link.wait(0.5)
+    link.wait(1.0)  # the probes in flight are committed and acknowledged by now
+    return _acked(link)
+
+
 def _rows(path: Path, sql: str) -> int:
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
         value = int(conn.execute(sql).fetchone()[0])
@@ -73,6 +93,7 @@ def real_buffer(tmp_path_factory: pytest.TempPathFactory, walch_dir: Path) -> Pa
         proc = start_agent(config)
         try:
             assert link.wait_opened(30), "the agent did not open its port"
+            _until_acknowledged(link)
             link.write(lines, timeout=60)
             wait_for(lambda: _nights(config) >= 1, 60, 0.2, "the night extracted", link.wait)
         finally:
@@ -126,16 +147,17 @@ def test_a_corrupt_buffer_is_moved_aside_salvaged_and_ingest_goes_on(
         try:
             started = time.monotonic()
             assert link.wait_opened(30)
-            link.write(_lines(1_764_000_000_000, 500), timeout=10)
-            ack = wait_for(lambda: link.last_ack, 30, 0.05, "an ACK", link.wait)
+            base = _until_acknowledged(link)
+            ack = link.last_ack
             took = time.monotonic() - started
-            wait_for(lambda: (link.last_ack or (0, 0))[1] == 500, 10, 0.05, "500 ACKed", link.wait)
+            link.write(_lines(1_764_000_000_000, 500), timeout=10)
+            wait_for(lambda: _acked(link) == base + 500, 20, 0.05, "500 ACKed", link.wait)
             assert proc.poll() is None  # no exit, no restart
             status = run_agent("status", "--json", "--config", str(config))
         finally:
             assert stop_agent(proc) == 0
     print(f"\nfirst ACK {took:.1f} s after start: {ack}")
-    assert took < 15
+    assert took < 20
     quarantined = sorted(buffer.parent.glob("buffer.db.corrupt-2*[0-9Z]"))
     assert len(quarantined) == 1, list(buffer.parent.iterdir())
     assert quarantined[0].read_bytes()[: len(damaged) // 2] == damaged[: len(damaged) // 2]
@@ -149,7 +171,7 @@ def test_a_corrupt_buffer_is_moved_aside_salvaged_and_ingest_goes_on(
     salvaged = recovered["salvaged_readings"]
     print(f"salvaged {salvaged} of {readings} readings, {recovered['readings_lost']} lost")
     stored = _rows(buffer, "SELECT COUNT(*) FROM readings")
-    assert stored == salvaged + 500  # the salvage, then the new readings
+    assert stored == salvaged + base + 500  # the salvage, then the new readings
     if damage is _garbage_in_the_middle:
         # 8 KB is two pages of ~4,000: nearly everything comes back, and the loss is counted
         assert salvaged >= 0.95 * readings, (salvaged, readings)
@@ -220,22 +242,23 @@ def _hold_and_resume(
         )
         try:
             assert link.wait_opened(30)
+            base = _until_acknowledged(link)
             link.write(_lines(1_764_000_000_000, 1000), timeout=10)
-            wait_for(lambda: (link.last_ack or (0, 0))[1] == 1000, 20, 0.05, "ACKs", link.wait)
+            wait_for(lambda: _acked(link) == base + 1000, 30, 0.05, "ACKs", link.wait)
             cut_at = time.monotonic()
             cut()  # type: ignore[operator]
             link.write(_lines(1_764_000_010_000, 1000), timeout=10)
             link.wait(3.0)
-            held_ack = (link.last_ack or (0, 0))[1]
-            assert held_ack < 2000  # the readings after the cut are not acknowledged
+            held_ack = _acked(link)
+            assert held_ack < base + 2000  # the readings after the cut are not acknowledged
             status = run_agent("status", "--json", "--config", str(config))
             samples = scrape(port)
             cpu = psutil.Process(proc.pid).cpu_times()
             link.wait(10.0)
             spent = sum(psutil.Process(proc.pid).cpu_times()[:2]) - sum(cpu[:2])
-            assert (link.last_ack or (0, 0))[1] == held_ack
+            assert _acked(link) == held_ack
             restore()  # type: ignore[operator]
-            wait_for(lambda: (link.last_ack or (0, 0))[1] == 2000, 60, 0.1, "2000 ACKed", link.wait)
+            wait_for(lambda: _acked(link) == base + 2000, 60, 0.1, "2000 ACKed", link.wait)
             assert proc.poll() is None  # never exited
             resumed_at = time.monotonic()
         finally:
@@ -260,13 +283,16 @@ def _hold_and_resume(
     held = "FROM readings WHERE ts BETWEEN 1764000010 AND 1764000020"
     assert _rows(buffer, f"SELECT COUNT(*) {held}") == 1000  # held, then stored once
     assert _rows(buffer, f"SELECT COUNT(DISTINCT ts) {held}") == 1000
-    kept = _rows(buffer, "SELECT COUNT(*) FROM readings WHERE ts < 1764000010")
+    kept = _rows(
+        buffer, "SELECT COUNT(*) FROM readings WHERE ts BETWEEN 1764000000 AND 1764000009.999"
+    )
     if "read-only" in reason and kept == 0:
         # Seen here, not explained: after ext4's error, its release and a fresh mount, the
         # 1,000 readings acknowledged before the error were not in the file, though each
         # commit was fsynced; the same steps through the buffer's code by hand kept them.
         pytest.xfail("readings acknowledged before the ext4 error were lost at the remount")
-    assert kept == 1000 and _rows(buffer, "SELECT COUNT(*) FROM readings") == before + 2000
+    total = _rows(buffer, "SELECT COUNT(*) FROM readings")
+    assert kept == 1000 and total == before + base + 2000
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a loop device needs root")
