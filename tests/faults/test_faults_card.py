@@ -95,15 +95,16 @@ def real_buffer(tmp_path_factory: pytest.TempPathFactory, walch_dir: Path) -> Pa
             assert link.wait_opened(30), "the agent did not open its port"
             _until_acknowledged(link)
             link.write(lines, timeout=60)
-            wait_for(lambda: _nights(config) >= 1, 60, 0.2, "the night extracted", link.wait)
+            # the replayed night's windows, not the probes' own night of one epoch
+            wait_for(lambda: _windows(config) > 30, 90, 0.2, "the night extracted", link.wait)
         finally:
             assert stop_agent(proc) == 0
     return buffer
 
 
-def _nights(config: Path) -> int:
+def _windows(config: Path) -> int:
     status = agent_status(config, check=False)
-    return int(status["buffer"]["nights"]) if status else 0
+    return int(status["buffer"]["windows"]) if status else 0
 
 
 def _board(tmp_path: Path, source: Path, folder: Path | None = None) -> tuple[Path, Path]:
