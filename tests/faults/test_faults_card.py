@@ -39,8 +39,8 @@ from tests.support.helpers import (
     wait_for,
     write_agent_config,
 )
+from tests.support.notify_listener import NotifyListener
 from tests.support.prometheus_scrape import scrape
-from tests.system.test_systemd import NotifyListener
 
 STEP_MS = 10
 

@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from sleepfed.board.service.notify import Notifier
 from sleepfed.board.sources.protocol import Kind, Reading, format_reading
 from tests.support.deb_machine import RUNNER_UNIT
 from tests.support.helpers import REPO, wait_for, write_agent_config
+from tests.support.notify_listener import NotifyListener
 
 UNITS = REPO / "systemd"
 VENV_BIN = Path(sys.executable).parent
@@ -89,38 +89,7 @@ def test_units_comment_every_directive() -> None:
 
 
 # -- c. sd_notify from the real daemon ---------------------------------------------------------
-class NotifyListener:
-    """A bound unix datagram socket standing in for the service manager's NOTIFY_SOCKET."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.2)
-        self.messages: list[tuple[float, str]] = []
-        self.lock = threading.Lock()
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while not self.done.is_set():
-            try:
-                data = self.sock.recv(4096)
-            except TimeoutError:
-                continue
-            stamp = time.monotonic()  # taken after the datagram arrived
-            with self.lock:
-                self.messages += [(stamp, line) for line in data.decode().splitlines()]
-
-    def lines(self, prefix: str = "") -> list[tuple[float, str]]:
-        with self.lock:
-            return [(t, m) for t, m in self.messages if m.startswith(prefix)]
-
-    def close(self) -> None:
-        self.done.set()
-        self.thread.join(timeout=2)
-        self.sock.close()
+# the service manager's socket: tests/support/notify_listener.py
 
 
 def _agent_env(notify_socket: Path) -> dict[str, str]:

@@ -25,7 +25,6 @@ from sleepfed.common.sqlite_recovery import (
     Salvage,
     is_corrupt,
     quarantine,
-    quarantined_files,
     salvage_into,
 )
 
@@ -123,17 +122,6 @@ def readings_lost(buffer: Buffer, salvage: Salvage) -> int | None:
     )
     held = accepted - counters.get("evicted_readings", 0)
     return max(0, held - salvage.salvaged.get("readings", 0))
-
-
-def quarantined_bytes(path: Path) -> int:
-    """Bytes the quarantined copies of the buffer at ``path`` take."""
-    total = 0
-    for file in quarantined_files(path):
-        try:
-            total += file.stat().st_size
-        except FileNotFoundError:
-            continue
-    return total
 
 
 def _now() -> float:

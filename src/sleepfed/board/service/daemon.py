@@ -226,16 +226,16 @@ class Daemon:
             if stopping:
                 return 0
             now = time.monotonic()
-            if self.keeper.unwritable is not None or self.keeper.gone_since_check():
-                if now - last_housekeeping >= HOUSEKEEPING_SECONDS:
-                    last_housekeeping = now
-                    self.keeper.check(self.buffer)
-                    if self.keeper.unwritable is not None:
-                        self._waiting(self.keeper.unwritable)
+            due = now - last_housekeeping >= HOUSEKEEPING_SECONDS
+            if due:
+                last_housekeeping = now
+                self.keeper.check(self.buffer)  # the buffer gone? time to reopen it?
+            if self.keeper.unwritable is not None:
+                if due:
+                    self._waiting(self.keeper.unwritable)
                 continue
             try:
-                if now - last_housekeeping >= HOUSEKEEPING_SECONDS:
-                    last_housekeeping = now
+                if due:
                     self.disk.make_room(emergency=False)
                     self._housekeeping()
                 if now - last_cap_check >= CAP_CHECK_SECONDS:
